@@ -1,0 +1,302 @@
+"""Session state: floatx, epsilon, image data format, uids, clear_session, and the config file.
+
+Everything a gpukb session remembers lives here, so that there is one place to read it and one
+place to reset it.
+
+- ``floatx``, ``epsilon`` and ``image_data_format`` are process-wide and survive ``clear_session``.
+  Their starting values come from the defaults, then the config file ``gpukb.json`` in
+  ``$GPUKB_HOME`` (default ``~/.gpukb``), then the ``GPUKB_*`` environment variables. A bad file or
+  value warns once, naming the file (or variable) and key, and the value in effect is kept: reading
+  the configuration never raises, so it can never break ``import gpukb``.
+- uid counters are per thread (as in Keras); ``reset_uids`` clears them for every thread by bumping a
+  generation number that each thread compares with its own on its next ``get_uid``.
+- ``clear_session`` resets the uids and calls the hooks that backends register with
+  ``register_clear_session_hook`` (the dispatcher registers one that reaches every loaded backend).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import numbers
+import os
+import threading
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+FLOATX_CHOICES = ("float16", "float32", "float64")
+IMAGE_DATA_FORMAT_CHOICES = ("channels_last", "channels_first")
+CONFIG_FILENAME = "gpukb.json"
+CONFIG_KEYS = ("floatx", "epsilon", "image_data_format", "backend")
+
+_DEFAULTS = {
+    "floatx": "float32",
+    "epsilon": 1e-07,
+    "image_data_format": "channels_last",
+    "backend": None,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Validators: each returns the stored form of a value or raises ValueError naming what it wanted.
+# --------------------------------------------------------------------------------------------
+
+def _choices_text(choices) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
+def standardize_floatx(value: Any) -> str:
+    """Return the canonical floatx name of ``value`` ('float16', 'float32' or 'float64')."""
+    if isinstance(value, str):
+        if value in FLOATX_CHOICES:
+            return value
+    elif isinstance(value, (np.dtype, type)) and not (
+        isinstance(value, type) and issubclass(value, (bool, np.bool_))
+    ):
+        try:
+            name = np.dtype(value).name
+        except TypeError:
+            name = None
+        if name in FLOATX_CHOICES:
+            return name
+    raise ValueError(
+        f"Unknown floatx {value!r}: expected one of {_choices_text(FLOATX_CHOICES)} "
+        "(or the equivalent NumPy dtype or type)."
+    )
+
+
+def standardize_epsilon(value: Any) -> float:
+    """Return ``value`` as a float if it is a positive finite real number."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        result = float(value)
+        if math.isfinite(result) and result > 0:
+            return result
+    raise ValueError(f"Invalid epsilon {value!r}: expected a positive finite real number.")
+
+
+def standardize_image_data_format(value: Any) -> str:
+    """Return the lowercase data format name; the match is case-insensitive."""
+    if isinstance(value, str) and value.lower() in IMAGE_DATA_FORMAT_CHOICES:
+        return value.lower()
+    raise ValueError(
+        f"Unknown image_data_format {value!r}: expected one of "
+        f"{_choices_text(IMAGE_DATA_FORMAT_CHOICES)} (case-insensitive)."
+    )
+
+
+def standardize_backend_name(value: Any) -> str:
+    """Backend names are checked against the installed backends later, by the dispatcher."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"Invalid backend {value!r}: expected a backend name such as 'cpu' or 'cuda'.")
+
+
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "floatx": standardize_floatx,
+    "epsilon": standardize_epsilon,
+    "image_data_format": standardize_image_data_format,
+    "backend": standardize_backend_name,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Process-wide settings
+# --------------------------------------------------------------------------------------------
+
+_settings: dict[str, Any] = dict(_DEFAULTS)
+# Where each setting came from: "default", a config file path, or an environment variable name.
+_sources: dict[str, str] = {key: "default" for key in _DEFAULTS}
+_config_file_used: str | None = None
+
+
+def floatx() -> str:
+    """The default float type name, e.g. ``'float32'``."""
+    return _settings["floatx"]
+
+
+def set_floatx(value: Any) -> None:
+    """Set the default float type: 'float16', 'float32' or 'float64' (or its NumPy dtype/type)."""
+    _settings["floatx"] = standardize_floatx(value)
+    _sources["floatx"] = "set_floatx()"
+
+
+def epsilon() -> float:
+    """The fuzz factor used in numeric expressions (default ``1e-07``)."""
+    return _settings["epsilon"]
+
+
+def set_epsilon(value: Any) -> None:
+    """Set the fuzz factor: a positive finite real number, stored as a float."""
+    _settings["epsilon"] = standardize_epsilon(value)
+    _sources["epsilon"] = "set_epsilon()"
+
+
+def image_data_format() -> str:
+    """The default image layout: ``'channels_last'`` or ``'channels_first'``."""
+    return _settings["image_data_format"]
+
+
+def set_image_data_format(value: Any) -> None:
+    """Set the default image layout (case-insensitive, stored lowercase)."""
+    _settings["image_data_format"] = standardize_image_data_format(value)
+    _sources["image_data_format"] = "set_image_data_format()"
+
+
+def configured_backend() -> str | None:
+    """The backend named by the config file or ``GPUKB_BACKEND``, or None."""
+    return _settings["backend"]
+
+
+def settings_report() -> list[tuple[str, Any, str]]:
+    """(key, value, source) for every setting, for ``gpukb info``."""
+    return [(key, _settings[key], _sources[key]) for key in CONFIG_KEYS]
+
+
+# --------------------------------------------------------------------------------------------
+# Config file and environment variables
+# --------------------------------------------------------------------------------------------
+
+def config_dir() -> str:
+    """The folder holding ``gpukb.json``: ``$GPUKB_HOME`` if set, else ``~/.gpukb``."""
+    home = os.environ.get("GPUKB_HOME")
+    if home:
+        return os.path.abspath(os.path.expanduser(home))
+    return os.path.join(os.path.expanduser("~"), ".gpukb")
+
+
+def config_path() -> str:
+    return os.path.join(config_dir(), CONFIG_FILENAME)
+
+
+def config_file_in_use() -> str | None:
+    """The config file that was read at import, or None when there was none."""
+    return _config_file_used
+
+
+def _warn_config(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:  # ValueError covers JSON and Unicode decode errors
+        _warn_config(f"gpukb: ignoring config file {path}: it could not be read as JSON ({error}).")
+        return {}
+    if not isinstance(data, dict):
+        _warn_config(
+            f"gpukb: ignoring config file {path}: expected a JSON object, got {type(data).__name__}."
+        )
+        return {}
+    return data
+
+
+def load_config() -> None:
+    """(Re)read the config file and environment variables into the settings.
+
+    Called once at import. Never raises: each bad value warns and leaves the value in effect.
+    """
+    global _config_file_used
+    _settings.update(_DEFAULTS)
+    _sources.update({key: "default" for key in _DEFAULTS})
+    path = config_path()
+    _config_file_used = path if os.path.isfile(path) else None
+    data = _read_config_file(path) if _config_file_used else {}
+    for key, raw in data.items():
+        if key not in _VALIDATORS:
+            _warn_config(
+                f"gpukb: config file {path}: unknown key {key!r} ignored "
+                f"(known keys: {_choices_text(CONFIG_KEYS)})."
+            )
+            continue
+        try:
+            _settings[key] = _VALIDATORS[key](raw)
+            _sources[key] = path
+        except ValueError as error:
+            _warn_config(f"gpukb: config file {path}: key {key!r} ignored: {error}")
+    for key in CONFIG_KEYS:
+        variable = "GPUKB_" + key.upper()
+        raw = os.environ.get(variable)
+        if raw is None:
+            continue
+        try:
+            value = float(raw) if key == "epsilon" else raw
+        except ValueError:
+            value = raw  # let the validator produce the message
+        try:
+            _settings[key] = _VALIDATORS[key](value)
+            _sources[key] = "$" + variable
+        except ValueError as error:
+            _warn_config(f"gpukb: environment variable {variable} ignored: {error}")
+
+
+# --------------------------------------------------------------------------------------------
+# uids
+# --------------------------------------------------------------------------------------------
+
+_uid_local = threading.local()
+_uid_generation = 0
+_uid_lock = threading.Lock()
+
+
+def get_uid(prefix: str = "") -> int:
+    """Return the next id for ``prefix`` in this thread, starting at 1."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"get_uid: prefix must be a str, got {type(prefix).__name__}.")
+    local = _uid_local
+    if getattr(local, "generation", None) != _uid_generation:
+        local.generation = _uid_generation
+        local.counters = {}
+    counters = local.counters
+    counters[prefix] = counters.get(prefix, 0) + 1
+    return counters[prefix]
+
+
+def reset_uids() -> None:
+    """Reset the uid counters of every thread."""
+    global _uid_generation
+    with _uid_lock:
+        _uid_generation += 1
+
+
+# --------------------------------------------------------------------------------------------
+# clear_session
+# --------------------------------------------------------------------------------------------
+
+_clear_session_hooks: list[Callable[[], None]] = []
+
+
+def register_clear_session_hook(hook: Callable[[], None]) -> Callable[[], None]:
+    """Have ``clear_session(free_memory=True)`` call ``hook()``; returns the hook (decorator use)."""
+    if not callable(hook):
+        raise TypeError(f"register_clear_session_hook: expected a callable, got {hook!r}.")
+    if hook not in _clear_session_hooks:
+        _clear_session_hooks.append(hook)
+    return hook
+
+
+def unregister_clear_session_hook(hook: Callable[[], None]) -> None:
+    if hook in _clear_session_hooks:
+        _clear_session_hooks.remove(hook)
+
+
+def clear_session(free_memory: bool = True) -> None:
+    """Reset the session: uid counters of every thread; with ``free_memory`` also ask every
+    registered hook (the loaded backends) to release its caches, then run ``gc.collect()``.
+
+    floatx, epsilon and image_data_format are process-wide and are not changed.
+    """
+    reset_uids()
+    if free_memory:
+        for hook in list(_clear_session_hooks):
+            hook()
+        gc.collect()
+
+
+load_config()

@@ -1,0 +1,36 @@
+"""The ``gpukb`` command line: ``gpukb info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _info(args) -> int:
+    import gpukb
+    from gpukb import _state
+
+    print(f"gpukb {gpukb.__version__}")
+    path = _state.config_file_in_use()
+    print(f"config file: {path if path else f'none ({_state.config_path()} does not exist)'}")
+    print("session state:")
+    for key, value, source in _state.settings_report():
+        print(f"  {key:18s} {value!r:20s} (from {source})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpukb", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    info = commands.add_parser("info", help="print the version, config file, session state and backends")
+    info.set_defaults(handler=_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
