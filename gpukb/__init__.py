@@ -17,19 +17,36 @@ from ._state import (
     set_image_data_format,
 )
 from ._keras_tensor import KerasTensor, is_keras_tensor, placeholder
+from ._backend import Availability, Backend
+from ._dispatch import (
+    get_backend,
+    list_backends,
+    refresh_backends,
+    set_backend,
+    use_backend,
+)
+from ._frontend import rnn
 
 __all__ = [
     "__version__",
+    "Availability",
+    "Backend",
     "KerasTensor",
     "clear_session",
     "epsilon",
     "floatx",
+    "get_backend",
     "get_uid",
     "image_data_format",
     "is_keras_tensor",
+    "list_backends",
     "placeholder",
+    "refresh_backends",
     "reset_uids",
+    "rnn",
+    "set_backend",
     "set_epsilon",
     "set_floatx",
     "set_image_data_format",
+    "use_backend",
 ]

@@ -8,7 +8,7 @@ import sys
 
 def _info(args) -> int:
     import gpukb
-    from gpukb import _state
+    from gpukb import _dispatch, _state
 
     print(f"gpukb {gpukb.__version__}")
     path = _state.config_file_in_use()
@@ -16,6 +16,15 @@ def _info(args) -> int:
     print("session state:")
     for key, value, source in _state.settings_report():
         print(f"  {key:18s} {value!r:20s} (from {source})")
+    print("backends:")
+    records = _dispatch.backend_records()
+    if not records:
+        print("  none found (is gpukb installed? backends are registered as entry points)")
+    for record in records:
+        state = "available" if record.availability else f"unavailable: {record.availability.reason}"
+        print(f"  {record.name:8s} {state}")
+        print(f"  {'':8s} accepts {', '.join(record.backend.array_types) or 'nothing'}; "
+              f"priority {record.backend.priority}; from {record.distribution} ({record.entry_point})")
     return 0
 
 

@@ -1,0 +1,138 @@
+"""``gpukb.Backend``: the base class of every backend, built-in or plugin.
+
+A backend says which array types it accepts (as ``"module:QualName"`` strings, so matching needs no
+import), whether it can run here (``is_available``), and gives its array namespace ``xp``. Its
+``rnn`` runs the one shared rnn semantics core (``gpukb._rnn``) and offers each call to
+``fused_rnn`` first: a backend adds speed there, never its own reading of the semantics.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Availability:
+    """The answer of ``Backend.is_available()``: truthy when usable, else falsy with a reason."""
+
+    available: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.available
+
+    @classmethod
+    def coerce(cls, value: Any) -> "Availability":
+        """Accept what plugins may return: an Availability, a bool, or ``(bool, reason)``."""
+        if isinstance(value, Availability):
+            return value
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
+            return cls(bool(value[0]), value[1])
+        if isinstance(value, bool):
+            return cls(value, "" if value else "unavailable (the backend gave no reason)")
+        raise TypeError(
+            "is_available() must return True, False, (bool, reason) or gpukb.Availability, "
+            f"got {value!r}."
+        )
+
+
+def available() -> Availability:
+    return Availability(True)
+
+
+def unavailable(reason: str) -> Availability:
+    return Availability(False, reason)
+
+
+class Backend:
+    """Subclass this to add a backend; register the subclass in the entry-point group
+    ``gpukb.backends`` (``name = "package.module:BackendClass"``).
+
+    Class attributes:
+      ``name``: the backend's name (the entry point's name must match it);
+      ``array_types``: the array types it accepts, as ``"module:QualName"`` strings;
+      ``priority``: among backends that accept the same array type, the highest wins;
+      ``install_hint``: what to install when it is unavailable (shown in the error).
+    Override ``is_available`` (cheap: no heavy imports), ``_load_xp`` (the array namespace),
+    optionally ``fused_rnn`` (speed) or ``rnn`` (to take over completely), ``asarray`` and
+    ``on_clear_session``.
+    """
+
+    name: str = ""
+    array_types: tuple = ()
+    priority: int = 0
+    install_hint: str = ""
+
+    def __init__(self) -> None:
+        self._xp = None
+
+    # -- availability and namespace -----------------------------------------------------------
+
+    def is_available(self) -> Availability:
+        """True, or a falsy ``Availability`` whose ``reason`` a user can read."""
+        return available()
+
+    @property
+    def xp(self):
+        """The backend's array namespace (NumPy, CuPy, ...), loaded on first use."""
+        if self._xp is None:
+            self._xp = self._load_xp()
+        return self._xp
+
+    def _load_xp(self):
+        raise NotImplementedError(f"backend {self.name!r} does not define _load_xp()")
+
+    def asarray(self, value):
+        """Move a NumPy array (e.g. a cell weight) to this backend's arrays."""
+        return self.xp.asarray(value)
+
+    # -- the rnn loop -------------------------------------------------------------------------
+
+    def rnn(self, step_function, inputs, initial_states, **options):
+        """Run ``gpukb.rnn`` on this backend: the shared semantics, fused where possible."""
+        from . import _rnn
+        from .cells import Cell
+
+        if isinstance(step_function, Cell):
+            step_function = self.prepare_cell(step_function)
+        call = _rnn.prepare(step_function, inputs, initial_states, xp=self.xp, **options)
+        result = self.fused_rnn(call)
+        if result is NotImplemented:
+            result = _rnn.run_generic(call)
+        return result
+
+    def prepare_cell(self, cell):
+        """Give the cell's weights this backend's array type (once per call, not per step)."""
+        return cell.converted(self.asarray)
+
+    def fused_rnn(self, call):
+        """Run a validated ``gpukb._rnn.RnnCall`` with a fused kernel, or return NotImplemented
+        to let the generic loop run it. Must give exactly the generic loop's results."""
+        return NotImplemented
+
+    # -- session ------------------------------------------------------------------------------
+
+    def on_clear_session(self) -> None:
+        """Release what the backend caches (memory pools, compiled kernels)."""
+
+    def __repr__(self) -> str:
+        return f"<gpukb backend {self.name!r} accepting {', '.join(self.array_types) or 'nothing'}>"
+
+
+def resolve_array_type(spec: str):
+    """The class named by ``"module:QualName"`` if its module is already imported, else None.
+
+    An array of a library that was never imported cannot exist, so nothing is imported here.
+    """
+    module_name, _, qualname = spec.partition(":")
+    module = importlib.sys.modules.get(module_name)
+    if module is None:
+        return None
+    obj = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, type) else None

@@ -1,0 +1,301 @@
+"""The dispatcher: finds backends through entry points and picks one for each call.
+
+Discovery
+  Every backend, the built-in ``cpu`` and ``cuda`` included, is an entry point in the group
+  ``gpukb.backends`` (``name = "package.module:BackendClass"``). Discovery runs on first need
+  (a dispatch, ``list_backends``, ``get_backend``), is cached, and ``refresh_backends`` redoes it.
+  An entry point that fails to load, is not a ``gpukb.Backend`` subclass, whose name disagrees with
+  its class, whose constructor raises, or whose ``is_available`` raises is skipped with ONE warning
+  naming the entry point, its distribution and the error. Nothing here runs at ``import gpukb``.
+
+Selection, first match wins
+  1. the ``backend=`` keyword of the call;
+  2. the innermost ``use_backend(name)`` block (a ``contextvars`` variable: local to the thread and
+     the async task);
+  3. ``set_backend(name)``, else ``GPUKB_BACKEND`` / the config file's ``backend``;
+  4. the array type of the inputs: a built-in backend (from the ``gpukb`` distribution) that accepts
+     the type always wins automatic selection for it, so installing a plugin never changes who
+     handles NumPy or CuPy arrays; plugins compete, by ``priority``, for the types no built-in
+     backend accepts (e.g. ``torch:Tensor``). To send NumPy arrays to a plugin, select it with
+     1, 2 or 3.
+  Arrays of two libraries in one call are a TypeError naming both. A backend chosen by 1-3 must
+  accept the arrays given (TypeError otherwise). Unknown names are a ValueError listing the known
+  ones; a known backend that is unavailable is a RuntimeError with the reason and what to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
+
+from . import _state
+from ._backend import Availability, Backend, resolve_array_type
+
+ENTRY_POINT_GROUP = "gpukb.backends"
+BUILTIN_DISTRIBUTION = "gpukb"
+
+
+@dataclass
+class BackendRecord:
+    """One discovered backend: where it came from, its instance, and whether it can run here."""
+
+    name: str
+    entry_point: str          # "package.module:Class"
+    distribution: str         # the distribution that registered it
+    backend: Backend
+    availability: Availability
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+
+_registry: dict[str, BackendRecord] | None = None
+_registry_lock = threading.RLock()
+_process_default: str | None = None
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gpukb_backend", default=None
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------
+
+def _distribution_name(entry_point) -> str:
+    dist = getattr(entry_point, "dist", None)
+    name = getattr(dist, "name", None) if dist is not None else None
+    return name or "<unknown distribution>"
+
+
+def _skip(entry_point, distribution: str, error: str) -> None:
+    warnings.warn(
+        f"gpukb: skipping backend entry point {entry_point.name!r} = {entry_point.value!r} "
+        f"(distribution {distribution!r}): {error}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _load_record(entry_point) -> BackendRecord | None:
+    distribution = _distribution_name(entry_point)
+    try:
+        cls = entry_point.load()
+    except BaseException as error:  # a broken plugin must never break gpukb
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+        _skip(entry_point, distribution, f"it failed to load: {type(error).__name__}: {error}")
+        return None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        _skip(entry_point, distribution, f"{cls!r} is not a subclass of gpukb.Backend")
+        return None
+    if cls.name != entry_point.name:
+        _skip(entry_point, distribution,
+              f"the class's name {cls.name!r} differs from the entry point's name {entry_point.name!r}")
+        return None
+    try:
+        backend = cls()
+        availability = Availability.coerce(backend.is_available())
+    except Exception as error:
+        _skip(entry_point, distribution, f"{type(error).__name__}: {error}")
+        return None
+    return BackendRecord(entry_point.name, entry_point.value, distribution, backend, availability)
+
+
+def _discover() -> dict[str, BackendRecord]:
+    records: dict[str, BackendRecord] = {}
+    entry_points = sorted(
+        metadata.entry_points(group=ENTRY_POINT_GROUP),
+        # built-in first, so a plugin can never shadow 'cpu' or 'cuda'
+        key=lambda ep: (_distribution_name(ep) != BUILTIN_DISTRIBUTION, ep.name),
+    )
+    for entry_point in entry_points:
+        if entry_point.name in records:
+            first = records[entry_point.name]
+            if first.entry_point == entry_point.value:
+                continue  # the same distribution seen twice on sys.path
+            _skip(entry_point, _distribution_name(entry_point),
+                  f"the name {entry_point.name!r} is already taken by {first.entry_point!r} "
+                  f"(distribution {first.distribution!r})")
+            continue
+        record = _load_record(entry_point)
+        if record is not None:
+            records[record.name] = record
+            _state.register_clear_session_hook(_clear_loaded_backends)
+    return records
+
+
+def _records() -> dict[str, BackendRecord]:
+    global _registry
+    with _registry_lock:
+        if _registry is None:
+            _registry = _discover()
+        return _registry
+
+
+def refresh_backends() -> list[str]:
+    """Forget the discovered backends and discover them again; returns ``list_backends()``."""
+    global _registry
+    with _registry_lock:
+        _registry = None
+    return list_backends()
+
+
+def list_backends() -> list[str]:
+    """Names of the discovered, loadable backends (available or not), sorted."""
+    return sorted(_records())
+
+
+def backend_records() -> list[BackendRecord]:
+    """Every discovered backend with its availability, for ``gpukb info``."""
+    return [record for _, record in sorted(_records().items())]
+
+
+def _clear_loaded_backends() -> None:
+    registry = _registry
+    if registry is None:
+        return
+    for record in registry.values():
+        record.backend.on_clear_session()
+
+
+# --------------------------------------------------------------------------------------------
+# Names and defaults
+# --------------------------------------------------------------------------------------------
+
+def _record_for(name: Any, *, origin: str) -> BackendRecord:
+    if isinstance(name, Backend):
+        name = name.name
+    if not isinstance(name, str):
+        raise TypeError(f"{origin}: a backend name must be a str, got {type(name).__name__} {name!r}.")
+    records = _records()
+    if name not in records:
+        known = ", ".join(repr(n) for n in sorted(records)) or "none"
+        raise ValueError(f"{origin}: unknown backend {name!r}; known backends: {known}.")
+    record = records[name]
+    if not record.availability:
+        hint = record.backend.install_hint
+        raise RuntimeError(
+            f"{origin}: backend {name!r} is not available: {record.availability.reason}"
+            + (f". {hint}" if hint else "")
+        )
+    return record
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """The backend instance called ``name``; with no name, the current default: the innermost
+    ``use_backend``, else ``set_backend``/``GPUKB_BACKEND``/config, else ``'cpu'``."""
+    if name is None:
+        name = _explicit_default()[0] or "cpu"
+    return _record_for(name, origin="get_backend").backend
+
+
+def set_backend(name: str | None) -> None:
+    """Make ``name`` the process-wide default backend (None: back to automatic selection)."""
+    global _process_default
+    if name is not None:
+        _record_for(name, origin="set_backend")
+    _process_default = name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Use backend ``name`` inside the block, in this thread / async task only."""
+    _record_for(name, origin="use_backend")
+    token = _context_backend.set(name.name if isinstance(name, Backend) else name)
+    try:
+        yield get_backend(_context_backend.get())
+    finally:
+        _context_backend.reset(token)
+
+
+def _explicit_default() -> tuple[str | None, str]:
+    """(name, where it was chosen) from rules 2 and 3, or (None, '')."""
+    name = _context_backend.get()
+    if name is not None:
+        return name, "use_backend"
+    if _process_default is not None:
+        return _process_default, "set_backend"
+    configured = _state.configured_backend()
+    if configured is not None:
+        return configured, "the configured backend (GPUKB_BACKEND or the config file)"
+    return None, ""
+
+
+# --------------------------------------------------------------------------------------------
+# Selection by array type
+# --------------------------------------------------------------------------------------------
+
+def _claims(records) -> list[tuple[str, type]]:
+    """(claim string, class) for every claimed array type whose library is imported."""
+    seen = {}
+    for record in records:
+        for spec in record.backend.array_types:
+            if spec not in seen:
+                cls = resolve_array_type(spec)
+                if cls is not None:
+                    seen[spec] = cls
+    return list(seen.items())
+
+
+def array_kinds(leaves) -> list[str]:
+    """The distinct claimed array types (``"module:QualName"``) among ``leaves``, in order seen."""
+    claims = _claims(_records().values())
+    kinds: list[str] = []
+    for leaf in leaves:
+        for spec, cls in claims:
+            if isinstance(leaf, cls):
+                if spec not in kinds:
+                    kinds.append(spec)
+                break
+    return kinds
+
+
+def _library(spec: str) -> str:
+    return spec.partition(":")[0]
+
+
+def select_backend(leaves, backend: Any = None) -> Backend:
+    """Pick the backend for a call whose array arguments flatten to ``leaves``."""
+    kinds = array_kinds(leaves)
+    first_of_library: dict[str, str] = {}
+    for kind in kinds:
+        first_of_library.setdefault(_library(kind), kind)
+    if len(first_of_library) > 1:
+        raise TypeError(
+            "gpukb.rnn got arrays of different libraries in one call: "
+            + " and ".join(first_of_library.values())
+            + ". Convert them to one library first."
+        )
+    if backend is not None:
+        name, origin = backend, "backend="
+    else:
+        name, origin = _explicit_default()
+    if name is not None:
+        record = _record_for(name, origin=origin)
+        accepted = record.backend.array_types
+        for kind in kinds:
+            if kind not in accepted:
+                raise TypeError(
+                    f"backend {record.name!r} (chosen by {origin}) accepts "
+                    f"{', '.join(accepted) or 'no array type'}, but the call has {kind} arrays."
+                )
+        return record.backend
+    if not kinds:
+        known = sorted({spec for r in _records().values() for spec in r.backend.array_types})
+        types = sorted({f"{type(leaf).__module__}.{type(leaf).__qualname__}" for leaf in leaves})
+        raise TypeError(
+            f"no backend accepts the arrays of this call ({', '.join(types) or 'no arrays'}); "
+            f"the installed backends accept: {', '.join(known) or 'nothing'}."
+        )
+    kind = kinds[0]
+    candidates = [r for r in _records().values() if kind in r.backend.array_types]
+    builtin = [r for r in candidates if r.builtin]
+    pool = builtin or candidates
+    best = min(pool, key=lambda r: (-r.backend.priority, r.name))  # ties: alphabetical
+    return _record_for(best.name, origin=f"automatic selection for {kind} arrays").backend

@@ -1,0 +1,34 @@
+"""``gpukb.rnn``: picks the backend for the call's arrays and hands the call to it."""
+
+from __future__ import annotations
+
+from . import _dispatch
+
+
+def _array_leaves(*trees):
+    import optree
+
+    leaves = []
+    for tree in trees:
+        if tree is not None:
+            leaves.extend(optree.tree_leaves(tree))
+    return leaves
+
+
+def rnn(step_function, inputs, initial_states, go_backwards=False, mask=None, constants=None,
+        unroll=False, input_length=None, time_major=False, zero_output_for_mask=False,
+        return_all_outputs=True, *, backend=None):
+    """Iterate ``step_function`` over the time axis of ``inputs`` (Keras ``backend.rnn``).
+
+    ``step_function(step_input, states) -> (output, new_states)``, where ``states`` is a tuple of
+    the current states followed by ``constants``. Returns ``(last_output, outputs, new_states)``
+    in the inputs' array type. ``backend`` names the backend to use (default: chosen by the
+    dispatcher from the arrays; see the README). Semantics: tf.keras, as documented in the README.
+    """
+    leaves = _array_leaves(inputs, initial_states, mask, constants, input_length)
+    chosen = _dispatch.select_backend(leaves, backend)
+    return chosen.rnn(
+        step_function, inputs, initial_states, go_backwards=go_backwards, mask=mask,
+        constants=constants, unroll=unroll, input_length=input_length, time_major=time_major,
+        zero_output_for_mask=zero_output_for_mask, return_all_outputs=return_all_outputs,
+    )
