@@ -1,0 +1,12 @@
+"""The rnn semantics core that every backend shares.
+
+``prepare`` checks and normalises the arguments of ``rnn`` once (raising before any step runs) and
+returns an ``RnnCall``; ``run_generic`` runs the loop for any Python step function on any array
+namespace that offers the small subset listed in ``loop``. A backend with a fused kernel takes the
+``RnnCall`` from ``prepare`` and runs its own loop instead.
+"""
+
+from .loop import check_new_states, check_step_output, run_generic
+from .validation import RnnCall, format_path, prepare
+
+__all__ = ["RnnCall", "check_new_states", "check_step_output", "format_path", "prepare", "run_generic"]

@@ -1,0 +1,169 @@
+"""The generic rnn loop: runs any Python step function over an ``RnnCall``.
+
+The loop touches arrays only through this subset of the namespace ``xp``, so NumPy, CuPy and thin
+adapters (torch) can all run it: ``xp.zeros(shape, dtype=)``, ``xp.empty(shape, dtype=)``,
+``xp.where(cond, a, b)``, and on arrays ``.shape``, ``.dtype``, ``.ndim``, ``.reshape``, basic
+indexing ``a[t]`` / ``a[:, t]`` and slice assignment into those.
+
+Semantics (see the spec, section "rnn"): the step is called exactly T times, outputs go into a
+preallocated buffer in processing order, and at a masked (sample, step) the states keep their
+previous value and the output is zeros or the previous masked output (zeros before the first step).
+``unroll`` is only a hint: both modes run this same loop, so results are bitwise identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optree
+
+from .validation import RnnCall, format_path
+
+
+def _paths(tree) -> list:
+    return optree.tree_paths(tree)
+
+
+def check_new_states(call: RnnCall, new_states: Any, accepted: set) -> list:
+    """The leaves of ``new_states`` after checking them against ``initial_states``.
+
+    List and tuple (and namedtuple) containers count as the same structure, as in tf.keras; a
+    bare array stands for a one-state list. ``accepted`` caches the treespecs already checked.
+    """
+    if not isinstance(new_states, (list, tuple)):
+        new_states = (new_states,)
+    leaves, treespec = optree.tree_flatten(new_states)
+    if treespec not in accepted:
+        given = call.initial_states
+        if len(new_states) != len(given):
+            raise ValueError(
+                f"rnn: step_function returned {len(new_states)} new state(s) but initial_states has "
+                f"{len(given)}; it must return states with the structure of initial_states."
+            )
+        for index, (new, old) in enumerate(zip(new_states, given)):
+            if _paths(new) != _paths(old):
+                raise ValueError(
+                    f"rnn: step_function returned new state {index} with structure "
+                    f"{optree.tree_structure(new)}, but initial_states[{index}] has structure "
+                    f"{optree.tree_structure(old)}."
+                )
+        accepted.add(treespec)
+    for name, new, old in zip(call.state_paths, leaves, call.state_leaves):
+        if not (hasattr(new, "shape") and hasattr(new, "dtype")):
+            raise ValueError(f"rnn: step_function returned a non-array {type(new).__name__} for state {name}.")
+        if tuple(new.shape) != tuple(old.shape):
+            raise ValueError(
+                f"rnn: step_function changed the shape of state {name}: initial shape "
+                f"{tuple(old.shape)}, returned {tuple(new.shape)}."
+            )
+        if new.dtype != old.dtype:
+            raise ValueError(
+                f"rnn: step_function changed the dtype of state {name}: initial dtype {old.dtype}, "
+                f"returned {new.dtype}."
+            )
+    return leaves
+
+
+def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
+    """``(leaves, treespec, paths)`` of a step output; ``first`` is that of step 0 (or None).
+
+    Every output leaf needs the batch as its first axis (it is stacked and masked per sample), and
+    later steps must return the structure, shapes and dtypes of the first.
+    """
+    paths, leaves, treespec = optree.tree_flatten_with_path(output)
+    names = [format_path("output", p) for p in paths]
+    if first is None:
+        if not leaves:
+            raise ValueError(f"rnn: step_function returned an output with no arrays ({output!r}).")
+        for name, leaf in zip(names, leaves):
+            if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype") and hasattr(leaf, "ndim")):
+                raise ValueError(f"rnn: step_function returned a non-array {type(leaf).__name__} as {name}.")
+            if leaf.ndim < 1 or leaf.shape[0] != call.batch_size:
+                raise ValueError(
+                    f"rnn: step output {name} must have the batch size B={call.batch_size} as its "
+                    f"first axis, got shape {tuple(leaf.shape)}."
+                )
+        return leaves, treespec, paths
+    first_leaves, first_treespec, first_paths = first
+    if treespec != first_treespec and paths != first_paths:
+        raise ValueError(
+            f"rnn: step_function returned an output with structure {treespec}, but its first step "
+            f"returned {first_treespec}."
+        )
+    for name, leaf, ref in zip(names, leaves, first_leaves):
+        if not hasattr(leaf, "shape") or tuple(leaf.shape) != tuple(ref.shape) or leaf.dtype != ref.dtype:
+            seen = (tuple(leaf.shape), leaf.dtype) if hasattr(leaf, "shape") else type(leaf).__name__
+            raise ValueError(
+                f"rnn: step output {name} changed from shape/dtype {(tuple(ref.shape), ref.dtype)} "
+                f"at the first step to {seen}."
+            )
+    return leaves, treespec, paths
+
+
+def run_generic(call: RnnCall):
+    """Run the loop; return ``(last_output, outputs, new_states)`` as the spec describes."""
+    xp = call.xp
+    batch, steps = call.batch_size, call.time_steps
+    out_steps = steps if call.return_all_outputs else 1
+    states = list(call.state_leaves)
+    accepted: set = set()
+    first = None
+    buffers = prev = zeros = None
+
+    for i in range(steps):
+        t = call.original_time(i)
+        output, new_states = _call_step(call, t, states)
+        out_leaves, _, _ = current = check_step_output(call, output, first)
+        new_leaves = check_new_states(call, new_states, accepted)
+
+        if first is None:
+            first = current
+            # Buffers come from the first output's shape and dtype: no list-then-stack.
+            buffers = []
+            for leaf in out_leaves:
+                rest = tuple(leaf.shape[1:])
+                shape = (out_steps, batch) + rest if call.time_major else (batch, out_steps) + rest
+                buffers.append(xp.empty(shape, dtype=leaf.dtype))
+            if call.step_mask is not None:
+                # The "previous output" before the first step is zeros, not initial_states[0].
+                zeros = [xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
+                prev = zeros
+
+        if call.step_mask is not None:
+            valid = call.step_mask[t]
+            by_rank = {}
+
+            def keep(ndim):  # the (B,) mask reshaped to (B, 1, ..., 1) to match a leaf's rank
+                if ndim not in by_rank:
+                    by_rank[ndim] = valid.reshape((batch,) + (1,) * (ndim - 1))
+                return by_rank[ndim]
+
+            fallback = zeros if call.zero_output_for_mask else prev
+            out_leaves = [xp.where(keep(o.ndim), o, f) for o, f in zip(out_leaves, fallback)]
+            new_leaves = [xp.where(keep(n.ndim), n, s) for n, s in zip(new_leaves, states)]
+            prev = out_leaves
+        states = new_leaves
+
+        slot = i if call.return_all_outputs else 0
+        if call.return_all_outputs or i == steps - 1:
+            for buf, leaf in zip(buffers, out_leaves):
+                if call.time_major:
+                    buf[slot] = leaf
+                else:
+                    buf[:, slot] = leaf
+
+    treespec = first[1]
+    outputs = optree.tree_unflatten(treespec, buffers)
+    last = [buf[-1] if call.time_major else buf[:, -1] for buf in buffers]
+    last_output = optree.tree_unflatten(treespec, last)
+    return last_output, outputs, call.pack_states(states)
+
+
+def _call_step(call: RnnCall, t: int, states: list):
+    result = call.step_function(call.step_input(t), call.step_states(states))
+    if not isinstance(result, (list, tuple)) or len(result) != 2:
+        raise TypeError(
+            "rnn: step_function must return a pair (output, new_states), got "
+            f"{type(result).__name__}" + (f" of length {len(result)}." if isinstance(result, (list, tuple)) else ".")
+        )
+    return result
