@@ -1,0 +1,332 @@
+"""Keras recurrent cells (LSTM, GRU, SimpleRNN) as plain step functions over NumPy or CuPy arrays.
+
+A cell holds a Keras layer's weights in the Keras layout, so ``layer.get_weights()`` drops in, and
+is called as an ``rnn`` step function: ``cell(step_input, states) -> (output, new_states)``. It is
+the reference implementation that the fused kernels are checked against, and names its activations
+(see ``gpukb.activations``) so that a kernel can compile the same cell.
+
+Layouts (tf.keras 2):
+- LSTM: kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H,); gates i, f, c, o; states [h, c].
+- GRU: kernel (D, 3H), recurrent_kernel (H, 3H); gates z, r, h; bias (2, 3H) with
+  ``reset_after=True`` (row 0 input bias, row 1 recurrent bias), (3H,) otherwise; states [h].
+- SimpleRNN: kernel (D, H), recurrent_kernel (H, H), bias (H,); states [h].
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+from . import activations as _activations
+
+
+# --------------------------------------------------------------------------------------------
+# Weight checks
+# --------------------------------------------------------------------------------------------
+
+def _is_array(value: Any) -> bool:
+    # Duck-typed so that CuPy (or any array a backend's asarray returns) works without importing it.
+    return all(hasattr(value, attr) for attr in ("shape", "dtype", "ndim", "__matmul__"))
+
+
+def _library(value: Any) -> str:
+    """Top-level module of an array's type: 'numpy', 'cupy', ..."""
+    return type(value).__module__.split(".")[0]
+
+
+def _check_weights(kind: str, weights: dict, shapes: dict) -> tuple[Any, np.dtype]:
+    """Check types, shapes and dtypes of ``weights`` (name -> array or None for an absent bias).
+
+    ``shapes`` maps each name to its expected shape. Returns (array namespace, dtype).
+    """
+    present = {name: w for name, w in weights.items() if w is not None}
+    for name, w in present.items():
+        if not _is_array(w):
+            raise TypeError(
+                f"{kind}: {name} must be an array (NumPy or CuPy), not {type(w).__name__}."
+            )
+    libraries = {name: _library(w) for name, w in present.items()}
+    if len(set(libraries.values())) > 1:
+        seen = ", ".join(f"{name} from {lib}" for name, lib in libraries.items())
+        raise TypeError(f"{kind}: all weights must come from one array library; got {seen}.")
+    for name, w in present.items():
+        expected = shapes[name]
+        if tuple(w.shape) != expected:
+            raise ValueError(
+                f"{kind}: {name} must have shape {expected}, got shape {tuple(w.shape)}."
+            )
+    dtype = np.dtype(weights["kernel"].dtype)
+    for name, w in present.items():
+        if np.dtype(w.dtype).kind != "f":
+            raise ValueError(f"{kind}: {name} must have a floating dtype, got {w.dtype}.")
+        if np.dtype(w.dtype) != dtype:
+            raise ValueError(
+                f"{kind}: all weights must have one dtype; kernel is {dtype} but {name} is "
+                f"{w.dtype}."
+            )
+    library = libraries["kernel"]
+    # Importing the array's own top module is free (it is already loaded); never imports CuPy
+    # for NumPy weights.
+    return importlib.import_module(library), dtype
+
+
+def _check_rank2(kind: str, name: str, value: Any, what: str) -> None:
+    if not _is_array(value):
+        raise TypeError(
+            f"{kind}: {name} must be an array (NumPy or CuPy), not {type(value).__name__}."
+        )
+    if value.ndim != 2:
+        raise ValueError(f"{kind}: {name} must be 2-D {what}, got shape {tuple(value.shape)}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------
+
+class Cell:
+    """Base class: weights, activation names, and the step-function call protocol."""
+
+    kind = ""
+    gates = 1  # kernel columns per unit
+    n_states = 1
+
+    def __init__(self, kernel, recurrent_kernel, bias=None):
+        kind = type(self).__name__
+        _check_rank2(kind, "kernel", kernel, f"(input_dim, {self.gates} * units)")
+        _check_rank2(kind, "recurrent_kernel", recurrent_kernel, f"(units, {self.gates} * units)")
+        units = recurrent_kernel.shape[0]
+        if units == 0:
+            raise ValueError(
+                f"{kind}: recurrent_kernel must have at least one row (units > 0), got shape "
+                f"{tuple(recurrent_kernel.shape)}."
+            )
+        input_dim = kernel.shape[0]
+        width = self.gates * units
+        shapes = {
+            "kernel": (input_dim, width),
+            "recurrent_kernel": (units, width),
+            "bias": self._bias_shape(units),
+        }
+        self._xp, self.dtype = _check_weights(
+            kind, {"kernel": kernel, "recurrent_kernel": recurrent_kernel, "bias": bias}, shapes
+        )
+        self.kernel = kernel
+        self.recurrent_kernel = recurrent_kernel
+        self.bias = bias
+        self.units = int(units)
+        self.input_dim = int(input_dim)
+
+    # Subclasses override these.
+    def _bias_shape(self, units: int) -> tuple:
+        return (self.gates * units,)
+
+    def _step(self, x, states):
+        raise NotImplementedError
+
+    def _config(self) -> dict:
+        return {}
+
+    @property
+    def use_bias(self) -> bool:
+        return self.bias is not None
+
+    @property
+    def state_size(self) -> tuple:
+        return (self.units,) * self.n_states
+
+    def _act(self, name: str) -> Callable:
+        return _activations.get(name, self._xp)
+
+    def __call__(self, step_input, states):
+        """One time step: ``(output, new_states)``.
+
+        ``states`` is a tuple ``(h, c)`` / ``(h,)``, possibly followed by constants (ignored).
+        """
+        kind = type(self).__name__
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"{kind}: states must be a tuple or list, not {type(states).__name__}.")
+        if len(states) < self.n_states:
+            raise ValueError(
+                f"{kind}: expected {self.n_states} state(s) {self._state_names()}, "
+                f"got {len(states)}."
+            )
+        current = tuple(states[: self.n_states])
+        if not (_is_array(step_input) and tuple(step_input.shape[1:]) == (self.input_dim,)):
+            raise ValueError(
+                f"{kind}: step_input must have shape (batch, {self.input_dim}), got "
+                f"{_shape_text(step_input)}."
+            )
+        batch = step_input.shape[0]
+        arrays = (("step_input", step_input),) + tuple(
+            (f"states[{i}]", s) for i, s in enumerate(current)
+        )
+        for i, s in enumerate(current):
+            if not _is_array(s) or tuple(s.shape) != (batch, self.units):
+                raise ValueError(
+                    f"{kind}: states[{i}] must have shape ({batch}, {self.units}), got "
+                    f"{_shape_text(s)}."
+                )
+        for name, a in arrays:
+            if _library(a) != self._xp.__name__:
+                raise TypeError(
+                    f"{kind}: {name} is a {_library(a)} array but the weights are "
+                    f"{self._xp.__name__} arrays; convert one side (see Cell.converted)."
+                )
+            # Mixed dtypes would silently compute in the wider one; the cell computes in its own.
+            if np.dtype(a.dtype) != self.dtype:
+                raise ValueError(f"{kind}: {name} has dtype {a.dtype}, expected {self.dtype}.")
+        return self._step(step_input, current)
+
+    def _state_names(self) -> str:
+        return "[h, c]" if self.n_states == 2 else "[h]"
+
+    def converted(self, asarray: Callable) -> "Cell":
+        """A new cell of the same kind with every weight passed through ``asarray``."""
+        bias = None if self.bias is None else asarray(self.bias)
+        kernel, recurrent_kernel = asarray(self.kernel), asarray(self.recurrent_kernel)
+        return type(self)(kernel, recurrent_kernel, bias, **self._config())
+
+    def __repr__(self) -> str:
+        extras = "".join(f", {k}={v!r}" for k, v in self._config().items())
+        return (
+            f"{type(self).__name__}(units={self.units}, input_dim={self.input_dim}, "
+            f"dtype={self.dtype}{extras})"
+        )
+
+
+def _shape_text(value: Any) -> str:
+    if _is_array(value):
+        return f"shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+class LSTMCell(Cell):
+    kind = "lstm"
+    gates = 4
+    n_states = 2
+
+    def __init__(self, kernel, recurrent_kernel, bias=None, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        self.activation = _activations.standardize(activation)
+        self.recurrent_activation = _activations.standardize(recurrent_activation)
+        super().__init__(kernel, recurrent_kernel, bias)
+        self._f_act = self._act(self.activation)
+        self._f_rec = self._act(self.recurrent_activation)
+
+    def _config(self) -> dict:
+        return {"activation": self.activation, "recurrent_activation": self.recurrent_activation}
+
+    def _step(self, x, states):
+        h_tm1, c_tm1 = states
+        H = self.units
+        z = x @ self.kernel + h_tm1 @ self.recurrent_kernel
+        if self.bias is not None:
+            z = z + self.bias
+        i = self._f_rec(z[:, :H])
+        f = self._f_rec(z[:, H:2 * H])
+        c = f * c_tm1 + i * self._f_act(z[:, 2 * H:3 * H])
+        o = self._f_rec(z[:, 3 * H:])
+        h = o * self._f_act(c)
+        return h, [h, c]
+
+
+class GRUCell(Cell):
+    kind = "gru"
+    gates = 3
+    n_states = 1
+
+    def __init__(self, kernel, recurrent_kernel, bias=None, reset_after=True, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        if not isinstance(reset_after, (bool, np.bool_)):
+            raise TypeError(
+                f"GRUCell: reset_after must be a bool, not {type(reset_after).__name__}."
+            )
+        self.reset_after = bool(reset_after)
+        self.activation = _activations.standardize(activation)
+        self.recurrent_activation = _activations.standardize(recurrent_activation)
+        super().__init__(kernel, recurrent_kernel, bias)
+        self._f_act = self._act(self.activation)
+        self._f_rec = self._act(self.recurrent_activation)
+
+    def _bias_shape(self, units: int) -> tuple:
+        return (2, 3 * units) if self.reset_after else (3 * units,)
+
+    def _config(self) -> dict:
+        return {
+            "reset_after": self.reset_after,
+            "activation": self.activation,
+            "recurrent_activation": self.recurrent_activation,
+        }
+
+    def _step(self, x, states):
+        (h_tm1,) = states
+        H = self.units
+        if self.bias is None:
+            input_bias = recurrent_bias = None
+        elif self.reset_after:
+            input_bias, recurrent_bias = self.bias[0], self.bias[1]
+        else:
+            input_bias, recurrent_bias = self.bias, None
+        matrix_x = x @ self.kernel
+        if input_bias is not None:
+            matrix_x = matrix_x + input_bias
+        if self.reset_after:
+            # Keras 2 / cuDNN variant: the reset gate multiplies (h @ U_h + b_h).
+            matrix_inner = h_tm1 @ self.recurrent_kernel
+            if recurrent_bias is not None:
+                matrix_inner = matrix_inner + recurrent_bias
+        else:
+            matrix_inner = h_tm1 @ self.recurrent_kernel[:, : 2 * H]
+        z = self._f_rec(matrix_x[:, :H] + matrix_inner[:, :H])
+        r = self._f_rec(matrix_x[:, H:2 * H] + matrix_inner[:, H:2 * H])
+        if self.reset_after:
+            recurrent_h = r * matrix_inner[:, 2 * H:]
+        else:
+            recurrent_h = (r * h_tm1) @ self.recurrent_kernel[:, 2 * H:]
+        hh = self._f_act(matrix_x[:, 2 * H:] + recurrent_h)
+        h = z * h_tm1 + (1 - z) * hh
+        return h, [h]
+
+
+class SimpleRNNCell(Cell):
+    kind = "simple_rnn"
+    gates = 1
+    n_states = 1
+
+    def __init__(self, kernel, recurrent_kernel, bias=None, activation="tanh"):
+        self.activation = _activations.standardize(activation)
+        super().__init__(kernel, recurrent_kernel, bias)
+        self._f_act = self._act(self.activation)
+
+    def _config(self) -> dict:
+        return {"activation": self.activation}
+
+    def _step(self, x, states):
+        (h_tm1,) = states
+        h = x @ self.kernel
+        if self.bias is not None:
+            h = h + self.bias
+        output = self._f_act(h + h_tm1 @ self.recurrent_kernel)
+        return output, [output]
+
+
+# --------------------------------------------------------------------------------------------
+# Factories (the public names)
+# --------------------------------------------------------------------------------------------
+
+def lstm(kernel, recurrent_kernel, bias=None, activation="tanh", recurrent_activation="sigmoid"):
+    """An LSTM cell from tf.keras LSTM weights: kernel (D, 4H), recurrent (H, 4H), bias (4H,)."""
+    return LSTMCell(kernel, recurrent_kernel, bias, activation, recurrent_activation)
+
+
+def gru(kernel, recurrent_kernel, bias=None, reset_after=True, activation="tanh",
+        recurrent_activation="sigmoid"):
+    """A GRU cell from tf.keras GRU weights; bias (2, 3H) if ``reset_after`` else (3H,)."""
+    return GRUCell(kernel, recurrent_kernel, bias, reset_after, activation, recurrent_activation)
+
+
+def simple_rnn(kernel, recurrent_kernel, bias=None, activation="tanh"):
+    """A SimpleRNN cell from tf.keras weights: kernel (D, H), recurrent (H, H), bias (H,)."""
+    return SimpleRNNCell(kernel, recurrent_kernel, bias, activation)
