@@ -26,9 +26,12 @@ from ._dispatch import (
     use_backend,
 )
 from ._frontend import rnn
+from . import activations, cells
 
 __all__ = [
     "__version__",
+    "activations",
+    "cells",
     "Availability",
     "Backend",
     "KerasTensor",

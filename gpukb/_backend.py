@@ -56,8 +56,9 @@ class Backend:
       ``priority``: among backends that accept the same array type, the highest wins;
       ``install_hint``: what to install when it is unavailable (shown in the error).
     Override ``is_available`` (cheap: no heavy imports), ``_load_xp`` (the array namespace),
-    optionally ``fused_rnn`` (speed) or ``rnn`` (to take over completely), ``asarray`` and
-    ``on_clear_session``.
+    ``asarray``/``to_numpy`` when NumPy conversion needs more than ``xp.asarray``/``numpy.asarray``,
+    optionally ``namespace`` (per-call namespace, e.g. bound to a device), ``fused_rnn`` (speed)
+    or ``rnn`` (to take over completely), and ``on_clear_session``.
     """
 
     name: str = ""
@@ -84,28 +85,39 @@ class Backend:
     def _load_xp(self):
         raise NotImplementedError(f"backend {self.name!r} does not define _load_xp()")
 
+    def namespace(self, leaves):
+        """The array namespace for one call whose input arrays are ``leaves`` (default: ``xp``).
+
+        Override to bind per-call context, e.g. the device of the inputs."""
+        return self.xp
+
     def asarray(self, value):
-        """Move a NumPy array (e.g. a cell weight) to this backend's arrays."""
+        """A NumPy array as this backend's array (used by gpukb.testing and for cell weights)."""
         return self.xp.asarray(value)
+
+    def to_numpy(self, array):
+        """This backend's array as a NumPy array (used by gpukb.testing)."""
+        import numpy
+
+        return numpy.asarray(array)
 
     # -- the rnn loop -------------------------------------------------------------------------
 
     def rnn(self, step_function, inputs, initial_states, **options):
         """Run ``gpukb.rnn`` on this backend: the shared semantics, fused where possible."""
+        import optree
+
         from . import _rnn
         from .cells import Cell
 
+        xp = self.namespace(optree.tree_leaves(inputs))
         if isinstance(step_function, Cell):
-            step_function = self.prepare_cell(step_function)
-        call = _rnn.prepare(step_function, inputs, initial_states, xp=self.xp, **options)
+            step_function = step_function.converted(xp.asarray)
+        call = _rnn.prepare(step_function, inputs, initial_states, xp=xp, **options)
         result = self.fused_rnn(call)
         if result is NotImplemented:
             result = _rnn.run_generic(call)
         return result
-
-    def prepare_cell(self, cell):
-        """Give the cell's weights this backend's array type (once per call, not per step)."""
-        return cell.converted(self.asarray)
 
     def fused_rnn(self, call):
         """Run a validated ``gpukb._rnn.RnnCall`` with a fused kernel, or return NotImplemented

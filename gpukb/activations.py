@@ -40,9 +40,9 @@ def _sigmoid(xp):
     def sigmoid(x):
         # exp(-|x|) never overflows (|x| written as -min(x, -x), the allowed ops only); the two
         # branches are the same function, each exact where it is used.
+        # Python scalars are "weak": the result keeps x's dtype in NumPy, CuPy and torch alike.
         e = xp.exp(xp.minimum(x, -x))
-        one = x.dtype.type(1)
-        return xp.where(x >= 0, one / (one + e), e / (one + e))
+        return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
     return sigmoid
 
@@ -51,15 +51,16 @@ def _hard_sigmoid(xp):
     def hard_sigmoid(x):
         # tf.keras 2 (tf_keras/src/backend.py): clip(x * 0.2 + 0.5, 0, 1), constants in x's dtype.
         # Keras 3 changed it to relu6(x + 3) / 6, a slope of 1/6: we follow tf.keras.
-        t = x * x.dtype.type(0.2) + x.dtype.type(0.5)
-        return xp.clip(t, x.dtype.type(0), x.dtype.type(1))
+        return xp.clip(x * 0.2 + 0.5, 0.0, 1.0)
 
     return hard_sigmoid
 
 
 def _relu(xp):
     def relu(x):
-        return xp.maximum(x, x.dtype.type(0))
+        # where(x < 0, 0, x) rather than maximum(x, 0): torch's maximum takes no scalars, and
+        # NaN must pass through.
+        return xp.where(x < 0, xp.zeros_like(x), x)
 
     return relu
 

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._dtypes import numpy_dtype
+
 from . import activations as _activations
 
 
@@ -57,11 +59,11 @@ def _check_weights(kind: str, weights: dict, shapes: dict) -> tuple[Any, np.dtyp
             raise ValueError(
                 f"{kind}: {name} must have shape {expected}, got shape {tuple(w.shape)}."
             )
-    dtype = np.dtype(weights["kernel"].dtype)
+    dtype = numpy_dtype(weights["kernel"].dtype)
     for name, w in present.items():
-        if np.dtype(w.dtype).kind != "f":
+        if numpy_dtype(w.dtype).kind != "f":
             raise ValueError(f"{kind}: {name} must have a floating dtype, got {w.dtype}.")
-        if np.dtype(w.dtype) != dtype:
+        if numpy_dtype(w.dtype) != dtype:
             raise ValueError(
                 f"{kind}: all weights must have one dtype; kernel is {dtype} but {name} is "
                 f"{w.dtype}."
@@ -175,7 +177,7 @@ class Cell:
                     f"{self._xp.__name__} arrays; convert one side (see Cell.converted)."
                 )
             # Mixed dtypes would silently compute in the wider one; the cell computes in its own.
-            if np.dtype(a.dtype) != self.dtype:
+            if numpy_dtype(a.dtype) != self.dtype:
                 raise ValueError(f"{kind}: {name} has dtype {a.dtype}, expected {self.dtype}.")
         return self._step(step_input, current)
 

@@ -165,7 +165,9 @@ def test_discovery_is_cached_and_refreshable(plugin):
 
 
 def test_plugins_are_discovered(plugin):
-    assert set(gpukb.list_backends()) == {"cpu", "cuda", "fake", "greedy", "rival", "off"}
+    names = set(gpukb.list_backends())  # other installed plugins (gpukb-torch) may be there too
+    assert {"cpu", "cuda", "fake", "greedy", "rival", "off"} <= names
+    assert not names & {"raising", "misnamed", "notabackend", "broken"}
 
 
 def test_each_broken_entry_point_warns_once_naming_it_its_distribution_and_error(plugin):

@@ -14,6 +14,8 @@ from typing import Any, Callable
 import numpy
 import optree
 
+from .._dtypes import numpy_dtype
+
 
 def format_path(root: str, path: tuple) -> str:
     """``('a', 0)`` under ``'inputs'`` -> ``"inputs['a'][0]"``."""
@@ -30,10 +32,9 @@ def _is_array(x: Any) -> bool:
 
 def _is_integer_dtype(dtype: Any) -> bool:
     try:
-        return numpy.dtype(dtype).kind in "iu"
-    except TypeError:  # a library whose dtypes NumPy does not know (torch): go by the name
-        name = str(dtype).rsplit(".", 1)[-1]
-        return name.startswith(("int", "uint"))
+        return numpy_dtype(dtype).kind in "iu"
+    except TypeError:
+        return False
 
 
 def _flag(name: str, value: Any) -> bool:
