@@ -1,4 +1,4 @@
-"""The ``gpukb`` command line: ``gpukb info``."""
+"""The ``gpukb`` command line: ``gpukb info``, ``gpukb bench``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="print the version, config file, session state and backends")
     info.set_defaults(handler=_info)
+    from .bench import command as bench_command
+
+    bench = commands.add_parser(
+        "bench", help="time gpukb.rnn against PyTorch, JAX and Keras (the peers installed here)",
+        description=bench_command.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench_command.add_arguments(bench)
+    bench.set_defaults(handler=lambda args: bench_command.run(args, bench))
     return parser
 
 

@@ -1,0 +1,178 @@
+"""``gpukb bench``: its arguments, their validation (before anything runs), and the run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Time gpukb.rnn (LSTM and GRU, every available gpukb backend) against the peers installed here
+(PyTorch nn.LSTM/nn.GRU, JAX lax.scan, Keras 3, tf.keras) and print a table: median ms, GFLOP/s,
+the ratio to the fastest peer and the relative error against a float64 NumPy reference. The
+first call of each implementation (compilation) is not timed. Peers that are not installed are
+listed as skipped."""
+
+QUICK = {"repeats": 3, "budget": 0.5}
+FULL = {"repeats": 10, "budget": 3.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes and fewer repeats (under a minute on 2 cores)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also save the results, with machine information, as JSON")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also draw the results (needs matplotlib: pip install 'gpukb[plot]')")
+    parser.add_argument("--workloads", metavar="LIST", default="lstm,gru",
+                        help="comma-separated workloads among lstm, gru (default: both)")
+    parser.add_argument("--sizes", metavar="BxTxDxH", nargs="+",
+                        help="sizes to run instead of the defaults, e.g. 32x100x64x128")
+    parser.add_argument("--backends", metavar="LIST",
+                        help="comma-separated gpukb backends (default: every available one; "
+                             "'none': peers only)")
+    parser.add_argument("--peers", metavar="LIST",
+                        help="comma-separated peers among torch, jax, keras3, tf.keras "
+                             "(default: all that are installed; 'none': no peers)")
+    parser.add_argument("--repeats", type=int, metavar="N",
+                        help="timed calls per measurement (default: 10; --quick: 3)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="stop repeating a measurement after this many seconds "
+                             "(default: 3; --quick: 0.5)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar on stderr")
+
+
+def _list(text: str | None, known, what: str, parser) -> list | None:
+    """A comma-separated option: None when not given, [] for 'none', else the checked names."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["none"]:
+        return []
+    if not names:
+        parser.error(f"--{what}: give a comma-separated list (known: {', '.join(known)}) or 'none'.")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"--{what}: unknown {', '.join(map(repr, unknown))}; known: "
+                     f"{', '.join(known)} (or 'none').")
+    return list(dict.fromkeys(names))
+
+
+def _output_path(text: str, option: str, parser) -> Path:
+    path = Path(text)
+    if path.is_dir():
+        parser.error(f"{option} {text}: is a folder; give a file name.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        parser.error(f"{option} {text}: the folder {parent} does not exist.")
+    if not os.access(parent, os.W_OK):
+        parser.error(f"{option} {text}: the folder {parent} is not writable.")
+    return path
+
+
+def validate(args, parser) -> dict:
+    """Check every argument before anything runs; returns the run's settings."""
+    from gpukb import _dispatch
+
+    from . import peers, report, workloads
+
+    settings = dict(FULL if not args.quick else QUICK)
+    if args.repeats is not None:
+        if args.repeats < 1:
+            parser.error(f"--repeats must be at least 1, got {args.repeats}.")
+        settings["repeats"] = args.repeats
+    if args.budget is not None:
+        if not args.budget > 0:
+            parser.error(f"--budget must be a positive number of seconds, got {args.budget}.")
+        settings["budget"] = args.budget
+    settings["workloads"] = _list(args.workloads, workloads.BENCH_WORKLOADS, "workloads", parser)
+    if not settings["workloads"]:
+        parser.error("--workloads: give at least one of lstm, gru.")
+    if args.sizes:
+        try:
+            settings["sizes"] = [workloads.Size.parse(s) for s in args.sizes]
+        except ValueError as error:
+            parser.error(f"--sizes: {error}")
+    else:
+        settings["sizes"] = list(workloads.QUICK_SIZES if args.quick else workloads.FULL_SIZES)
+    settings["peers"] = _list(args.peers, peers.PEER_NAMES, "peers", parser)
+    if settings["peers"] is None:
+        settings["peers"] = list(peers.PEER_NAMES)
+    records = {r.name: r for r in _dispatch.backend_records()}
+    backends = _list(args.backends, sorted(records), "backends", parser)
+    if backends:
+        for name in backends:
+            if not records[name].availability:
+                hint = records[name].backend.install_hint
+                parser.error(f"--backends: backend {name!r} is not available here: "
+                             f"{records[name].availability.reason}" + (f". {hint}" if hint else ""))
+    settings["backends"] = backends  # None: every discovered one (unavailable ones: skipped)
+    if backends == [] and settings["peers"] == []:
+        parser.error("--backends none with --peers none leaves nothing to run.")
+    settings["json"] = _output_path(args.json, "--json", parser) if args.json else None
+    settings["plot"] = None
+    if args.plot:
+        path = _output_path(args.plot, "--plot", parser)
+        suffix = path.suffix.lower().lstrip(".")
+        if suffix not in report.PLOT_FORMATS:
+            parser.error(f"--plot {args.plot}: the file name must end in "
+                         f"{', '.join('.' + f for f in report.PLOT_FORMATS)}.")
+        problem = report.matplotlib_problem()
+        if problem:
+            parser.error(problem)
+        settings["plot"] = path
+    return settings
+
+
+def run(args, parser) -> int:
+    settings = validate(args, parser)
+
+    from gpukb import _dispatch
+
+    from . import peers, report, runner
+
+    backends = settings["backends"]
+    if backends is None:
+        backends = [r.name for r in _dispatch.backend_records()]
+    keys = [f"gpukb[{name}]" for name in backends] + peers.peer_keys(settings["peers"])
+    workloads, sizes = settings["workloads"], settings["sizes"]
+    progress = runner.ProgressBar(len(keys) * len(workloads) * len(sizes),
+                                  enabled=not args.no_progress)
+    results, ready, skipped = runner.run_isolated(
+        keys, workloads, sizes, repeats=settings["repeats"], budget_s=settings["budget"],
+        progress=progress,
+    )
+    progress.close()
+
+    machine = report.machine_info(ready)
+    mode = "quick" if args.quick else "full"
+    commit = f" ({machine['gpukb_commit']})" if machine["gpukb_commit"] else ""
+    print(f"gpukb bench ({mode}): gpukb {machine['versions']['gpukb']}{commit}, "
+          f"{machine['cpu']}, {machine['usable_cores']} usable cores, {machine['date']}")
+    threads = {i.key: i.threads for i in ready}
+    print(report.format_table(results, skipped=skipped, threads=threads))
+
+    if settings["json"] is not None:
+        recorded = {"mode": mode, "repeats": settings["repeats"], "budget_s": settings["budget"],
+                    "workloads": settings["workloads"],
+                    "sizes": [s.as_dict() for s in settings["sizes"]],
+                    "peers": settings["peers"], "backends": settings["backends"]}
+        doc = report.document(results, machine=machine, settings=recorded,
+                              implementations=ready, skipped=skipped)
+        report.write_json(settings["json"], doc)
+        print(f"saved {settings['json']}", file=sys.stderr)
+    if settings["plot"] is not None:
+        try:
+            report.plot(results, settings["plot"], machine=machine)
+        except ValueError as error:
+            print(f"gpukb bench: no plot: {error}", file=sys.stderr)
+            return 1
+        print(f"saved {settings['plot']}", file=sys.stderr)
+    failed = [r for r in results if r.kind == "gpukb" and r.status != "ok"]
+    if failed:
+        print(f"gpukb bench: {len(failed)} gpukb measurement(s) failed (see the table).",
+              file=sys.stderr)
+        return 1
+    return 0

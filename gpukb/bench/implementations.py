@@ -1,0 +1,170 @@
+"""What ``gpukb bench`` times: the base class of an implementation, and the gpukb backends.
+
+An implementation is prepared once (``prepare``: import its library, or raise ``Skipped`` with the
+reason) and then built per problem (``build``: a ``Runnable`` whose ``run`` does one forward pass,
+synchronised, and whose ``to_numpy`` turns the result into a NumPy array for the error check).
+Every *available* gpukb backend is an implementation (``gpukb[cpu]``, ``gpukb[cuda]``, plugins);
+the peers are in ``gpukb.bench.peers``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+class Skipped(Exception):
+    """An implementation that cannot run here; the message is the reason shown to the user."""
+
+
+@dataclass
+class Runnable:
+    """One implementation built for one problem."""
+
+    run: Callable[[], Any]                                   # one synchronised forward pass
+    to_numpy: Callable[[Any], np.ndarray] = np.asarray     # run()'s result -> (B, T, H) NumPy
+
+
+@dataclass
+class Implementation:
+    """Base class. ``key`` names it on the command line and in the JSON; ``kind`` is ``"gpukb"``
+    or ``"peer"``; ``threads`` says how many threads it computes with (set by ``prepare``)."""
+
+    key: str
+    kind: str = "peer"
+    threads: str = ""
+    versions: dict = field(default_factory=dict)
+    workloads: tuple = ("lstm", "gru")
+
+    def label(self, workload: str) -> str:
+        return self.key
+
+    def prepare(self) -> None:
+        """Import what is needed; raise ``Skipped(reason)`` when it cannot run here."""
+
+    def build(self, problem) -> Runnable:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# gpukb backends
+# --------------------------------------------------------------------------------------------
+
+def synchronizer(backend) -> Callable[[], None]:
+    """What waits for a backend's queued work: CuPy's current stream for ``cuda`` (and any
+    backend accepting CuPy arrays), a backend's own ``synchronize()`` if it has one, else nothing."""
+    sync = getattr(backend, "synchronize", None)
+    if callable(sync):
+        return sync
+    if "cupy:ndarray" in getattr(backend, "array_types", ()):
+        import cupy
+
+        def cupy_sync():
+            cupy.cuda.get_current_stream().synchronize()
+
+        return cupy_sync
+    return lambda: None
+
+
+def _numba_threads() -> str:
+    try:
+        import numba
+
+        return (f"Numba {numba.get_num_threads()} thread(s) (NUMBA_NUM_THREADS; default: all "
+                f"{os.cpu_count()} cores); NumPy's BLAS where the generic loop runs")
+    except Exception as error:  # pragma: no cover - numba is a dependency
+        return f"unknown ({error})"
+
+
+class GpukbBackend(Implementation):
+    """``gpukb.rnn(cell, inputs, states, backend=name)`` with the inputs, states and cell weights
+    already converted to the backend's arrays (conversion is outside the timed region)."""
+
+    def __init__(self, name: str):
+        super().__init__(key=f"gpukb[{name}]", kind="gpukb")
+        self.name = name
+        self.backend = None
+
+    def prepare(self) -> None:
+        import gpukb
+        from gpukb import _dispatch
+
+        records = {r.name: r for r in _dispatch.backend_records()}
+        record = records.get(self.name)
+        if record is None:
+            raise Skipped(f"no backend called {self.name!r} is installed")
+        if not record.availability:
+            raise Skipped(f"unavailable: {record.availability.reason}")
+        self.backend = record.backend
+        self.versions = {"gpukb": gpukb.__version__}
+        if self.name == "cpu":
+            import numba
+
+            self.versions["numba"] = numba.__version__
+            self.threads = _numba_threads()
+        elif "cupy:ndarray" in self.backend.array_types:
+            import cupy
+
+            self.versions["cupy"] = cupy.__version__
+            self.threads = f"GPU ({gpu_name()})"
+        else:
+            self.versions[record.distribution] = _distribution_version(record.distribution)
+            self.threads = f"as the {self.name!r} backend ({record.distribution}) sets it"
+
+    def build(self, problem) -> Runnable:
+        import gpukb
+
+        backend, name = self.backend, self.name
+        convert = backend.asarray
+        cell = problem.cell().converted(convert)
+        inputs = convert(problem.x)
+        states = [convert(s) for s in problem.states]
+        sync = synchronizer(backend)
+
+        def run():
+            outputs = gpukb.rnn(cell, inputs, states, backend=name)[1]
+            sync()  # inside the timed region: queued GPU work counts
+            return outputs
+
+        return Runnable(run, backend.to_numpy)
+
+
+def gpukb_backends(names=None) -> list[GpukbBackend]:
+    """An implementation per discovered backend (or per name in ``names``), in name order."""
+    from gpukb import _dispatch
+
+    if names is None:
+        names = [r.name for r in _dispatch.backend_records()]
+    return [GpukbBackend(name) for name in names]
+
+
+def make_implementation(key: str) -> Implementation:
+    """A fresh implementation from its key: ``gpukb[NAME]`` or a peer's key."""
+    if key.startswith("gpukb[") and key.endswith("]"):
+        return GpukbBackend(key[len("gpukb["):-1])
+    from .peers import make_peer
+
+    return make_peer(key)
+
+
+def gpu_name() -> str:
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception as error:
+        return f"unknown GPU ({type(error).__name__})"
+
+
+def _distribution_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except Exception:
+        return "unknown"

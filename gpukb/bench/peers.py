@@ -1,0 +1,303 @@
+"""The peers: what a user would run instead of gpukb, each optional.
+
+- ``torch``: ``torch.nn.LSTM`` / ``torch.nn.GRU`` under ``torch.inference_mode()``, on the CPU with
+  ``torch.set_num_threads(os.cpu_count())``; a second entry on the GPU when
+  ``torch.cuda.is_available()`` (synchronised with ``torch.cuda.synchronize()``).
+- ``jax``: the cell written with ``jax.numpy`` and iterated by ``jax.lax.scan`` under ``jax.jit``,
+  on JAX's default device; XLA's CPU thread pool uses every core by default.
+- ``keras3``: ``keras.layers.LSTM`` / ``GRU`` (Keras 3) called on NumPy arrays; the backend is
+  ``KERAS_BACKEND`` (``numpy`` when unset, since that is what a NumPy user gets without another
+  framework); the NumPy backend computes with NumPy's BLAS threads.
+- ``tf.keras``: ``tf_keras.layers.LSTM`` / ``GRU`` (Keras 2, ``pip install tf_keras``) inside a
+  ``tf.function``; TensorFlow's default thread pools (every core).
+
+A peer whose library is missing (or fails to import) raises ``Skipped`` from ``prepare``: it is
+listed as skipped, never an error. Weights are the same Keras-layout arrays for every peer; the
+torch adapters reorder the gates (torch LSTM i, f, g, o = Keras i, f, c, o; torch GRU r, z, n =
+Keras z, r, h, with Keras' ``reset_after=True`` being torch's formulation).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+from .implementations import Implementation, Runnable, Skipped
+
+
+def _import(module: str, install: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        missing = getattr(error, "name", None) or module
+        raise Skipped(f"{missing} is not installed ({install})") from None
+    except Exception as error:  # a broken install is skipped too, with what went wrong
+        raise Skipped(f"importing {module} failed: {type(error).__name__}: {error}") from None
+
+
+def blas_threads() -> str:
+    """NumPy's BLAS thread count, when threadpoolctl can tell."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts = {f"{i.get('internal_api')} {i.get('num_threads')}" for i in threadpool_info()
+                  if i.get("user_api") == "blas"}
+        if counts:
+            return "NumPy BLAS: " + ", ".join(sorted(counts)) + " thread(s)"
+    except Exception:
+        pass
+    return f"NumPy BLAS default (usually all {os.cpu_count()} cores)"
+
+
+# --------------------------------------------------------------------------------------------
+# PyTorch
+# --------------------------------------------------------------------------------------------
+
+class TorchPeer(Implementation):
+    def __init__(self, device: str = "cpu"):
+        super().__init__(key="torch" if device == "cpu" else f"torch[{device}]")
+        self.device = device
+
+    def label(self, workload):
+        layer = {"lstm": "nn.LSTM", "gru": "nn.GRU"}[workload]
+        return f"torch {layer}" + ("" if self.device == "cpu" else f" ({self.device})")
+
+    def prepare(self):
+        torch = _import("torch", "pip install torch")
+        self.torch = torch
+        self.versions = {"torch": torch.__version__}
+        if self.device == "cpu":
+            torch.set_num_threads(os.cpu_count() or 1)
+            self.threads = (f"{torch.get_num_threads()} (torch.set_num_threads(os.cpu_count()))")
+        else:
+            if not torch.cuda.is_available():
+                raise Skipped("torch.cuda.is_available() is False")
+            self.threads = f"GPU ({torch.cuda.get_device_name()})"
+
+    def build(self, problem):
+        torch = self.torch
+        W, U, b = problem.weights
+        D, H = problem.size.D, problem.size.H
+        if problem.workload == "lstm":
+            module = torch.nn.LSTM(D, H, batch_first=True)
+            w_ih, w_hh, b_ih, b_hh = W.T, U.T, b, np.zeros_like(b)
+        else:  # Keras z, r, h -> torch r, z, n
+            module = torch.nn.GRU(D, H, batch_first=True)
+
+            def order(a):
+                return np.concatenate([a[..., H:2 * H], a[..., :H], a[..., 2 * H:]], axis=-1)
+
+            w_ih, w_hh, b_ih, b_hh = order(W).T, order(U).T, order(b[0]), order(b[1])
+        dev = torch.device(self.device)
+        module = module.to(dev).eval()
+        with torch.no_grad():
+            for param, value in ((module.weight_ih_l0, w_ih), (module.weight_hh_l0, w_hh),
+                                 (module.bias_ih_l0, b_ih), (module.bias_hh_l0, b_hh)):
+                param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        x = torch.from_numpy(problem.x).to(dev)
+        states = tuple(torch.from_numpy(s)[None].to(dev) for s in problem.states)
+        hidden = states if problem.workload == "lstm" else states[0]
+        sync = torch.cuda.synchronize if self.device != "cpu" else (lambda: None)
+
+        def run():
+            with torch.inference_mode():
+                outputs = module(x, hidden)[0]
+            sync()
+            return outputs
+
+        return Runnable(run, lambda out: out.detach().cpu().numpy())
+
+
+# --------------------------------------------------------------------------------------------
+# JAX
+# --------------------------------------------------------------------------------------------
+
+class JaxPeer(Implementation):
+    def __init__(self):
+        super().__init__(key="jax")
+
+    def label(self, workload):
+        return f"jax lax.scan ({self.platform})" if hasattr(self, "platform") else "jax lax.scan"
+
+    def prepare(self):
+        jax = _import("jax", "pip install jax")
+        self.jax = jax
+        self.jnp = importlib.import_module("jax.numpy")
+        try:
+            self.platform = jax.default_backend()
+        except Exception as error:
+            raise Skipped(f"JAX has no usable device: {type(error).__name__}: {error}") from None
+        self.versions = {"jax": jax.__version__}
+        try:
+            import jaxlib
+
+            self.versions["jaxlib"] = jaxlib.__version__
+        except Exception:
+            pass
+        self.threads = ("GPU" if self.platform != "cpu"
+                        else f"XLA CPU thread pool (default: all {os.cpu_count()} cores)")
+        self._compiled = {"lstm": jax.jit(self._forward_lstm), "gru": jax.jit(self._forward_gru)}
+
+    def _forward_lstm(self, x, W, U, b, h0, c0):
+        jax, jnp = self.jax, self.jnp
+        H = h0.shape[1]
+        xw = jnp.einsum("btd,dk->tbk", x, W) + b
+
+        def step(carry, xt):
+            h, c = carry
+            z = xt + h @ U
+            i, f = jax.nn.sigmoid(z[:, :H]), jax.nn.sigmoid(z[:, H:2 * H])
+            g, o = jnp.tanh(z[:, 2 * H:3 * H]), jax.nn.sigmoid(z[:, 3 * H:])
+            c = f * c + i * g
+            h = o * jnp.tanh(c)
+            return (h, c), h
+
+        _, hs = jax.lax.scan(step, (h0, c0), xw)
+        return jnp.swapaxes(hs, 0, 1)
+
+    def _forward_gru(self, x, W, U, b, h0):
+        jax, jnp = self.jax, self.jnp
+        H = h0.shape[1]
+        xw = jnp.einsum("btd,dk->tbk", x, W) + b[0]
+
+        def step(h, mx):
+            mh = h @ U + b[1]
+            z = jax.nn.sigmoid(mx[:, :H] + mh[:, :H])
+            r = jax.nn.sigmoid(mx[:, H:2 * H] + mh[:, H:2 * H])
+            hh = jnp.tanh(mx[:, 2 * H:] + r * mh[:, 2 * H:])
+            h = z * h + (1.0 - z) * hh
+            return h, h
+
+        _, hs = jax.lax.scan(step, h0, xw)
+        return jnp.swapaxes(hs, 0, 1)
+
+    def build(self, problem):
+        jnp = self.jnp
+        f = self._compiled[problem.workload]
+        args = [jnp.asarray(a) for a in (problem.x, *problem.weights, *problem.states)]
+
+        def run():
+            return f(*args).block_until_ready()
+
+        return Runnable(run, np.asarray)
+
+
+# --------------------------------------------------------------------------------------------
+# Keras 3 and tf.keras
+# --------------------------------------------------------------------------------------------
+
+def _keras_layer(layers, problem, time_steps=None):
+    H = problem.size.H
+    if problem.workload == "lstm":
+        return layers.LSTM(H, return_sequences=True)
+    return layers.GRU(H, return_sequences=True, reset_after=True)
+
+
+class Keras3Peer(Implementation):
+    def __init__(self):
+        super().__init__(key="keras3")
+
+    def label(self, workload):
+        layer = {"lstm": "LSTM", "gru": "GRU"}[workload]
+        backend = getattr(self, "backend_name", "?")
+        return f"keras3 {layer} ({backend})"
+
+    def prepare(self):
+        os.environ.setdefault("KERAS_BACKEND", "numpy")
+        keras = _import("keras", "pip install keras")
+        version = getattr(keras, "__version__", "0")
+        if not version.startswith("3"):
+            raise Skipped(f"keras {version} is installed, not Keras 3")
+        self.keras = keras
+        self.backend_name = keras.backend.backend()
+        self.versions = {"keras": version}
+        self.threads = (blas_threads() if self.backend_name == "numpy"
+                        else f"the {self.backend_name} backend's default")
+
+    def build(self, problem):
+        keras = self.keras
+        layer = _keras_layer(keras.layers, problem)
+        x = problem.x
+        layer.build(x.shape)
+        layer.set_weights(list(problem.weights))
+        convert = keras.ops.convert_to_numpy
+
+        def run():
+            return convert(layer(x))  # NumPy in, NumPy out: the conversion is part of the call
+
+        return Runnable(run, np.asarray)
+
+
+class TfKerasPeer(Implementation):
+    def __init__(self):
+        super().__init__(key="tf.keras")
+
+    def label(self, workload):
+        layer = {"lstm": "LSTM", "gru": "GRU"}[workload]
+        return f"tf.keras {layer} (tf.function)"
+
+    def prepare(self):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        tf = _import("tensorflow", "pip install tensorflow tf_keras")
+        try:
+            tfk = importlib.import_module("tf_keras")
+        except ImportError:
+            keras_version = getattr(getattr(tf, "keras", None), "__version__", "")
+            if not keras_version.startswith("2"):
+                raise Skipped("tf_keras is not installed (pip install tf_keras)") from None
+            tfk = tf.keras
+        except Exception as error:
+            raise Skipped(f"importing tf_keras failed: {type(error).__name__}: {error}") from None
+        self.tf, self.tfk = tf, tfk
+        self.versions = {"tensorflow": tf.__version__,
+                         "tf_keras": getattr(tfk, "__version__", "unknown")}
+        self.threads = f"TensorFlow default thread pools (all {os.cpu_count()} cores)"
+
+    def build(self, problem):
+        tf = self.tf
+        layer = _keras_layer(self.tfk.layers, problem)
+        layer.build((None,) + problem.x.shape[1:])
+        layer.set_weights(list(problem.weights))
+        call = tf.function(lambda xx: layer(xx))
+        x = tf.constant(problem.x)
+
+        def run():
+            return call(x).numpy()
+
+        return Runnable(run, np.asarray)
+
+
+#: Every peer ``gpukb bench`` knows, by the ``--peers`` name that selects it.
+PEER_NAMES = ("torch", "jax", "keras3", "tf.keras")
+
+
+def peer_keys(names=PEER_NAMES) -> list[str]:
+    """The implementation keys the ``--peers`` names stand for (``torch``: CPU and CUDA)."""
+    return [peer.key for peer in make_peers(names)]
+
+
+def make_peer(key: str) -> Implementation:
+    """A fresh peer from its key (``torch``, ``torch[cuda]``, ``jax``, ``keras3``, ``tf.keras``)."""
+    for peer in make_peers():
+        if peer.key == key:
+            return peer
+    raise ValueError(f"unknown peer {key!r}.")
+
+
+def make_peers(names=PEER_NAMES) -> list[Implementation]:
+    """Fresh (unprepared) peer implementations for the given ``--peers`` names."""
+    made: list[Implementation] = []
+    for name in names:
+        if name == "torch":
+            made += [TorchPeer("cpu"), TorchPeer("cuda")]
+        elif name == "jax":
+            made.append(JaxPeer())
+        elif name == "keras3":
+            made.append(Keras3Peer())
+        elif name == "tf.keras":
+            made.append(TfKerasPeer())
+        else:
+            raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEER_NAMES)}.")
+    return made

@@ -1,0 +1,248 @@
+"""Timing: the first call (compilation, caches) outside the timed region, then the median of
+repeated calls within a time budget; and the text progress bar on stderr."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Timing:
+    first_call_s: float          # the untimed warm-up call: compilation, allocation, caches
+    times_s: list = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.times_s)
+
+
+def measure(run, *, repeats: int, budget_s: float, clock=time.perf_counter):
+    """Call ``run()`` once untimed (warm-up: compile) and then up to ``repeats`` timed times,
+    stopping early once ``budget_s`` seconds of timed calls have passed (at least one timed call
+    always runs). ``run`` must synchronise its device itself. Returns (first result, Timing)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
+    start = clock()
+    result = run()
+    timing = Timing(first_call_s=clock() - start)
+    deadline = clock() + budget_s
+    for _ in range(repeats):
+        t0 = clock()
+        run()
+        t1 = clock()
+        timing.times_s.append(t1 - t0)
+        if t1 >= deadline:
+            break
+    return result, timing
+
+
+class ProgressBar:
+    """``[#######.......]  7/18 lstm B=32 ... torch nn.LSTM`` redrawn in place on a terminal; one
+    line per step otherwise (logs stay readable); nothing when disabled."""
+
+    def __init__(self, total: int, *, stream=None, enabled: bool = True, width: int = 24):
+        self.total = max(int(total), 1)
+        self.done = 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.perf_counter()
+        self._last_len = 0
+
+    def _line(self, label: str) -> str:
+        filled = int(self.width * self.done / self.total)
+        bar = "#" * filled + "." * (self.width - filled)
+        elapsed = time.perf_counter() - self.started
+        digits = len(str(self.total))
+        return f"[{bar}] {self.done:{digits}d}/{self.total} {elapsed:5.0f}s {label}"
+
+    def show(self, label: str) -> None:
+        """Announce the step about to run."""
+        if not self.enabled:
+            return
+        line = self._line(label)
+        if self.tty:
+            pad = max(self._last_len - len(line), 0)
+            self.stream.write("\r" + line + " " * pad)
+            self._last_len = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def advance(self, steps: int = 1) -> None:
+        self.done = min(self.done + steps, self.total)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.done = self.total
+        line = self._line("done")
+        if self.tty:
+            pad = max(self._last_len - len(line), 0)
+            self.stream.write("\r" + line + " " * pad + "\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+@dataclass
+class Result:
+    """One implementation on one problem."""
+
+    workload: str
+    size: object                  # workloads.Size
+    implementation: str           # the display label, e.g. "torch nn.LSTM"
+    key: str                      # the stable name, e.g. "torch", "gpukb[cpu]"
+    kind: str                     # "gpukb" or "peer"
+    flops: int
+    status: str = "ok"            # "ok" or "error"
+    error: str = ""
+    median_s: float | None = None
+    min_s: float | None = None
+    repeats: int = 0
+    first_call_s: float | None = None
+    relative_error: float | None = None
+    ratio_to_fastest_peer: float | None = None   # median / the fastest peer's median
+
+    @property
+    def gflops(self) -> float | None:
+        if self.median_s is None or self.median_s <= 0:
+            return None
+        return self.flops / self.median_s / 1e9
+
+
+def run_one(implementation, problem, *, repeats: int, budget_s: float) -> Result:
+    """Build, warm up, check against the reference and time one implementation on one problem.
+    Any exception becomes an ``error`` row (one broken peer never stops the run)."""
+    result = Result(problem.workload, problem.size, implementation.label(problem.workload),
+                    implementation.key, implementation.kind, problem.flops)
+    try:
+        runnable = implementation.build(problem)
+        first, timing = measure(runnable.run, repeats=repeats, budget_s=budget_s)
+        result.relative_error = problem.relative_error(runnable.to_numpy(first))
+    except Exception as error:  # noqa: BLE001 - reported in the table
+        result.status = "error"
+        result.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
+        return result
+    result.median_s, result.min_s = timing.median_s, timing.min_s
+    result.repeats, result.first_call_s = len(timing.times_s), timing.first_call_s
+    return result
+
+
+def add_ratios(results) -> None:
+    """Fill ``ratio_to_fastest_peer`` for every successful row (None where no peer ran)."""
+    best: dict = {}
+    for r in results:
+        if r.kind == "peer" and r.status == "ok":
+            key = (r.workload, r.size)
+            best[key] = min(best.get(key, r.median_s), r.median_s)
+    for r in results:
+        fastest = best.get((r.workload, r.size))
+        if r.status == "ok" and fastest:
+            r.ratio_to_fastest_peer = r.median_s / fastest
+
+
+def result_to_wire(r: Result) -> dict:
+    """A Result as plain JSON data (the worker processes send them to the parent)."""
+    data = {name: getattr(r, name) for name in Result.__dataclass_fields__}
+    data["size"] = r.size.as_dict()
+    return data
+
+
+def result_from_wire(data: dict) -> Result:
+    from .workloads import Size
+
+    data = dict(data)
+    data["size"] = Size(**data["size"])
+    return Result(**data)
+
+
+WORKER_MARK = "@@gpukb-bench@@ "
+
+
+def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progress=None,
+                 python: str | None = None):
+    """Run each implementation (by key) in a fresh worker process, one after the other, on every
+    workload x size. Separate processes keep the libraries' thread pools (OpenMP, OpenBLAS,
+    XLA, Numba) from competing with each other for the cores, and a crashing peer from ending the
+    run. Returns (results in table order, the prepared implementations as records, skipped as
+    [(key, reason)])."""
+    import json
+    import subprocess
+    import tempfile
+
+    from .implementations import Implementation
+
+    python = python or sys.executable
+    spec = {"workloads": list(workloads), "sizes": [s.as_dict() for s in sizes],
+            "repeats": repeats, "budget_s": budget_s}
+    per_key = len(workloads) * len(sizes)
+    results, ready, skipped = [], [], []
+    for key in keys:
+        finished, started, done = 0, None, False
+        if progress is not None:
+            progress.show(f"starting {key}")
+        with tempfile.TemporaryFile("w+") as errors:
+            process = subprocess.Popen(
+                [python, "-m", "gpukb.bench.worker"], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=errors, text=True,
+            )
+            process.stdin.write(json.dumps(dict(spec, key=key)))
+            process.stdin.close()
+            for line in process.stdout:
+                if not line.startswith(WORKER_MARK):
+                    continue  # a library printing to stdout
+                event = json.loads(line[len(WORKER_MARK):])
+                kind = event["event"]
+                if kind == "skipped":
+                    skipped.append((key, event["reason"]))
+                elif kind == "ready":
+                    ready.append(Implementation(key=key, kind=event["kind"],
+                                                threads=event["threads"],
+                                                versions=event["versions"]))
+                elif kind == "start":
+                    started = event
+                    if progress is not None:
+                        progress.show(f"{event['workload']} {event['size_label']} {event['label']}")
+                elif kind == "result":
+                    results.append(result_from_wire(event["result"]))
+                    started = None
+                    finished += 1
+                    if progress is not None:
+                        progress.advance()
+                elif kind == "done":
+                    done = True
+            code = process.wait()
+            if not done:
+                errors.flush()
+                errors.seek(0)
+                why = f"worker process exited with code {code}"
+                tail = " | ".join(errors.read().strip().splitlines()[-3:])
+                if tail:
+                    why += f": {tail[-300:]}"
+                if started is not None:
+                    from .workloads import Size, flops
+
+                    size = Size(**started["size"])
+                    results.append(Result(started["workload"], size, started["label"], key,
+                                          started["kind"], flops(started["workload"], size),
+                                          status="error", error=why))
+                    finished += 1
+                else:
+                    skipped.append((key, why))
+        if progress is not None:
+            progress.advance(per_key - finished)
+    order_w = {w: i for i, w in enumerate(workloads)}
+    order_s = {s: i for i, s in enumerate(sizes)}
+    order_k = {k: i for i, k in enumerate(keys)}
+    results.sort(key=lambda r: (order_w[r.workload], order_s[r.size], order_k[r.key]))
+    add_ratios(results)
+    return results, ready, skipped
