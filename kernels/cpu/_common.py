@@ -1,0 +1,131 @@
+"""Python-side plumbing shared by the LSTM/GRU/SimpleRNN CPU kernels.
+
+- dtype checks (cheap asserts: the caller validated shapes),
+- the input projection of all T steps as one BLAS GEMM (NumPy ``matmul``),
+- output/state buffers,
+- splitting the batch over threads: each thread runs the whole jitted time loop on its own rows
+  (the kernels release the GIL), so threads never synchronise per step.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Below this many flops for the whole recurrence a second thread costs more than it saves.
+_MIN_FLOPS_TO_SPLIT = 4.0e6
+_ROW_ALIGN = 4  # chunks start on multiples of the GEMM's row block
+
+_pool = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def check_dtypes(x, *arrays):
+    dt = np.dtype(getattr(x, "dtype", None))
+    assert dt in _FLOATS, f"CPU RNN kernels take float32 or float64 inputs, got {dt}"
+    for a in arrays:
+        if a is not None:
+            assert np.dtype(a.dtype) == dt, f"dtype mismatch: {a.dtype} vs input {dt}"
+    return dt
+
+
+def as_c(a, dtype):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def padded_bias(b, size, padded, dtype):
+    """Bias (size,) or None as a zero-padded (padded,) C array."""
+    out = np.zeros(padded, dtype)
+    if b is not None:
+        out[:size] = np.asarray(b, dtype=dtype).reshape(size)
+    return out
+
+
+def input_c(x, time_major):
+    """x as a C-contiguous 3-D array in its own axis order; returns (x, B, T)."""
+    xc = np.ascontiguousarray(x)
+    if time_major:
+        return xc, xc.shape[1], xc.shape[0]
+    return xc, xc.shape[0], xc.shape[1]
+
+
+def project(x, kernel, time_major):
+    """x @ kernel for all steps in one GEMM; returns (xp 3-D C-contiguous, xp_tm, B, T).
+
+    xp keeps x's leading-axis order: (T, B, G) when time_major, else (B, T, G).
+    """
+    d0, d1, D = x.shape
+    xp = np.matmul(x.reshape(d0 * d1, D), kernel)
+    xp = xp.reshape(d0, d1, kernel.shape[1])
+    if not xp.flags.c_contiguous:  # matmul may hand back other layouts for odd inputs
+        xp = np.ascontiguousarray(xp)
+    if time_major:
+        return xp, True, d1, d0
+    return xp, False, d0, d1
+
+
+def mask_arg(step_mask, T, B):
+    """(mask array (T, B) bool C-contiguous, has_mask)."""
+    if step_mask is None:
+        return np.ones((1, 1), np.bool_), False
+    m = np.ascontiguousarray(step_mask, dtype=np.bool_)
+    assert m.shape == (T, B), f"step_mask must be (T, B) = {(T, B)}, got {m.shape}"
+    return m, True
+
+
+def out_buffer(B, T, H, dtype, return_all_outputs, time_major):
+    T_out = T if return_all_outputs else 1
+    shape = (T_out, B, H) if time_major else (B, T_out, H)
+    return np.empty(shape, dtype)
+
+
+def max_threads():
+    try:
+        import numba
+
+        n = numba.get_num_threads()
+    except Exception:  # pragma: no cover - numba without threading support
+        n = os.cpu_count() or 1
+    return max(1, int(n))
+
+
+def _get_pool(workers):
+    global _pool, _pool_size
+    with _pool_lock:
+        if _pool is None or _pool_size < workers:
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpukb-cpu-rnn")
+            _pool_size = workers
+        return _pool
+
+
+def row_chunks(B, flops):
+    """Row boundaries [(n0, n1), ...] for the threads that will run the time loop."""
+    nt = max_threads()
+    if nt <= 1 or B < 2 * _ROW_ALIGN or flops < _MIN_FLOPS_TO_SPLIT:
+        return [(0, B)]
+    nchunks = min(nt, B // _ROW_ALIGN)
+    base = B // nchunks
+    bounds = [0]
+    for i in range(1, nchunks):
+        bounds.append(min(B, ((i * base + _ROW_ALIGN - 1) // _ROW_ALIGN) * _ROW_ALIGN))
+    bounds.append(B)
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def run_chunks(fn, args, B, flops):
+    """fn(*args, n0, n1) for each row chunk; the first chunk runs in the calling thread."""
+    chunks = row_chunks(B, flops)
+    if len(chunks) == 1:
+        fn(*args, 0, B)
+        return
+    pool = _get_pool(len(chunks) - 1)
+    futures = [pool.submit(fn, *args, n0, n1) for n0, n1 in chunks[1:]]
+    try:
+        fn(*args, *chunks[0])
+    finally:
+        for f in futures:
+            f.result()

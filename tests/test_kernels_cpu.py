@@ -1,0 +1,424 @@
+"""gpukb.kernels.cpu: fused LSTM / GRU / SimpleRNN kernels against a plain float64 NumPy reference.
+
+The reference below is written from the Keras formulas and the spec's masking rules
+(shared/spec/keras-backend.md, "rnn"): one Python loop over time, states kept at masked
+(sample, step), masked outputs zero (zero_output_for_mask) or the previous masked output, which
+is zeros before the first processed step.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from gpukb.kernels.cpu import SUPPORTED_ACTIVATIONS, gru, lstm, simple_rnn
+from gpukb.kernels.cpu import _common
+from gpukb.kernels.cpu.activations import activation_code, apply_activation
+
+from helpers import run_python
+
+# ------------------------------------------------------------------------------------------
+# float64 reference
+
+
+def _act(name):
+    return {
+        "tanh": np.tanh,
+        "sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
+        "hard_sigmoid": lambda v: np.clip(0.2 * v + 0.5, 0.0, 1.0),
+        "relu": lambda v: np.maximum(v, 0.0),
+        "linear": lambda v: v,
+    }[name]
+
+
+def lstm_cell(W, U, b, act, ract):
+    H = U.shape[0]
+
+    def step(xt, states):
+        h, c = states
+        z = xt @ W + h @ U + (0.0 if b is None else b)
+        i, f = ract(z[:, :H]), ract(z[:, H:2 * H])
+        g, o = act(z[:, 2 * H:3 * H]), ract(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * act(c)
+        return h, [h, c]
+
+    return step
+
+
+def gru_cell(W, U, b, act, ract, reset_after):
+    H = U.shape[0]
+
+    def step(xt, states):
+        (h,) = states
+        if reset_after:
+            bx, bh = (0.0, 0.0) if b is None else (b[0], b[1])
+            xz = xt @ W + bx
+            rec = h @ U + bh
+            z = ract(xz[:, :H] + rec[:, :H])
+            r = ract(xz[:, H:2 * H] + rec[:, H:2 * H])
+            hh = act(xz[:, 2 * H:] + r * rec[:, 2 * H:])
+        else:
+            xz = xt @ W + (0.0 if b is None else b)
+            z = ract(xz[:, :H] + h @ U[:, :H])
+            r = ract(xz[:, H:2 * H] + h @ U[:, H:2 * H])
+            hh = act(xz[:, 2 * H:] + (r * h) @ U[:, 2 * H:])
+        h = z * h + (1.0 - z) * hh
+        return h, [h]
+
+    return step
+
+
+def rnn_cell(W, U, b, act):
+    def step(xt, states):
+        (h,) = states
+        h = act(xt @ W + (0.0 if b is None else b) + h @ U)
+        return h, [h]
+
+    return step
+
+
+def reference(step, x, states, mask, *, go_backwards, zero_output_for_mask,
+              return_all_outputs, time_major):
+    x = np.asarray(x, np.float64)
+    if time_major:
+        x = x.transpose(1, 0, 2)
+    B, T, _ = x.shape
+    states = [np.array(s, np.float64) for s in states]
+    prev = np.zeros_like(states[0])
+    outs = []
+    for t in (range(T - 1, -1, -1) if go_backwards else range(T)):
+        out, new = step(x[:, t], states)
+        if mask is not None:
+            m = mask[t][:, None]
+            new = [np.where(m, n, s) for n, s in zip(new, states)]
+            out = np.where(m, out, 0.0 if zero_output_for_mask else prev)
+        prev = out
+        states = new
+        outs.append(out)
+    outputs = np.stack(outs, 1)
+    if not return_all_outputs:
+        outputs = outputs[:, -1:]
+    if time_major:
+        outputs = outputs.transpose(1, 0, 2)
+    return outs[-1], outputs, states
+
+
+# ------------------------------------------------------------------------------------------
+# random problems
+
+
+def _mask(kind, T, B, rng):
+    if kind == "none":
+        return None
+    if kind == "random":
+        m = rng.random((T, B)) < 0.6
+    elif kind == "right_pad":   # valid steps first, padding after
+        lengths = rng.integers(0, T + 1, B)
+        m = np.arange(T)[:, None] < lengths[None, :]
+    elif kind == "left_pad":
+        lengths = rng.integers(0, T + 1, B)
+        m = np.arange(T)[:, None] >= (T - lengths)[None, :]
+    elif kind == "all_masked_rows":
+        m = rng.random((T, B)) < 0.7
+        m[:, rng.random(B) < 0.5] = False
+    else:  # first processed step masked for everyone (forwards and backwards)
+        m = rng.random((T, B)) < 0.7
+        m[0] = False
+        m[-1] = False
+    return m
+
+
+def _layout(a, how, rng):
+    """The same values in another memory layout (non-contiguous views included)."""
+    if how == "c":
+        return a
+    if how == "f":
+        return np.asfortranarray(a)
+    # a strided view into a bigger buffer
+    big = np.zeros(tuple(2 * s for s in a.shape), a.dtype)
+    view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+    view[...] = a
+    return view
+
+
+MASKS = ("none", "random", "right_pad", "left_pad", "all_masked_rows", "first_masked")
+
+
+@st.composite
+def problems(draw, cell):
+    B = draw(st.integers(1, 9))
+    T = draw(st.integers(1, 6))
+    D = draw(st.integers(1, 7))
+    H = draw(st.integers(1, 9))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    flags = dict(
+        go_backwards=draw(st.booleans()),
+        zero_output_for_mask=draw(st.booleans()),
+        return_all_outputs=draw(st.booleans()),
+        time_major=draw(st.booleans()),
+    )
+    acts = dict(activation=draw(st.sampled_from(SUPPORTED_ACTIVATIONS)))
+    if cell != "rnn":
+        acts["recurrent_activation"] = draw(st.sampled_from(SUPPORTED_ACTIVATIONS))
+    reset_after = draw(st.booleans()) if cell == "gru" else None
+    use_bias = draw(st.booleans())
+    mask_kind = draw(st.sampled_from(MASKS))
+    layout = draw(st.sampled_from(["c", "f", "strided"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return dict(B=B, T=T, D=D, H=H, dtype=dtype, flags=flags, acts=acts, reset_after=reset_after,
+                use_bias=use_bias, mask_kind=mask_kind, layout=layout, seed=seed)
+
+
+def _build(cell, p):
+    rng = np.random.default_rng(p["seed"])
+    B, T, D, H, dt = p["B"], p["T"], p["D"], p["H"], p["dtype"]
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
+    scale = 1.0 / np.sqrt(D + H)
+    x = rng.standard_normal((T, B, D) if p["flags"]["time_major"] else (B, T, D))
+    W = rng.standard_normal((D, G)) * scale
+    U = rng.standard_normal((H, G)) * scale
+    if not p["use_bias"]:
+        b = None
+    elif cell == "gru" and p["reset_after"]:
+        b = rng.standard_normal((2, G)) * 0.3
+    else:
+        b = rng.standard_normal(G) * 0.3
+    states = [rng.standard_normal((B, H)) * 0.5 for _ in range(2 if cell == "lstm" else 1)]
+    mask = _mask(p["mask_kind"], T, B, rng)
+    cast = [v.astype(dt) if v is not None else None for v in (x, W, U, b, *states)]
+    lay = [_layout(v, p["layout"], rng) if v is not None else None for v in cast]
+    return cast, lay, mask
+
+
+def _run(cell, p):
+    (x, W, U, b, *states), (lx, lW, lU, lb, *lstates), mask = _build(cell, p)
+    a = {k: _act(v) for k, v in p["acts"].items()}
+    ra = a.get("recurrent_activation")
+    if cell == "lstm":
+        step = lstm_cell(W.astype(np.float64), U.astype(np.float64),
+                         None if b is None else b.astype(np.float64), a["activation"], ra)
+        got = lstm(lx, lW, lU, lb, lstates[0], lstates[1], mask, **p["flags"], **p["acts"])
+    elif cell == "gru":
+        step = gru_cell(W.astype(np.float64), U.astype(np.float64),
+                        None if b is None else b.astype(np.float64), a["activation"], ra,
+                        p["reset_after"])
+        got = gru(lx, lW, lU, lb, lstates[0], mask, reset_after=p["reset_after"],
+                  **p["flags"], **p["acts"])
+    else:
+        step = rnn_cell(W.astype(np.float64), U.astype(np.float64),
+                        None if b is None else b.astype(np.float64), a["activation"])
+        got = simple_rnn(lx, lW, lU, lb, lstates[0], mask, **p["flags"], **p["acts"])
+    want = reference(step, x, states, mask, **p["flags"])
+    return got, want
+
+
+def _check(got, want, dtype, B, H, T_out, time_major, nstates):
+    last, outputs, states = got
+    wlast, woutputs, wstates = want
+    assert outputs.dtype == dtype and last.dtype == dtype
+    assert outputs.shape == ((T_out, B, H) if time_major else (B, T_out, H))
+    assert last.shape == (B, H)
+    assert len(states) == nstates
+    tol = dict(rtol=2e-4, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(outputs, woutputs, **tol)
+    np.testing.assert_allclose(last, wlast, **tol)
+    np.testing.assert_array_equal(last, outputs[-1] if time_major else outputs[:, -1])
+    for s, w in zip(states, wstates):
+        assert s.dtype == dtype and s.shape == (B, H)
+        np.testing.assert_allclose(s, w, **tol)
+
+
+CELL_SETTINGS = settings(max_examples=45, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow])
+
+
+@CELL_SETTINGS
+@given(problems("lstm"))
+def test_lstm_matches_reference(p):
+    got, want = _run("lstm", p)
+    T_out = p["T"] if p["flags"]["return_all_outputs"] else 1
+    _check(got, want, p["dtype"], p["B"], p["H"], T_out, p["flags"]["time_major"], 2)
+
+
+@CELL_SETTINGS
+@given(problems("gru"))
+def test_gru_matches_reference(p):
+    got, want = _run("gru", p)
+    T_out = p["T"] if p["flags"]["return_all_outputs"] else 1
+    _check(got, want, p["dtype"], p["B"], p["H"], T_out, p["flags"]["time_major"], 1)
+
+
+@CELL_SETTINGS
+@given(problems("rnn"))
+def test_simple_rnn_matches_reference(p):
+    got, want = _run("rnn", p)
+    T_out = p["T"] if p["flags"]["return_all_outputs"] else 1
+    _check(got, want, p["dtype"], p["B"], p["H"], T_out, p["flags"]["time_major"], 1)
+
+
+# ------------------------------------------------------------------------------------------
+# fixed cases that the random ones may miss
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_before", "rnn"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
+    """Force the multi-thread path (row chunks in a pool) on small sizes, any machine."""
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    monkeypatch.setattr(_common, "max_threads", lambda: 3)
+    assert len(_common.row_chunks(23, 1.0)) == 3
+    name = "gru" if cell.startswith("gru") else cell
+    p = dict(B=23, T=7, D=5, H=19, dtype=dtype,
+             flags=dict(go_backwards=True, zero_output_for_mask=False, return_all_outputs=True,
+                        time_major=False),
+             acts=dict(activation="tanh") if cell == "rnn"
+             else dict(activation="tanh", recurrent_activation="sigmoid"),
+             reset_after=(cell == "gru"), use_bias=True, mask_kind="random", layout="c",
+             seed=7)
+    got, want = _run(name, p)
+    _check(got, want, dtype, 23, 19, 7, False, 2 if cell == "lstm" else 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sizes_across_tile_edges(dtype):
+    """B and H around the micro-kernel's row tiles (6/4/2/1) and column panels (16/8)."""
+    for B, H in [(6, 16), (7, 17), (12, 8), (13, 33), (4, 4)]:
+        p = dict(B=B, T=3, D=9, H=H, dtype=dtype,
+                 flags=dict(go_backwards=False, zero_output_for_mask=True,
+                            return_all_outputs=True, time_major=True),
+                 acts=dict(activation="tanh", recurrent_activation="hard_sigmoid"),
+                 reset_after=False, use_bias=True, mask_kind="left_pad", layout="strided",
+                 seed=B * 100 + H)
+        for cell, ns in (("lstm", 2), ("gru", 1)):
+            got, want = _run(cell, p)
+            _check(got, want, dtype, B, H, 3, True, ns)
+
+
+def test_masked_output_before_first_valid_step_is_zero_not_h0():
+    B, T, D, H = 2, 3, 2, 3
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((B, T, D))
+    W, U = rng.standard_normal((D, H)), rng.standard_normal((H, H))
+    h0 = np.full((B, H), 0.75)
+    mask = np.array([[False, True], [True, True], [True, False]])  # (T, B)
+    last, out, (h,) = simple_rnn(x, W, U, None, h0, mask, go_backwards=False,
+                                 zero_output_for_mask=False, return_all_outputs=True,
+                                 time_major=False, activation="tanh")
+    np.testing.assert_array_equal(out[0, 0], 0.0)           # sample 0, step 0 masked: zeros
+    np.testing.assert_array_equal(out[1, 2], out[1, 1])     # sample 1, step 2 masked: repeat
+    h01 = np.tanh(x[0, 0] * 0 @ W + x[0, 1] @ W + h0[0] @ U)  # sample 0 starts from h0 at t=1
+    np.testing.assert_allclose(out[0, 1], h01, rtol=1e-12)
+
+
+def test_nan_in_one_sample_stays_in_that_sample():
+    rng = np.random.default_rng(1)
+    B, T, D, H = 5, 4, 3, 6
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    x[2, 1, 0] = np.nan
+    x[3, 0, 1] = np.inf
+    W = rng.standard_normal((D, 4 * H)).astype(np.float32)
+    U = rng.standard_normal((H, 4 * H)).astype(np.float32)
+    z = np.zeros((B, H), np.float32)
+    _, out, (h, c) = lstm(x, W, U, None, z, z, None, go_backwards=False,
+                          zero_output_for_mask=False, return_all_outputs=True, time_major=False,
+                          activation="tanh", recurrent_activation="sigmoid")
+    assert np.isnan(out[2, 1:]).all() and np.isfinite(out[2, 0]).all()
+    good = [0, 1, 4]
+    assert np.isfinite(out[good]).all() and np.isfinite(h[good]).all()
+    assert np.all(np.abs(out[good]) <= 1.0)
+
+
+def test_dtype_mismatch_is_rejected():
+    x = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(AssertionError):
+        simple_rnn(x, np.zeros((4, 5)), np.zeros((5, 5), np.float32), None,
+                   np.zeros((2, 5), np.float32), None, go_backwards=False,
+                   zero_output_for_mask=False, return_all_outputs=True, time_major=False,
+                   activation="tanh")
+
+
+def test_unknown_activation_is_rejected():
+    with pytest.raises(ValueError, match="swish"):
+        activation_code("swish")
+
+
+def test_import_compiles_nothing(tmp_path):
+    code = (
+        "import sys\n"
+        "import gpukb.kernels.cpu as K\n"
+        "mods = [sys.modules['gpukb.kernels.cpu.' + m] for m in "
+        "('lstm', 'gru', 'simple_rnn', 'activations', '_gemm')]\n"
+        "from numba.core.registry import CPUDispatcher\n"
+        "n = [(m.__name__, k) for m in mods for k, v in vars(m).items()\n"
+        "     if isinstance(v, CPUDispatcher) and v.signatures]\n"
+        "print('COMPILED', n)\n"
+    )
+    res = run_python(code, home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "COMPILED []" in res.stdout, res.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# activations
+
+
+def _wide_grid(dtype):
+    g = np.concatenate([
+        np.linspace(-30, 30, 20001),
+        np.geomspace(1e-30, 1e4, 3000), -np.geomspace(1e-30, 1e4, 3000),
+        [0.0, -0.0, 87.5, -87.5, 88.9, -88.9, 709.5, -709.5, 1e30, -1e30, np.inf, -np.inf],
+    ])
+    return g.astype(dtype)
+
+
+def _ulp_error(got, want, dtype):
+    want_r = want.astype(dtype)
+    ulp = np.spacing(np.abs(want_r)).astype(np.float64)
+    tiny = 1e-37 if dtype == np.float32 else 1e-300   # sigmoid far in the negative tail
+    same = got.astype(np.float64) == want             # +-inf included
+    with np.errstate(invalid="ignore"):
+        err = np.abs(got.astype(np.float64) - want)
+    return np.where(same | (err <= tiny), 0.0, err / ulp)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", SUPPORTED_ACTIVATIONS)
+def test_activation_accuracy(name, dtype):
+    x = _wide_grid(dtype)
+    with np.errstate(over="ignore"):
+        want = _act(name)(x.astype(np.longdouble)).astype(np.float64)
+    got = apply_activation(name, x)
+    assert got.dtype == dtype
+    if name == "hard_sigmoid":  # 0.2 * x + 0.5 cancels near x = -2.5: absolute error
+        err = np.abs(got - want) / np.finfo(dtype).eps
+        limit = 1.0
+    else:
+        err = _ulp_error(got, want, dtype)
+        limit = 4.0 if name in ("tanh", "sigmoid") else 0.5
+    assert err.max() <= limit, (name, x[np.argmax(err)], got[np.argmax(err)], err.max())
+    if name in ("tanh", "sigmoid"):
+        assert np.all(np.abs(got) <= 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_activations_propagate_nan_and_saturate(dtype):
+    special = np.array([np.nan, np.inf, -np.inf], dtype)
+    for name in SUPPORTED_ACTIVATIONS:
+        y = apply_activation(name, special)
+        assert np.isnan(y[0]), name
+    np.testing.assert_array_equal(apply_activation("tanh", special)[1:], [1.0, -1.0])
+    s = apply_activation("sigmoid", special)
+    assert s[1] == 1.0 and 0.0 <= s[2] < 1e-37
+    np.testing.assert_array_equal(apply_activation("hard_sigmoid", special)[1:], [1.0, 0.0])
+    np.testing.assert_array_equal(apply_activation("relu", special)[1:], [np.inf, 0.0])
+
+
+@given(st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=40),
+       st.sampled_from(SUPPORTED_ACTIVATIONS))
+@settings(max_examples=40, deadline=None)
+def test_activation_matches_numpy_elementwise(values, name):
+    x = np.array(values, np.float32)
+    want = _act(name)(x.astype(np.float64))
+    got = apply_activation(name, x)
+    np.testing.assert_allclose(got, want, rtol=4e-7, atol=1e-30)
