@@ -1,7 +1,25 @@
-"""The ``cuda`` backend: CuPy arrays on NVIDIA GPUs.
+"""The ``cuda`` backend: CuPy arrays on NVIDIA GPUs, fused Numba CUDA kernels.
 
 ``is_available`` asks the CUDA driver directly through ctypes, so that checking never imports
 CuPy or numba.cuda (both are slow to import and may fail without a GPU).
+
+What runs (see ``gpukb.kernels.cuda``):
+- Keras cells (``gpukb.cells``, float32/float64): the input projection as one cuBLAS GEMM, then the
+  persistent kernel (small batches, one launch) or per step a cuBLAS GEMM + one fused kernel;
+- any other step function: the shared generic loop with ONE masking kernel per step.
+Everything is queued on CuPy's current stream; the time loop never waits for the GPU.
+
+Options (environment variables read when the backend is created; attributes of the instance,
+``gpukb.get_backend("cuda")``, that can be changed at any time):
+- ``GPUKB_CUDA_TF32=1`` / ``allow_tf32 = True``: let the float32 GEMMs of the fused cell path use
+  TF32 tensor cores (about 10 mantissa bits). Off by default: gpukb's GEMMs run in full FP32 even
+  when CuPy's own default is TF32 (``CUPY_TF32=1``).
+- ``GPUKB_CUDA_CELL_PATH`` / ``cell_path``: ``auto`` (default: persistent kernel where the size
+  rule picks it, else per step), ``step``, ``persistent``, or ``generic`` (no fused cell kernels).
+
+Under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``, set before Numba is first imported) the
+backend runs the same kernels on NumPy arrays, so CI can test every kernel without a GPU; it then
+also accepts ``numpy:ndarray``, with a lower priority than ``cpu`` (select it by name).
 """
 
 from __future__ import annotations
@@ -9,13 +27,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.util
+import os
+import sys
 
 from .._backend import Backend, available, unavailable
 
 INSTALL_HINT = (
-    "Install the CUDA extra that matches your driver: pip install 'gpukb[cuda12]' (CUDA 12) or "
-    "pip install 'gpukb[cuda13]' (CUDA 13)."
+    "It needs an NVIDIA GPU and driver, then the CUDA extra that matches the driver: "
+    "pip install 'gpukb[cuda12]' (CUDA 12) or pip install 'gpukb[cuda13]' (CUDA 13)."
 )
+
+CELL_PATHS = ("auto", "step", "persistent", "generic")
+
+# Array types whose objects the backend views as CuPy arrays without a copy (besides CuPy's own):
+# Numba device arrays (CUDA Array Interface). Other CAI/DLPack GPU arrays work with backend="cuda".
+_VIEWED_TYPES = ("numba.cuda.cudadrv.devicearray:DeviceNDArray",)
 
 
 def _cuda_driver_problem() -> str | None:
@@ -42,30 +68,135 @@ def _cuda_driver_problem() -> str | None:
     return None
 
 
+def _simulated() -> bool:
+    from gpukb.kernels.cuda._runtime import simulator_enabled
+
+    return simulator_enabled()
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def _is_cuda_dlpack(obj) -> bool:
+    device = getattr(obj, "__dlpack_device__", None)
+    if device is None or not hasattr(obj, "__dlpack__"):
+        return False
+    try:
+        return int(device()[0]) in (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+    except Exception:  # noqa: BLE001 - not a DLPack device array after all
+        return False
+
+
 class CUDABackend(Backend):
     name = "cuda"
-    array_types = ("cupy:ndarray",)
+    array_types = ("cupy:ndarray",) + _VIEWED_TYPES
     priority = 0
     install_hint = INSTALL_HINT
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.simulated = _simulated()
+        if self.simulated:
+            # Same kernels on NumPy arrays; "cpu" keeps NumPy arrays in automatic selection.
+            self.array_types = ("cupy:ndarray", "numpy:ndarray")
+            self.priority = -1
+        self.allow_tf32 = _env_flag("GPUKB_CUDA_TF32")
+        self.cell_path = os.environ.get("GPUKB_CUDA_CELL_PATH", "auto").strip().lower() or "auto"
+
+    # -- availability and arrays ---------------------------------------------------------------
+
     def is_available(self):
+        if self.simulated:
+            if importlib.util.find_spec("numba_cuda") is None:
+                return unavailable("NUMBA_ENABLE_CUDASIM is set but numba-cuda is not installed")
+            return available()
+        problem = _cuda_driver_problem()
+        if problem is not None:
+            return unavailable(problem)
         if importlib.util.find_spec("cupy") is None:
             return unavailable("CuPy is not installed")
         if importlib.util.find_spec("numba_cuda") is None:
             return unavailable("numba-cuda is not installed")
-        problem = _cuda_driver_problem()
-        if problem is not None:
-            return unavailable(problem)
         return available()
 
     def _load_xp(self):
+        if self.simulated:
+            import numpy
+
+            return numpy
         import cupy
 
         return cupy
 
-    def on_clear_session(self) -> None:
-        import sys
+    def to_numpy(self, array):
+        import numpy
 
+        if self.simulated or isinstance(array, numpy.ndarray):
+            return numpy.asarray(array)
+        return self.xp.asnumpy(array)
+
+    def _to_cupy(self, tree):
+        """Leaves that are GPU arrays of another library, as CuPy views (no copy)."""
+        import optree
+
+        cupy = self.xp
+
+        def convert(leaf):
+            if isinstance(leaf, cupy.ndarray):
+                return leaf
+            if hasattr(leaf, "__cuda_array_interface__"):
+                return cupy.asarray(leaf)
+            if _is_cuda_dlpack(leaf):
+                return cupy.from_dlpack(leaf)
+            return leaf
+
+        return optree.tree_map(convert, tree)
+
+    # -- the rnn loop ------------------------------------------------------------------------------
+
+    def rnn(self, step_function, inputs, initial_states, **options):
+        if self.simulated:
+            return super().rnn(step_function, inputs, initial_states, **options)
+        inputs = self._to_cupy(inputs)
+        if isinstance(initial_states, (list, tuple)):
+            initial_states = self._to_cupy(initial_states)
+        for key in ("mask", "constants", "input_length"):
+            if options.get(key) is not None:
+                options[key] = self._to_cupy(options[key])
+        import optree
+
+        cupy = self.xp
+        device = next((leaf.device for leaf in optree.tree_leaves(inputs)
+                       if isinstance(leaf, cupy.ndarray)), None)
+        if device is None:
+            return super().rnn(step_function, inputs, initial_states, **options)
+        with device:  # run on the inputs' GPU (CuPy's current stream of that device)
+            return super().rnn(step_function, inputs, initial_states, **options)
+
+    def fused_rnn(self, call):
+        from gpukb.cells import Cell
+        from gpukb.kernels.cuda import _runtime, cells, generic
+
+        path = self.cell_path
+        if path not in CELL_PATHS:
+            raise ValueError(
+                f"cuda backend: cell_path (GPUKB_CUDA_CELL_PATH) must be one of {CELL_PATHS}, got {path!r}."
+            )
+        if isinstance(call.step_function, Cell) and path != "generic":
+            result = cells.run_cell(call, call.step_function, path=path,
+                                    allow_tf32=bool(self.allow_tf32))
+            if result is not NotImplemented:
+                return result
+        return generic.run_masked(call, _runtime.Launcher(call.xp))
+
+    # -- session ---------------------------------------------------------------------------------
+
+    def on_clear_session(self) -> None:
+        runtime = sys.modules.get("gpukb.kernels.cuda._runtime")
+        if runtime is not None:
+            runtime.clear_caches()
         cupy = sys.modules.get("cupy")
         if cupy is not None:  # only if this process ever used CuPy
             cupy.get_default_memory_pool().free_all_blocks()
