@@ -1,0 +1,100 @@
+"""The cpu backend runs Keras cells on the fused kernels, with the generic loop's results."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import gpukb
+from gpukb import _rnn
+from gpukb.backends import cpu as cpu_backend
+
+
+def weights(kind, D, H, dtype, rng, reset_after=True):
+    gates = {"lstm": 4, "gru": 3, "simple_rnn": 1}[kind]
+    W = (0.5 * rng.standard_normal((D, gates * H)) / np.sqrt(D)).astype(dtype)
+    U = (0.5 * rng.standard_normal((H, gates * H)) / np.sqrt(H)).astype(dtype)
+    b = (0.1 * rng.standard_normal((2, 3 * H) if kind == "gru" and reset_after else gates * H)).astype(dtype)
+    return W, U, b
+
+
+def make_cell(kind, W, U, b, reset_after=True):
+    if kind == "gru":
+        return gpukb.cells.gru(W, U, b, reset_after=reset_after)
+    return getattr(gpukb.cells, kind)(W, U, b)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Count the calls the cpu backend's fused path takes (not NotImplemented)."""
+    taken = []
+    original = cpu_backend.CPUBackend.fused_rnn
+
+    def spy(self, call):
+        result = original(self, call)
+        taken.append(result is not NotImplemented)
+        return result
+
+    monkeypatch.setattr(cpu_backend.CPUBackend, "fused_rnn", spy)
+    return taken
+
+
+@given(kind=st.sampled_from(["lstm", "gru", "simple_rnn"]), dtype=st.sampled_from([np.float32, np.float64]),
+       B=st.integers(1, 5), T=st.integers(1, 6), D=st.integers(1, 5), H=st.integers(1, 7),
+       go_backwards=st.booleans(), zero_output=st.booleans(), return_all=st.booleans(),
+       time_major=st.booleans(), reset_after=st.booleans(), masked=st.booleans(), seed=st.integers(0, 999))
+def test_fused_equals_generic(kind, dtype, B, T, D, H, go_backwards, zero_output, return_all,
+                              time_major, reset_after, masked, seed):
+    rng = np.random.default_rng(seed)
+    cell = make_cell(kind, *weights(kind, D, H, dtype, rng, reset_after), reset_after=reset_after)
+    x = rng.standard_normal((T, B, D) if time_major else (B, T, D)).astype(dtype)
+    states = [rng.standard_normal((B, H)).astype(dtype) for _ in cell.state_size]
+    mask = None
+    if masked:
+        mask = rng.random((T, B) if time_major else (B, T)) < 0.6
+    options = dict(go_backwards=go_backwards, mask=mask, time_major=time_major,
+                   zero_output_for_mask=zero_output, return_all_outputs=return_all)
+    fused = gpukb.rnn(cell, x, states, **options)
+    generic = _rnn.run_generic(_rnn.prepare(cell, x, states, **options))
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for got, want in zip([fused[0], fused[1], *fused[2]], [generic[0], generic[1], *generic[2]]):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, **tol)
+    assert isinstance(fused[2], list)
+
+
+def test_cells_take_the_fused_path(fused_calls):
+    rng = np.random.default_rng(0)
+    for kind in ("lstm", "gru", "simple_rnn"):
+        cell = make_cell(kind, *weights(kind, 3, 4, np.float32, rng))
+        states = [np.zeros((2, 4), np.float32) for _ in cell.state_size]
+        gpukb.rnn(cell, np.ones((2, 5, 3), np.float32), states)
+        gpukb.rnn(cell, np.ones((2, 5, 3), np.float32), tuple(states), constants=[np.ones((2, 1))])
+    assert fused_calls == [True] * 6
+
+
+@pytest.mark.parametrize("case", ["float16", "dtype_mismatch", "nested_inputs", "rank4", "nested_states",
+                                  "python_step"])
+def test_other_calls_take_the_generic_path(fused_calls, case):
+    rng = np.random.default_rng(1)
+    dtype = np.float16 if case == "float16" else np.float32
+    W, U, b = weights("simple_rnn", 3, 4, dtype, rng)
+    cell = gpukb.cells.simple_rnn(W, U, b)
+    x = np.ones((2, 5, 3), dtype)
+    h = np.zeros((2, 4), dtype)
+    if case == "float16":
+        gpukb.rnn(cell, x, [h])
+    elif case == "dtype_mismatch":
+        with pytest.raises(ValueError, match="dtype"):  # the cell's own error, from the generic loop
+            gpukb.rnn(cell, x.astype(np.float64), [h])
+    elif case == "nested_inputs":
+        with pytest.raises(ValueError):
+            gpukb.rnn(cell, [x], [h])
+    elif case == "rank4":
+        with pytest.raises(ValueError):
+            gpukb.rnn(cell, x[..., None], [h])
+    elif case == "nested_states":
+        with pytest.raises((ValueError, TypeError)):
+            gpukb.rnn(cell, x, [[h]])
+    else:
+        gpukb.rnn(lambda xt, s: (xt, s), x, [h])
+    assert fused_calls == [False]
