@@ -267,9 +267,9 @@ def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
     """Force the multi-thread path (row chunks in a pool) on small sizes, any machine."""
     monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
     monkeypatch.setattr(_common, "max_threads", lambda: 3)
-    assert len(_common.row_chunks(23, 1.0)) == 3
+    assert len(_common.row_chunks(37, 1.0)) == 4
     name = "gru" if cell.startswith("gru") else cell
-    p = dict(B=23, T=7, D=5, H=19, dtype=dtype,
+    p = dict(B=37, T=7, D=5, H=19, dtype=dtype,
              flags=dict(go_backwards=True, zero_output_for_mask=False, return_all_outputs=True,
                         time_major=False),
              acts=dict(activation="tanh") if cell == "rnn"
@@ -277,7 +277,7 @@ def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
              reset_after=(cell == "gru"), use_bias=True, mask_kind="random", layout="c",
              seed=7)
     got, want = _run(name, p)
-    _check(got, want, dtype, 23, 19, 7, False, 2 if cell == "lstm" else 1)
+    _check(got, want, dtype, 37, 19, 7, False, 2 if cell == "lstm" else 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

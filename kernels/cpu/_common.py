@@ -17,7 +17,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Below this many flops for the whole recurrence a second thread costs more than it saves.
 _MIN_FLOPS_TO_SPLIT = 4.0e6
-_ROW_ALIGN = 4  # chunks start on multiples of the GEMM's row block
+_ROW_ALIGN = 2   # chunk boundaries on even rows (the GEMM's row tiles are 6/4/2/1)
+_MIN_ROWS = 8    # rows per chunk, at least
+_CHUNKS_PER_THREAD = 4
+_XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per chunk) ahead
 
 _pool = None
 _pool_size = 0
@@ -83,6 +86,29 @@ def out_buffer(B, T, H, dtype, return_all_outputs, time_major):
     return np.empty(shape, dtype)
 
 
+def pack_weights(kernel, recurrent_kernel, G, dtype, chunks, recurrent_cols=None):
+    """(PW, PU, Gp): kernel in 2-vector panels (the projection GEMM has many rows), the
+    recurrent kernel in panels sized for the widest chunk's row count, and the padded width
+    Gp that both fit in."""
+    from ._gemm import pack, panel_vectors, panel_width
+
+    rows = max(n1 - n0 for n0, n1 in chunks)
+    nv = panel_vectors(rows)
+    PW = pack(kernel, 0, G, panel_width(dtype, 2))
+    PU = pack(recurrent_kernel, 0, recurrent_cols or G, panel_width(dtype, nv))
+    Gp = max(PW.shape[0] * PW.shape[2], PU.shape[0] * PU.shape[2])
+    return PW, PU, Gp
+
+
+def projection_buffer(T, B, Gp, dtype, chunks, width=None):
+    """Zeroed (tau, B, width or Gp) buffer for tau steps of input projection, tau chosen so that
+    one chunk's share stays about _XP_BLOCK_BYTES (L2-resident between projection and use)."""
+    rows = max(n1 - n0 for n0, n1 in chunks)
+    per_step = max(1, rows * (width or Gp) * np.dtype(dtype).itemsize)
+    tau = int(max(1, min(T, _XP_BLOCK_BYTES // per_step)))
+    return np.zeros((tau, B, width or Gp), dtype)
+
+
 def max_threads():
     try:
         import numba
@@ -103,29 +129,41 @@ def _get_pool(workers):
 
 
 def row_chunks(B, flops):
-    """Row boundaries [(n0, n1), ...] for the threads that will run the time loop."""
+    """Row boundaries [(n0, n1), ...]: a few chunks per thread, so that a thread slowed down by
+    other load on the machine hands its remaining chunks to the others."""
     nt = max_threads()
-    if nt <= 1 or B < 2 * _ROW_ALIGN or flops < _MIN_FLOPS_TO_SPLIT:
+    if nt <= 1 or B < 2 * _MIN_ROWS or flops < _MIN_FLOPS_TO_SPLIT:
         return [(0, B)]
-    nchunks = min(nt, B // _ROW_ALIGN)
-    base = B // nchunks
+    nchunks = max(2, min(_CHUNKS_PER_THREAD * nt, B // _MIN_ROWS))
     bounds = [0]
     for i in range(1, nchunks):
-        bounds.append(min(B, ((i * base + _ROW_ALIGN - 1) // _ROW_ALIGN) * _ROW_ALIGN))
+        bounds.append(min(B, ((i * B // nchunks + _ROW_ALIGN - 1) // _ROW_ALIGN) * _ROW_ALIGN))
     bounds.append(B)
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def run_chunks(fn, args, B, flops):
-    """fn(*args, n0, n1) for each row chunk; the first chunk runs in the calling thread."""
-    chunks = row_chunks(B, flops)
+def run_chunks(fn, args, chunks):
+    """fn(*args, n0, n1) over row chunks: the calling thread and up to max_threads() - 1 pool
+    threads take chunks from a shared list until none is left."""
     if len(chunks) == 1:
-        fn(*args, 0, B)
-        return
-    pool = _get_pool(len(chunks) - 1)
-    futures = [pool.submit(fn, *args, n0, n1) for n0, n1 in chunks[1:]]
-    try:
         fn(*args, *chunks[0])
+        return
+    nworkers = min(max_threads(), len(chunks)) - 1
+    todo = list(reversed(chunks))
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                n0, n1 = todo.pop()
+            fn(*args, n0, n1)
+
+    pool = _get_pool(nworkers)
+    futures = [pool.submit(work) for _ in range(nworkers)]
+    try:
+        work()
     finally:
         for f in futures:
             f.result()

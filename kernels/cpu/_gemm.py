@@ -32,17 +32,23 @@ from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
-_NV = 2  # vectors per tile row
+WIDE_MAX_ROWS = 3  # up to this many batch rows, use one-row tiles over wide panels
 
 
-def panel_width(dtype):
-    """Columns per packed panel: 2 AVX2 vectors (16 float32, 8 float64)."""
-    return 16 if np.dtype(dtype).itemsize == 4 else 8
+def panel_vectors(rows):
+    """Vectors per panel row: 2 (MR = 6/4/2/1-row tiles), or 8 (one-row tiles, for a batch of
+    at most WIDE_MAX_ROWS rows: 8 independent accumulators and 4x fewer tile calls)."""
+    return 8 if rows <= WIDE_MAX_ROWS else 2
 
 
-def _make_tile(MR, KS):
-    """Intrinsic for an MR-row tile; KS independent accumulator sets over k (latency hiding
-    when MR is small)."""
+def panel_width(dtype, nv=2):
+    """Columns per packed panel: nv AVX2 vectors of float32 (8) or float64 (4)."""
+    return (8 if np.dtype(dtype).itemsize == 4 else 4) * nv
+
+
+def _make_tile(MR, KS, _NV):
+    """Intrinsic for an MR-row tile of _NV vectors per row; KS independent accumulator sets
+    over k (latency hiding when MR * _NV is small)."""
 
     @intrinsic
     def tile(typingctx, zarr, init, ldi, z, ldz, a1, lda1, u1, k1, a2, lda2, u2, k2):
@@ -170,10 +176,11 @@ def _make_tile(MR, KS):
     return tile
 
 
-_tile6 = _make_tile(6, 1)
-_tile4 = _make_tile(4, 1)
-_tile2 = _make_tile(2, 2)
-_tile1 = _make_tile(1, 4)
+_tile6 = _make_tile(6, 1, 2)
+_tile4 = _make_tile(4, 1, 2)
+_tile2 = _make_tile(2, 2, 2)
+_tile1 = _make_tile(1, 4, 2)
+_tile1w = _make_tile(1, 1, 8)
 
 
 @njit(error_model="numpy", cache=True)
@@ -193,22 +200,26 @@ def pack(u, c0, ncols, NR):
 
 @njit(error_model="numpy", cache=True, nogil=True)
 def fused_rows(zarr, z, ldz, init, ldi, a1, lda1, p1, k1, np1, a2, lda2, p2, k2, np2,
-               npan, n0, n1):
+               npan, nv, n0, n1):
     """Z[n] = INIT[n] + A1[n] @ P1 + A2[n] @ P2 for rows n0 <= n < n1 and panels < npan.
 
     Addresses (int64) point at row 0 / column 0 of each operand (z, init, a1, a2) and at the
     first panel of p1 / p2; ld* are row strides in elements (ldi = 0 broadcasts one init row,
     e.g. a bias). Panels p >= np1 (np2) skip the first (second) product, whose panels stop
-    there. ``zarr`` only carries the dtype.
+    there. nv: vectors per panel row (2 or 8, see panel_vectors). ``zarr`` only carries the
+    dtype.
     """
     es = zarr.itemsize
-    NR = 16 if es == 4 else 8
+    NR = (8 if es == 4 else 4) * nv
     s1 = k1 * NR * es
     s2 = k2 * NR * es
     n = n0
     while n < n1:
         left = n1 - n
-        mr = 6 if left >= 6 else (4 if left >= 4 else (2 if left >= 2 else 1))
+        if nv != 2:
+            mr = 0
+        else:
+            mr = 6 if left >= 6 else (4 if left >= 4 else (2 if left >= 2 else 1))
         zr = z + n * ldz * es
         ir_ = init + n * ldi * es
         ar1 = a1 + n * lda1 * es
@@ -226,10 +237,13 @@ def fused_rows(zarr, z, ldz, init, ldi, a1, lda1, p1, k1, np1, a2, lda2, p2, k2,
             elif mr == 2:
                 _tile2(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
                        ar2, lda2, p2 + p * s2, kk2)
-            else:
+            elif mr == 1:
                 _tile1(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
                        ar2, lda2, p2 + p * s2, kk2)
-        n += mr
+            else:
+                _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
+                        ar2, lda2, p2 + p * s2, kk2)
+        n += max(mr, 1)
 
 
 @njit(error_model="numpy", cache=True, inline="always")
@@ -250,3 +264,40 @@ def masked_output(orow, hr, zero_out, seen):
     else:
         for j in range(orow.shape[0]):
             orow[j] = hr[j]
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
+    """Input projection of processing steps [s0, s1) for rows [n0, n1):
+
+        xpb[s - s0, n, :] = bias + x[t(s), n] @ W,   t(s) = T - 1 - s if go_back else s
+
+    with W packed as 2-vector panels (PW). Whichever of steps / rows is longer becomes the
+    GEMM's row dimension, so that small batches still get the 6-row tiles.
+    """
+    B = x.shape[1] if x_tm else x.shape[0]
+    T = x.shape[0] if x_tm else x.shape[1]
+    D = x.shape[2]
+    es = x.itemsize
+    Gp = xpb.shape[2]
+    npan = PW.shape[0]
+    tstride = B * D if x_tm else D        # elements from x[t, n] to x[t + 1, n]
+    nstride = D if x_tm else T * D        # elements from x[t, n] to x[t, n + 1]
+    xa = x.ctypes.data
+    za = xpb.ctypes.data
+    ba = bias.ctypes.data
+    pa = PW.ctypes.data
+    m = s1 - s0
+    if n1 - n0 >= m:
+        for s in range(s0, s1):
+            t = T - 1 - s if go_back else s
+            a = xa + t * tstride * es
+            fused_rows(xpb, za + (s - s0) * B * Gp * es, Gp, ba, 0, a, nstride, pa, D, npan,
+                       a, nstride, pa, 0, 0, npan, 2, n0, n1)
+    else:
+        t0 = T - 1 - s0 if go_back else s0
+        lda = -tstride if go_back else tstride
+        for n in range(n0, n1):
+            a = xa + (t0 * tstride + n * nstride) * es
+            fused_rows(xpb, za + n * Gp * es, B * Gp, ba, 0, a, lda, pa, D, npan,
+                       a, lda, pa, 0, 0, npan, 2, 0, m)

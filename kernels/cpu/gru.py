@@ -12,108 +12,114 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import fused_rows, masked_output, pack, panel_width, x_step
+from ._gemm import fused_rows, masked_output, pack, project_block
 from .activations import act_inplace, activation_code
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
-def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, zx, zh, out, out_tm, ret_all, mask, has_mask,
+def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, mask, has_mask,
                     seen, go_back, zero_out, act, ract, n0, n1):
     T = x.shape[0] if x_tm else x.shape[1]
-    D = x.shape[2]
+    B = h.shape[0]
     H = h.shape[1]
-    npan = PU.shape[0]
-    ldz = zx.shape[1]
-    one = np.ones(1, zx.dtype)[0]  # 1 in x's dtype
-    for s in range(T):
-        t = T - 1 - s if go_back else s
-        xt, lda = x_step(x, x_tm, t)
-        # zx = bx + x_t @ W ; zh = bh + h @ U
-        fused_rows(zx, zx.ctypes.data, ldz, bx.ctypes.data, 0, xt, lda, PW.ctypes.data, D,
-                   npan, xt, lda, PW.ctypes.data, 0, 0, npan, n0, n1)
-        fused_rows(zh, zh.ctypes.data, ldz, bh.ctypes.data, 0, h.ctypes.data, H,
-                   PU.ctypes.data, H, npan, h.ctypes.data, H, PU.ctypes.data, 0, 0, npan,
-                   n0, n1)
-        write = ret_all or s == T - 1
-        so = s if ret_all else 0
-        for n in range(n0, n1):
-            hr = h[n]
-            orow = out[so, n] if out_tm else out[n, so]
-            if has_mask and not mask[t, n]:
-                if write:
-                    masked_output(orow, hr, zero_out, seen[n])
-                continue
-            seen[n] = True
-            xr = zx[n]
-            rr = zh[n]
-            g = xr[0:2 * H]
-            rg = rr[0:2 * H]
-            for j in range(2 * H):
-                g[j] += rg[j]
-            act_inplace(ract, g)                      # z, r
-            zz = xr[0:H]
-            r = xr[H:2 * H]
-            xh = xr[2 * H:3 * H]
-            rh = rr[2 * H:3 * H]
-            for j in range(H):
-                xh[j] += r[j] * rh[j]
-            act_inplace(act, xh)                      # hh
-            for j in range(H):
-                hr[j] = zz[j] * hr[j] + (one - zz[j]) * xh[j]
-            if write:
+    es = x.itemsize
+    nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
+    tau = xpb.shape[0]
+    Gp = xpb.shape[2]
+    ldh = zh.shape[1]
+    one = np.ones(1, xpb.dtype)[0]
+    for s0 in range(0, T, tau):
+        s1 = min(s0 + tau, T)
+        project_block(x, x_tm, go_back, PW, bx, xpb, s0, s1, n0, n1)   # bx + x_t @ W
+        for s in range(s0, s1):
+            t = T - 1 - s if go_back else s
+            # zh = bh + h @ U
+            fused_rows(zh, zh.ctypes.data, ldh, bh.ctypes.data, 0, h.ctypes.data, H,
+                       PU.ctypes.data, H, PU.shape[0], h.ctypes.data, H, PU.ctypes.data, 0, 0,
+                       PU.shape[0], nv, n0, n1)
+            write = ret_all or s == T - 1
+            so = s if ret_all else 0
+            for n in range(n0, n1):
+                hr = h[n]
+                orow = out[so, n] if out_tm else out[n, so]
+                if has_mask and not mask[t, n]:
+                    if write:
+                        masked_output(orow, hr, zero_out, seen[n])
+                    continue
+                seen[n] = True
+                xr = xpb[s - s0, n]
+                rr = zh[n]
+                g = xr[0:2 * H]
+                rg = rr[0:2 * H]
+                for j in range(2 * H):
+                    g[j] += rg[j]
+                act_inplace(ract, g)                      # z, r
+                zz = xr[0:H]
+                r = xr[H:2 * H]
+                xh = xr[2 * H:3 * H]
+                rh = rr[2 * H:3 * H]
                 for j in range(H):
-                    orow[j] = hr[j]
+                    xh[j] += r[j] * rh[j]
+                act_inplace(act, xh)                      # hh
+                for j in range(H):
+                    hr[j] = zz[j] * hr[j] + (one - zz[j]) * xh[j]
+                if write:
+                    for j in range(H):
+                        orow[j] = hr[j]
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
-def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, zx, zc, rh, out, out_tm, ret_all, mask,
+def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret_all, mask,
                      has_mask, seen, go_back, zero_out, act, ract, n0, n1):
     T = x.shape[0] if x_tm else x.shape[1]
-    D = x.shape[2]
+    B = h.shape[0]
     H = h.shape[1]
-    npan = PW.shape[0]
-    npzr = PUzr.shape[0]
-    nph = PUh.shape[0]
-    ldz = zx.shape[1]
-    ldc = zc.shape[1]
     es = x.itemsize
-    one = np.ones(1, zx.dtype)[0]
-    for s in range(T):
-        t = T - 1 - s if go_back else s
-        xt, lda = x_step(x, x_tm, t)
-        # zx = b + x_t @ W + h @ U[:, :2H]  (the h @ U product stops after the z, r panels)
-        fused_rows(zx, zx.ctypes.data, ldz, b.ctypes.data, 0, xt, lda, PW.ctypes.data, D,
-                   npan, h.ctypes.data, H, PUzr.ctypes.data, H, npzr, npan, n0, n1)
-        for n in range(n0, n1):
-            xr = zx[n]
-            act_inplace(ract, xr[0:2 * H])           # z, r
-            r = xr[H:2 * H]
-            hr = h[n]
-            rr = rh[n]
-            for j in range(H):
-                rr[j] = r[j] * hr[j]
-        # zc = zx[:, 2H:] + (r * h) @ U[:, 2H:]
-        fused_rows(zc, zc.ctypes.data, ldc, zx.ctypes.data + 2 * H * es, ldz, rh.ctypes.data,
-                   H, PUh.ctypes.data, H, nph, rh.ctypes.data, H, PUh.ctypes.data, 0, 0, nph,
-                   n0, n1)
-        write = ret_all or s == T - 1
-        so = s if ret_all else 0
-        for n in range(n0, n1):
-            hr = h[n]
-            orow = out[so, n] if out_tm else out[n, so]
-            if has_mask and not mask[t, n]:
-                if write:
-                    masked_output(orow, hr, zero_out, seen[n])
-                continue
-            seen[n] = True
-            zz = zx[n, 0:H]
-            hh = zc[n, 0:H]
-            act_inplace(act, hh)
-            for j in range(H):
-                hr[j] = zz[j] * hr[j] + (one - zz[j]) * hh[j]
-            if write:
+    nv = PUzr.shape[2] // (8 if es == 4 else 4)
+    tau = xpb.shape[0]
+    Gp = xpb.shape[2]
+    ldc = zc.shape[1]
+    one = np.ones(1, xpb.dtype)[0]
+    for s0 in range(0, T, tau):
+        s1 = min(s0 + tau, T)
+        project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
+        for s in range(s0, s1):
+            t = T - 1 - s if go_back else s
+            slot = xpb.ctypes.data + (s - s0) * B * Gp * es
+            # z, r columns += h @ U[:, :2H], in place
+            fused_rows(xpb, slot, Gp, slot, Gp, h.ctypes.data, H, PUzr.ctypes.data, H,
+                       PUzr.shape[0], h.ctypes.data, H, PUzr.ctypes.data, 0, 0,
+                       PUzr.shape[0], nv, n0, n1)
+            for n in range(n0, n1):
+                xr = xpb[s - s0, n]
+                act_inplace(ract, xr[0:2 * H])           # z, r
+                r = xr[H:2 * H]
+                hr = h[n]
+                rr = rh[n]
                 for j in range(H):
-                    orow[j] = hr[j]
+                    rr[j] = r[j] * hr[j]
+            # zc = x_h + (r * h) @ U[:, 2H:]
+            fused_rows(zc, zc.ctypes.data, ldc, slot + 2 * H * es, Gp, rh.ctypes.data, H,
+                       PUh.ctypes.data, H, PUh.shape[0], rh.ctypes.data, H, PUh.ctypes.data,
+                       0, 0, PUh.shape[0], nv, n0, n1)
+            write = ret_all or s == T - 1
+            so = s if ret_all else 0
+            for n in range(n0, n1):
+                hr = h[n]
+                orow = out[so, n] if out_tm else out[n, so]
+                if has_mask and not mask[t, n]:
+                    if write:
+                        masked_output(orow, hr, zero_out, seen[n])
+                    continue
+                seen[n] = True
+                zz = xpb[s - s0, n, 0:H]
+                hh = zc[n, 0:H]
+                act_inplace(act, hh)
+                for j in range(H):
+                    hr[j] = zz[j] * hr[j] + (one - zz[j]) * hh[j]
+                if write:
+                    for j in range(H):
+                        orow[j] = hr[j]
 
 
 def gru(x, kernel, recurrent_kernel, bias, h0, step_mask, *, reset_after=True,
@@ -130,39 +136,33 @@ def gru(x, kernel, recurrent_kernel, bias, h0, step_mask, *, reset_after=True,
     H = recurrent_kernel.shape[0]
     G = 3 * H
     xc, B, T = C.input_c(x, time_major)
-    NR = panel_width(dt)
-    PW = pack(kernel, 0, G, NR)
-    npan = PW.shape[0]
-    Gp = npan * NR
+    chunks = C.row_chunks(B, 6.0 * T * B * H * (H + xc.shape[2]))
     h = np.array(h0, dtype=dt, order="C", copy=True)
     mask, has_mask = C.mask_arg(step_mask, T, B)
     out = C.out_buffer(B, T, H, dt, return_all_outputs, time_major)
     seen = np.zeros(B, np.bool_)
     flags = (bool(time_major), bool(return_all_outputs), mask, has_mask, seen,
              bool(go_backwards), bool(zero_output_for_mask), act, ract)
-    flops = 6.0 * T * B * H * (H + xc.shape[2])
     if reset_after:
-        PU = pack(recurrent_kernel, 0, G, NR)
-        if bias is None:
-            bx = np.zeros(Gp, dt)
-            bh = np.zeros(Gp, dt)
-        else:
-            b2 = np.asarray(bias, dtype=dt).reshape(2, G)
-            bx = C.padded_bias(b2[0], G, Gp, dt)
-            bh = C.padded_bias(b2[1], G, Gp, dt)
-        zx = np.empty((B, Gp), dt)
+        PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, chunks)
+        b2 = None if bias is None else np.asarray(bias, dtype=dt).reshape(2, G)
+        bx = C.padded_bias(None if b2 is None else b2[0], G, Gp, dt)
+        bh = C.padded_bias(None if b2 is None else b2[1], G, Gp, dt)
+        xpb = C.projection_buffer(T, B, Gp, dt, chunks)
         zh = np.empty((B, Gp), dt)
-        args = (xc, bool(time_major), PW, PU, bx, bh, h, zx, zh, out) + flags
-        C.run_chunks(_gru_after_rows, args, B, flops)
+        args = (xc, bool(time_major), PW, PU, bx, bh, h, xpb, zh, out) + flags
+        C.run_chunks(_gru_after_rows, args, chunks)
     else:
-        PUzr = pack(recurrent_kernel, 0, 2 * H, NR)
-        PUh = pack(recurrent_kernel, 2 * H, H, NR)
-        Hp = PUh.shape[0] * NR
+        PW, PUzr, Gp = C.pack_weights(kernel, recurrent_kernel[:, :2 * H], G, dt, chunks,
+                                      recurrent_cols=2 * H)
+        PUh = pack(recurrent_kernel, 2 * H, H, PUzr.shape[2])
+        Hp = PUh.shape[0] * PUh.shape[2]
         b = C.padded_bias(bias, G, Gp, dt)
-        zx = np.zeros((B, max(Gp, 2 * H + Hp)), dt)  # zc's init reads zx[:, 2H:2H+Hp]
+        # zc's init reads xpb[..., 2H:2H+Hp]
+        xpb = C.projection_buffer(T, B, Gp, dt, chunks, width=max(Gp, 2 * H + Hp))
         zc = np.empty((B, Hp), dt)
         rh = np.empty((B, H), dt)
-        args = (xc, bool(time_major), PW, PUzr, PUh, b, h, zx, zc, rh, out) + flags
-        C.run_chunks(_gru_before_rows, args, B, flops)
+        args = (xc, bool(time_major), PW, PUzr, PUh, b, h, xpb, zc, rh, out) + flags
+        C.run_chunks(_gru_before_rows, args, chunks)
     last = (out[-1] if time_major else out[:, -1]).copy()
     return last, out, (h,)

@@ -8,55 +8,61 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import fused_rows, masked_output, pack, panel_width, x_step
+from ._gemm import fused_rows, masked_output, project_block
 from .activations import act_inplace, act_into, activation_code
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
-def _lstm_rows(x, x_tm, PW, PU, b, h, c, z, out, out_tm, ret_all, mask, has_mask, seen,
+def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_mask, seen,
                go_back, zero_out, act, ract, n0, n1):
     T = x.shape[0] if x_tm else x.shape[1]
-    D = x.shape[2]
+    B = h.shape[0]
     H = h.shape[1]
     G = 4 * H
-    npan = PU.shape[0]
-    ldz = z.shape[1]
-    for s in range(T):
-        t = T - 1 - s if go_back else s
-        xt, lda = x_step(x, x_tm, t)
-        # z = b + x_t @ W + h @ U for rows [n0, n1)
-        fused_rows(z, z.ctypes.data, ldz, b.ctypes.data, 0, xt, lda, PW.ctypes.data, D, npan,
-                   h.ctypes.data, H, PU.ctypes.data, H, npan, npan, n0, n1)
-        write = ret_all or s == T - 1
-        so = s if ret_all else 0
-        for n in range(n0, n1):
-            hr = h[n]
-            orow = out[so, n] if out_tm else out[n, so]
-            if has_mask and not mask[t, n]:
+    es = x.itemsize
+    nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
+    tau = xpb.shape[0]
+    Gp = xpb.shape[2]
+    for s0 in range(0, T, tau):
+        s1 = min(s0 + tau, T)
+        project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
+        for s in range(s0, s1):
+            t = T - 1 - s if go_back else s
+            slot = xpb.ctypes.data + (s - s0) * B * Gp * es
+            # z += h @ U, in place
+            fused_rows(xpb, slot, Gp, slot, Gp, h.ctypes.data, H, PU.ctypes.data, H,
+                       PU.shape[0], h.ctypes.data, H, PU.ctypes.data, 0, 0, PU.shape[0], nv,
+                       n0, n1)
+            write = ret_all or s == T - 1
+            so = s if ret_all else 0
+            for n in range(n0, n1):
+                hr = h[n]
+                orow = out[so, n] if out_tm else out[n, so]
+                if has_mask and not mask[t, n]:
+                    if write:
+                        masked_output(orow, hr, zero_out, seen[n])
+                    continue
+                seen[n] = True
+                zr = xpb[s - s0, n]
+                zi = zr[0:H]
+                zf = zr[H:2 * H]
+                zg = zr[2 * H:3 * H]
+                zo = zr[3 * H:G]
+                act_inplace(ract, zr[0:2 * H])   # i, f
+                act_inplace(act, zg)
+                act_inplace(ract, zo)
+                cr = c[n]
+                for j in range(H):
+                    cr[j] = zf[j] * cr[j] + zi[j] * zg[j]
+                act_into(act, zg, cr)            # zg <- act(c')
                 if write:
-                    masked_output(orow, hr, zero_out, seen[n])
-                continue
-            seen[n] = True
-            zr = z[n]
-            zi = zr[0:H]
-            zf = zr[H:2 * H]
-            zg = zr[2 * H:3 * H]
-            zo = zr[3 * H:G]
-            act_inplace(ract, zr[0:2 * H])   # i, f
-            act_inplace(act, zg)
-            act_inplace(ract, zo)
-            cr = c[n]
-            for j in range(H):
-                cr[j] = zf[j] * cr[j] + zi[j] * zg[j]
-            act_into(act, zg, cr)            # zg <- act(c')
-            if write:
-                for j in range(H):
-                    v = zo[j] * zg[j]
-                    hr[j] = v
-                    orow[j] = v
-            else:
-                for j in range(H):
-                    hr[j] = zo[j] * zg[j]
+                    for j in range(H):
+                        v = zo[j] * zg[j]
+                        hr[j] = v
+                        orow[j] = v
+                else:
+                    for j in range(H):
+                        hr[j] = zo[j] * zg[j]
 
 
 def lstm(x, kernel, recurrent_kernel, bias, h0, c0, step_mask, *, go_backwards=False,
@@ -71,21 +77,20 @@ def lstm(x, kernel, recurrent_kernel, bias, h0, c0, step_mask, *, go_backwards=F
     act = activation_code(activation)
     ract = activation_code(recurrent_activation)
     H = recurrent_kernel.shape[0]
+    G = 4 * H
     xc, B, T = C.input_c(x, time_major)
-    NR = panel_width(dt)
-    PW = pack(kernel, 0, 4 * H, NR)
-    PU = pack(recurrent_kernel, 0, 4 * H, NR)
-    Gp = PU.shape[0] * NR
-    b = C.padded_bias(bias, 4 * H, Gp, dt)
+    chunks = C.row_chunks(B, 8.0 * T * B * H * (H + xc.shape[2]))
+    PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, chunks)
+    b = C.padded_bias(bias, G, Gp, dt)
+    xpb = C.projection_buffer(T, B, Gp, dt, chunks)
     h = np.array(h0, dtype=dt, order="C", copy=True)
     c = np.array(c0, dtype=dt, order="C", copy=True)
     mask, has_mask = C.mask_arg(step_mask, T, B)
     out = C.out_buffer(B, T, H, dt, return_all_outputs, time_major)
     seen = np.zeros(B, np.bool_)
-    z = np.empty((B, Gp), dt)
-    args = (xc, bool(time_major), PW, PU, b, h, c, z, out, bool(time_major),
+    args = (xc, bool(time_major), PW, PU, b, h, c, xpb, out, bool(time_major),
             bool(return_all_outputs), mask, has_mask, seen, bool(go_backwards),
             bool(zero_output_for_mask), act, ract)
-    C.run_chunks(_lstm_rows, args, B, 8.0 * T * B * H * (H + xc.shape[2]))
+    C.run_chunks(_lstm_rows, args, chunks)
     last = (out[-1] if time_major else out[:, -1]).copy()
     return last, out, (h, c)
