@@ -16,12 +16,21 @@ Everything is queued on CuPy's current stream; nothing here waits for the GPU.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import _runtime, persistent, step
 from .activations import code as act_code
 
 PATHS = ("auto", "step", "persistent")
+
+_last = threading.local()
+
+
+def last_path():
+    """What the last fused call of this thread ran: "step" or the persistent ``Plan`` (diagnostics)."""
+    return getattr(_last, "path", None)
 
 
 def _is_array(x) -> bool:
@@ -126,6 +135,7 @@ def _run(call, cell, xp, dtype, path, plan_options):
 
     flags = (bool(call.time_major), bool(call.go_backwards), bool(call.return_all_outputs),
              bool(call.zero_output_for_mask))
+    _last.path = chosen if chosen is not None else "step"
     if chosen is not None:
         h, c = _run_persistent(launcher, chosen, dtype, kind, xproj, U, bias_x, bias_r, h0, c0,
                                out, mask, has_mask, seen, a_act, r_act, flags, xp)

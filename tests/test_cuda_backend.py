@@ -1,0 +1,160 @@
+"""The cuda backend where there is no GPU: availability reasons, light imports, options, clear_session."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from helpers import run_python
+
+import gpukb
+from gpukb.backends import cuda as cuda_backend
+
+
+def test_import_and_availability_check_load_no_cupy_numba_or_numba_cuda(tmp_path):
+    code = ("import sys, json\n"
+            "from gpukb.backends.cuda import CUDABackend\n"
+            "b = CUDABackend(); b.is_available(); b.on_clear_session()\n"
+            "print(json.dumps([m for m in ('cupy', 'numba', 'numba.cuda') if m in sys.modules]))")
+    result = run_python(code, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def _find_spec_without(*missing):
+    """find_spec for a machine where every package but ``missing`` is installed."""
+
+    def find_spec(name, *args, **kwargs):
+        return None if name in missing else object()
+
+    return find_spec
+
+
+def test_reason_names_the_missing_driver(monkeypatch):
+    monkeypatch.setattr(cuda_backend, "_cuda_driver_problem", lambda: "no CUDA driver found (libcuda could not be loaded)")
+    availability = cuda_backend.CUDABackend().is_available()
+    assert not availability and "no CUDA driver" in availability.reason
+
+
+class FakeDriver:
+    def __init__(self, init_status=0, devices=0):
+        self.init_status, self.devices = init_status, devices
+
+    def cuInit(self, flags):
+        return self.init_status
+
+    def cuDeviceGetCount(self, pointer):
+        pointer._obj.value = self.devices
+        return 0
+
+
+@pytest.mark.parametrize("driver, reason", [
+    (FakeDriver(devices=0), "no CUDA device found"),
+    (FakeDriver(init_status=100), "cuInit returned error 100"),
+])
+def test_reason_names_the_missing_device(monkeypatch, driver, reason):
+    monkeypatch.setattr(cuda_backend.ctypes, "CDLL", lambda name: driver)
+    assert reason in cuda_backend._cuda_driver_problem()
+
+
+def test_driver_with_a_device_is_no_problem(monkeypatch):
+    monkeypatch.setattr(cuda_backend.ctypes, "CDLL", lambda name: FakeDriver(devices=1))
+    assert cuda_backend._cuda_driver_problem() is None
+
+
+def test_driver_not_found(monkeypatch):
+    def no_library(name):
+        raise OSError(name)
+
+    monkeypatch.setattr(cuda_backend.ctypes, "CDLL", no_library)
+    assert "no CUDA driver found" in cuda_backend._cuda_driver_problem()
+
+
+@pytest.mark.parametrize("missing, reason", [
+    (("cupy",), "CuPy is not installed"),
+    (("cupy", "numba_cuda"), "CuPy is not installed"),
+    (("numba_cuda",), "numba-cuda is not installed"),
+])
+def test_reason_names_the_missing_package(monkeypatch, missing, reason):
+    monkeypatch.setattr(cuda_backend, "_cuda_driver_problem", lambda: None)
+    monkeypatch.setattr(cuda_backend.importlib.util, "find_spec", _find_spec_without(*missing))
+    availability = cuda_backend.CUDABackend().is_available()
+    assert not availability and availability.reason == reason
+
+
+def test_available_when_driver_device_and_packages_are_there(monkeypatch):
+    monkeypatch.setattr(cuda_backend, "_cuda_driver_problem", lambda: None)
+    monkeypatch.setattr(cuda_backend.importlib.util, "find_spec", lambda name, *a, **k: object())
+    assert cuda_backend.CUDABackend().is_available()
+
+
+def test_outside_the_simulator_only_gpu_arrays_are_accepted():
+    backend = cuda_backend.CUDABackend()
+    assert not backend.simulated
+    assert backend.array_types == ("cupy:ndarray", "numba.cuda.cudadrv.devicearray:DeviceNDArray")
+    assert "numpy:ndarray" not in backend.array_types
+
+
+def test_simulator_mode_in_a_fresh_interpreter(tmp_path):
+    """With NUMBA_ENABLE_CUDASIM=1 the backend accepts NumPy, is available without a GPU, and
+    still leaves NumPy arrays to cpu in automatic selection."""
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (the test extra installs it)")
+    code = ("import json, numpy as np, gpukb\n"
+            "from gpukb import _dispatch\n"
+            "b = gpukb.get_backend('cuda')\n"
+            "x = np.zeros((1, 2, 1), np.float32)\n"
+            "print(json.dumps([b.simulated, list(b.array_types), bool(b.is_available()),"
+            " _dispatch.select_backend([x]).name]))")
+    result = run_python(code, home=tmp_path, env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        True, ["cupy:ndarray", "numpy:ndarray"], True, "cpu"]
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_tf32_is_opt_in_through_the_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("GPUKB_CUDA_TF32", value)
+    assert cuda_backend.CUDABackend().allow_tf32 is expected
+
+
+def test_cell_path_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GPUKB_CUDA_CELL_PATH", " Step ")
+    assert cuda_backend.CUDABackend().cell_path == "step"
+    monkeypatch.delenv("GPUKB_CUDA_CELL_PATH")
+    assert cuda_backend.CUDABackend().cell_path == "auto"
+
+
+def test_clear_session_without_cupy_drops_the_kernel_cache():
+    from gpukb.kernels.cuda import _runtime
+
+    _runtime._CACHE["probe"] = object()
+    cuda_backend.CUDABackend().on_clear_session()
+    assert "probe" not in _runtime._CACHE
+
+
+def test_gpukb_clear_session_reaches_the_cuda_backend():
+    from gpukb.kernels.cuda import _runtime
+
+    gpukb.list_backends()  # discovery registers the clear_session hook
+    _runtime._CACHE["probe"] = object()
+    gpukb.clear_session()
+    assert "probe" not in _runtime._CACHE
+
+
+def test_dlpack_device_detection():
+    class Device:
+        def __init__(self, kind):
+            self.kind = kind
+
+        def __dlpack__(self, stream=None):
+            raise AssertionError("not called")
+
+        def __dlpack_device__(self):
+            return (self.kind, 0)
+
+    assert cuda_backend._is_cuda_dlpack(Device(2))
+    assert not cuda_backend._is_cuda_dlpack(Device(1))  # kDLCPU: would need a copy
+    assert not cuda_backend._is_cuda_dlpack(object())
