@@ -27,7 +27,7 @@ LEGEND = (
 
 def _row(r) -> tuple:
     if r.status != "ok":
-        return (r.workload, r.size.label, r.implementation, "error", "", "", r.error)
+        return (r.workload, r.size.label, r.implementation, "error", "", "", "")
     ratio = "" if r.ratio_to_fastest_peer is None else f"{r.ratio_to_fastest_peer:.2f}x"
     return (r.workload, r.size.label, r.implementation, f"{r.median_s * 1e3:.3f}",
             f"{r.gflops:.2f}", ratio, f"{r.relative_error:.1e}")
@@ -55,6 +55,9 @@ def format_table(results, *, skipped=(), threads=None, legend: bool = True) -> s
         lines.append(fmt(row))
     if not results:
         lines.append("(no results)")
+    for r in results:
+        if r.status != "ok":
+            lines.append(f"error: {r.implementation}, {r.workload} {r.size.label}: {r.error}")
     for name, reason in skipped:
         lines.append(f"skipped: {name}: {reason}")
     if threads:

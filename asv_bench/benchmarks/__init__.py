@@ -1,0 +1,1 @@
+"""asv benchmarks of gpukb (see asv_bench/README.md)."""

@@ -1,0 +1,332 @@
+"""``gpukb bench`` and the gpukb.bench package: arguments, timing, table, JSON, plot, peers."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from gpukb import cli
+from gpukb.bench import report, runner, workloads
+from gpukb.bench.workloads import Size
+
+TINY = ["--sizes", "2x3x2x3", "--repeats", "1", "--budget", "0.01", "--no-progress"]
+
+
+def bench(argv, capsys):
+    """Run ``gpukb bench`` in this process; (exit code, stdout, stderr)."""
+    try:
+        code = cli.main(["bench", *argv])
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def shim(tmp_path, module, body):
+    """A folder holding a fake top-level ``module``, to put first on PYTHONPATH."""
+    folder = tmp_path / "shim"
+    (folder / module).mkdir(parents=True)
+    (folder / module / "__init__.py").write_text(body)
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Argument errors: all raised before anything runs
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("benchmarking started despite an argument error")
+
+    monkeypatch.setattr(runner, "run_isolated", refuse)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--budget", "-1"], "--budget must be a positive number"),
+    (["--budget", "nan"], "--budget must be a positive number"),
+    (["--sizes", "32x100x64"], "expected four positive integers"),
+    (["--sizes", "0x1x1x1"], "B must be a positive integer"),
+    (["--peers", "tensorflowz"], "--peers: unknown 'tensorflowz'; known: torch, jax, keras3"),
+    (["--backends", "tpu"], "--backends: unknown 'tpu'"),
+    (["--workloads", "lstm,rnn"], "--workloads: unknown 'rnn'"),
+    (["--backends", "none", "--peers", "none"], "leaves nothing to run"),
+    (["--json", "/no/such/folder/out.json"], "the folder /no/such/folder does not exist"),
+    (["--plot", "out.txt"], "must end in .png"),
+])
+def test_argument_errors(argv, message, capsys, nothing_runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = bench(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert out == ""
+
+
+def test_json_and_plot_must_not_be_folders(capsys, nothing_runs, tmp_path):
+    code, _, err = bench(["--json", str(tmp_path)], capsys)
+    assert code == 2 and "is a folder" in err
+
+
+def test_plot_without_matplotlib_fails_before_benchmarking(capsys, nothing_runs, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # "import matplotlib" now raises
+    code, out, err = bench(["--plot", str(tmp_path / "out.png")], capsys)
+    assert code == 2
+    assert "pip install matplotlib" in err and "gpukb[plot]" in err
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_unavailable_backend_named_explicitly_is_an_error(capsys, nothing_runs):
+    from gpukb import _dispatch
+
+    records = {r.name: r for r in _dispatch.backend_records()}
+    if records["cuda"].availability:
+        pytest.skip("the cuda backend is available here")
+    code, _, err = bench(["--backends", "cuda"], capsys)
+    assert code == 2
+    assert "backend 'cuda' is not available here" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------------
+
+def test_tiny_run_prints_the_cpu_row_and_writes_json(capsys, tmp_path):
+    path = tmp_path / "bench.json"
+    code, out, err = bench([*TINY, "--peers", "none", "--json", str(path)], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    header = next(line for line in lines if line.startswith("workload"))
+    for column in report.COLUMNS:
+        assert column in header
+    rows = [line for line in lines if "gpukb[cpu]" in line and "B=2 T=3" in line]
+    assert [row.split()[0] for row in rows] == ["lstm", "gru"]
+
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == report.SCHEMA
+    machine = doc["machine"]
+    for key in ("cpu", "cores", "usable_cores", "platform", "versions", "date"):
+        assert key in machine
+    for library in ("numpy", "numba", "gpukb", "python"):
+        assert machine["versions"][library]
+    assert doc["settings"]["sizes"] == [{"B": 2, "T": 3, "D": 2, "H": 3}]
+    assert doc["settings"]["repeats"] == 1
+    assert {i["key"] for i in doc["implementations"]} >= {"gpukb[cpu]"}
+    cpu = next(i for i in doc["implementations"] if i["key"] == "gpukb[cpu]")
+    assert "thread" in cpu["threads"]
+    results = {(r["workload"], r["key"]): r for r in doc["results"]}
+    for workload, gates in (("lstm", 4), ("gru", 3)):
+        r = results[(workload, "gpukb[cpu]")]
+        assert r["status"] == "ok" and r["kind"] == "gpukb"
+        assert r["size"] == {"B": 2, "T": 3, "D": 2, "H": 3}
+        assert r["flops"] == 2 * 2 * 3 * (2 + 3) * gates * 3
+        assert r["median_ms"] > 0 and r["repeats"] == 1 and r["first_call_ms"] > 0
+        assert r["gflops"] == pytest.approx(r["flops"] / (r["median_ms"] / 1e3) / 1e9)
+        assert r["relative_error"] < 1e-5
+        assert r["ratio_to_fastest_peer"] is None  # no peer ran
+    skipped = {s["name"]: s["reason"] for s in doc["skipped"]}
+    if "cuda" in {b for b in _backends_unavailable()}:
+        assert "gpukb[cuda]" in skipped
+
+
+def _backends_unavailable():
+    from gpukb import _dispatch
+
+    return [r.name for r in _dispatch.backend_records() if not r.availability]
+
+
+def test_missing_peer_is_listed_as_skipped(capsys, tmp_path, monkeypatch):
+    folder = shim(tmp_path, "torch",
+                  "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    monkeypatch.setenv("PYTHONPATH", str(folder))  # the worker processes see no torch
+    path = tmp_path / "bench.json"
+    code, out, err = bench([*TINY, "--workloads", "lstm", "--peers", "torch", "--json",
+                            str(path)], capsys)
+    assert code == 0, err
+    assert "skipped: torch: torch is not installed (pip install torch)" in out
+    assert "gpukb[cpu]" in out
+    doc = json.loads(path.read_text())
+    assert {"name": "torch", "reason": "torch is not installed (pip install torch)"} in doc["skipped"]
+    assert all(r["key"] != "torch" for r in doc["results"])
+
+
+def test_a_peer_that_kills_its_worker_is_skipped_not_fatal(capsys, tmp_path, monkeypatch):
+    folder = shim(tmp_path, "jax", "import os\nos._exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    code, out, err = bench([*TINY, "--workloads", "gru", "--peers", "jax"], capsys)
+    assert code == 0, err
+    assert "skipped: jax: worker process exited with code 3" in out
+    assert "gpukb[cpu]" in out
+
+
+def test_plot_is_written(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    code, _, err = bench([*TINY, "--peers", "none", "--plot", str(path)], capsys)
+    assert code == 0, err
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_quick_runs_in_under_a_minute_with_every_installed_peer(tmp_path):
+    """The real ``gpukb bench --quick`` (the README's command), as a user runs it."""
+    path = tmp_path / "quick.json"
+    exe = os.path.join(os.path.dirname(sys.executable), "gpukb")
+    command = [exe] if os.path.exists(exe) else [sys.executable, "-m", "gpukb"]
+    start = time.perf_counter()
+    result = subprocess.run([*command, "bench", "--quick", "--json", str(path)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elapsed < 60, f"gpukb bench --quick took {elapsed:.0f} s"
+    assert "gpukb[cpu]" in result.stdout
+    assert "] " in result.stderr and "done" in result.stderr  # the progress bar
+    doc = json.loads(path.read_text())
+    sizes = [s.as_dict() for s in workloads.QUICK_SIZES]
+    assert doc["settings"]["sizes"] == sizes
+    ran = {(r["key"], r["workload"], tuple(r["size"].values())) for r in doc["results"]
+           if r["status"] == "ok"}
+    for workload in ("lstm", "gru"):
+        for size in workloads.QUICK_SIZES:
+            assert ("gpukb[cpu]", workload, (size.B, size.T, size.D, size.H)) in ran
+    skipped = {s["name"] for s in doc["skipped"]}
+    import importlib.util
+
+    for key, module in (("torch", "torch"), ("jax", "jax"), ("keras3", "keras")):
+        if importlib.util.find_spec(module) is not None:
+            assert key not in skipped, doc["skipped"]
+            assert len([r for r in doc["results"] if r["key"] == key]) == 6
+            assert key in doc["machine"]["versions"] or module in doc["machine"]["versions"]
+        else:
+            assert key in skipped
+    for r in doc["results"]:
+        if r["status"] == "ok":
+            assert r["relative_error"] < 1e-4, r
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+def test_flop_counts():
+    size = Size(32, 100, 64, 128)
+    assert workloads.flops("lstm", size) == 2 * 32 * 100 * (64 + 128) * 4 * 128
+    assert workloads.flops("gru", size) == 2 * 32 * 100 * (64 + 128) * 3 * 128
+    assert workloads.FULL_SIZES == (Size(32, 100, 64, 128), Size(1, 1000, 32, 64),
+                                    Size(256, 50, 128, 256))
+
+
+def test_size_parsing():
+    assert Size.parse("32x100x64x128") == Size(32, 100, 64, 128)
+    assert Size.parse("1,2,3,4").key == "1x2x3x4"
+    with pytest.raises(ValueError, match="four positive integers"):
+        Size.parse("1x2x3")
+    with pytest.raises(ValueError, match="positive integer"):
+        Size.parse("1x0x3x4")
+
+
+@pytest.mark.parametrize("workload", ["lstm", "gru", "simple_rnn"])
+def test_reference_matches_gpukb_cells_in_float64(workload):
+    """The independent float64 reference and gpukb's Keras cells agree."""
+    import gpukb
+
+    problem = workloads.make_problem(workload, Size(3, 7, 4, 5), dtype=np.float64)
+    outputs = gpukb.rnn(problem.cell(), problem.x, problem.states)[1]
+    np.testing.assert_allclose(problem.reference, outputs, rtol=1e-10, atol=1e-12)
+    assert problem.relative_error(outputs) < 1e-12
+
+
+def test_masks():
+    assert workloads.make_mask("none", 4, 6) is None
+    padded = workloads.make_mask("right_padded", 50, 6)
+    assert padded.shape == (50, 6) and padded[:, 0].all()
+    assert (np.diff(padded.astype(int), axis=1) <= 0).all()  # valid prefix, then padding
+    random = workloads.make_mask("random", 50, 6)
+    assert random.dtype == bool and 0 < random.mean() < 1
+
+
+def test_measure_excludes_the_warm_up_and_respects_the_budget():
+    calls = []
+    ticks = iter(range(1000))
+
+    def clock():
+        return float(next(ticks))
+
+    def run():
+        calls.append(1)
+        return "out"
+
+    first, timing = runner.measure(run, repeats=50, budget_s=5, clock=clock)
+    assert first == "out"
+    # 1 warm-up call, then timed calls until the budget: every timed call lasts 1 tick here.
+    assert len(calls) == 1 + len(timing.times_s)
+    assert 1 <= len(timing.times_s) < 50
+    assert all(t == 1.0 for t in timing.times_s)
+    _, timing = runner.measure(run, repeats=3, budget_s=1e9)
+    assert len(timing.times_s) == 3
+    with pytest.raises(ValueError):
+        runner.measure(run, repeats=0, budget_s=1)
+
+
+def _result(key, kind, median, workload="lstm", size=Size(1, 2, 3, 4)):
+    return runner.Result(workload, size, key, key, kind, 100, median_s=median, min_s=median,
+                         repeats=1, first_call_s=median, relative_error=0.0)
+
+
+def test_ratios_are_to_the_fastest_peer_per_problem():
+    rows = [_result("gpukb[cpu]", "gpukb", 1.0), _result("torch", "peer", 2.0),
+            _result("jax", "peer", 4.0), _result("gpukb[cpu]", "gpukb", 3.0, workload="gru")]
+    runner.add_ratios(rows)
+    assert [r.ratio_to_fastest_peer for r in rows] == [0.5, 1.0, 2.0, None]
+    table = report.format_table(rows, skipped=[("tf.keras", "tf_keras is not installed")],
+                                threads={"torch": "2"})
+    assert "0.50x" in table and "skipped: tf.keras: tf_keras is not installed" in table
+    assert "threads: torch: 2" in table
+
+
+def test_error_rows_are_reported_below_the_table():
+    bad = runner.Result("gru", Size(1, 2, 3, 4), "torch nn.GRU", "torch", "peer", 10,
+                        status="error", error="RuntimeError: boom")
+    table = report.format_table([_result("gpukb[cpu]", "gpukb", 1.0, workload="gru"), bad])
+    assert "error: torch nn.GRU, gru B=1 T=2 D=3 H=4: RuntimeError: boom" in table
+
+
+def test_progress_bar_lines_and_in_place():
+    stream = io.StringIO()
+    bar = runner.ProgressBar(2, stream=stream)
+    bar.show("first")
+    bar.advance()
+    bar.show("second")
+    bar.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[") and "0/2" in lines[0] and lines[0].endswith("first")
+    assert "1/2" in lines[1] and "2/2" in lines[2] and lines[2].endswith("done")
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = runner.ProgressBar(1, stream=tty)
+    bar.show("x")
+    bar.close()
+    assert tty.getvalue().startswith("\r[") and tty.getvalue().count("\n") == 1
+
+    quiet = io.StringIO()
+    bar = runner.ProgressBar(1, stream=quiet, enabled=False)
+    bar.show("x")
+    bar.close()
+    assert quiet.getvalue() == ""
+
+
+def test_wire_format_round_trips():
+    r = _result("torch", "peer", 1.5)
+    r.ratio_to_fastest_peer = 1.0
+    back = runner.result_from_wire(json.loads(json.dumps(runner.result_to_wire(r))))
+    assert back == r
