@@ -62,8 +62,9 @@ def test_configuration_uses_the_existing_environment():
     assert conf["repo"] == ".."
     assert not conf.get("matrix")
     assert (SUITE / conf["benchmark_dir"]).is_dir()
-    ignored = (SUITE / ".gitignore").read_text()
-    assert ".asv/" in ignored and conf["results_dir"].startswith(".asv/")
+    ignored = (ROOT / ".gitignore").read_text().split()
+    for key in ("env_dir", "results_dir", "html_dir"):
+        assert f"asv_bench/{conf[key]}/" in ignored
 
 
 def test_asv_check(asv_copy):
