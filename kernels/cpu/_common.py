@@ -1,7 +1,7 @@
 """Python-side plumbing shared by the LSTM/GRU/SimpleRNN CPU kernels.
 
 - dtype checks (cheap asserts: the caller validated shapes),
-- the input projection of all T steps as one BLAS GEMM (NumPy ``matmul``),
+- weight packing and the buffer of input projections (computed a block of steps ahead),
 - output/state buffers,
 - splitting the batch over threads: each thread runs the whole jitted time loop on its own rows
   (the kernels release the GIL), so threads never synchronise per step.
@@ -24,6 +24,7 @@ _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per c
 
 _pool = None
 _pool_size = 0
+_pool_pid = None
 _pool_lock = threading.Lock()
 
 
@@ -34,10 +35,6 @@ def check_dtypes(x, *arrays):
         if a is not None:
             assert np.dtype(a.dtype) == dt, f"dtype mismatch: {a.dtype} vs input {dt}"
     return dt
-
-
-def as_c(a, dtype):
-    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def padded_bias(b, size, padded, dtype):
@@ -54,21 +51,6 @@ def input_c(x, time_major):
     if time_major:
         return xc, xc.shape[1], xc.shape[0]
     return xc, xc.shape[0], xc.shape[1]
-
-
-def project(x, kernel, time_major):
-    """x @ kernel for all steps in one GEMM; returns (xp 3-D C-contiguous, xp_tm, B, T).
-
-    xp keeps x's leading-axis order: (T, B, G) when time_major, else (B, T, G).
-    """
-    d0, d1, D = x.shape
-    xp = np.matmul(x.reshape(d0 * d1, D), kernel)
-    xp = xp.reshape(d0, d1, kernel.shape[1])
-    if not xp.flags.c_contiguous:  # matmul may hand back other layouts for odd inputs
-        xp = np.ascontiguousarray(xp)
-    if time_major:
-        return xp, True, d1, d0
-    return xp, False, d0, d1
 
 
 def mask_arg(step_mask, T, B):
@@ -120,11 +102,13 @@ def max_threads():
 
 
 def _get_pool(workers):
-    global _pool, _pool_size
+    """A process-wide pool with at least ``workers`` threads (a fresh one after a fork)."""
+    global _pool, _pool_size, _pool_pid
     with _pool_lock:
-        if _pool is None or _pool_size < workers:
+        if _pool is None or _pool_size < workers or _pool_pid != os.getpid():
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpukb-cpu-rnn")
             _pool_size = workers
+            _pool_pid = os.getpid()
         return _pool
 
 
