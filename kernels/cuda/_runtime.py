@@ -100,13 +100,18 @@ class Launcher:
             return array
         return cuda().as_cuda_array(array, sync=False)
 
-    def launch(self, kernel, blocks, threads, *args, shared_bytes=0):
+    def configure(self, kernel, blocks, threads, shared_bytes=0):
+        """``kernel`` configured once for repeated launches (``None`` when there is nothing to do)."""
         if blocks <= 0:
-            return
+            return None
         if shared_bytes:
-            kernel[blocks, threads, self.stream, shared_bytes](*args)
-        else:
-            kernel[blocks, threads, self.stream](*args)
+            return kernel[blocks, threads, self.stream, shared_bytes]
+        return kernel[blocks, threads, self.stream]
+
+    def launch(self, kernel, blocks, threads, *args, shared_bytes=0):
+        configured = self.configure(kernel, blocks, threads, shared_bytes)
+        if configured is not None:
+            configured(*args)
 
 
 def sm_count() -> int:

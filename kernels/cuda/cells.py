@@ -192,30 +192,35 @@ def _run_steps(launcher, dtype, kind, xproj, U, bias_x, bias_r, h0, c0, out, mas
         v_rec = view(rec)
     v_c = view(c) if c is not None else None
 
+    if blocks == 0:  # B == 0: nothing to compute
+        return h, c
+    configure = launcher.configure
+    if kind == persistent.GRU_BEFORE:
+        gates_k = configure(kernels["gru_gates"], blocks, step.THREADS)
+        finish_k = configure(kernels["gru_finish"], blocks, step.THREADS)
+    else:
+        name = {persistent.LSTM: "lstm", persistent.GRU_AFTER: "gru"}.get(kind, "simple_rnn")
+        step_k = configure(kernels[name], blocks, step.THREADS)
+
     for s in range(T):
         t = T - 1 - s if go_back else s
         write = ret_all or s == T - 1
         slot = s if ret_all else 0
         if kind == persistent.GRU_BEFORE:
             xp.dot(h, U_zr, out=rec)
-            launcher.launch(kernels["gru_gates"], blocks, step.THREADS,
-                            v_x, time_major, t, v_rec, v_bx, v_h, v_z, v_rh, r_act)
+            gates_k(v_x, time_major, t, v_rec, v_bx, v_h, v_z, v_rh, r_act)
             xp.dot(rhb, U_h, out=rec2)
-            launcher.launch(kernels["gru_finish"], blocks, step.THREADS,
-                            v_x, time_major, t, v_rec2, v_bx, v_z, v_h, v_out, time_major, slot,
-                            write, v_mask, has_mask, v_seen, zero_out, a_act)
+            finish_k(v_x, time_major, t, v_rec2, v_bx, v_z, v_h, v_out, time_major, slot, write,
+                     v_mask, has_mask, v_seen, zero_out, a_act)
             continue
         xp.dot(h, U, out=rec)
         if kind == persistent.LSTM:
-            launcher.launch(kernels["lstm"], blocks, step.THREADS,
-                            v_x, time_major, t, v_rec, v_bx, v_h, v_c, v_out, time_major, slot,
-                            write, v_mask, has_mask, v_seen, zero_out, a_act, r_act)
+            step_k(v_x, time_major, t, v_rec, v_bx, v_h, v_c, v_out, time_major, slot, write,
+                   v_mask, has_mask, v_seen, zero_out, a_act, r_act)
         elif kind == persistent.GRU_AFTER:
-            launcher.launch(kernels["gru"], blocks, step.THREADS,
-                            v_x, time_major, t, v_rec, v_bx, v_br, v_h, v_out, time_major, slot,
-                            write, v_mask, has_mask, v_seen, zero_out, a_act, r_act)
+            step_k(v_x, time_major, t, v_rec, v_bx, v_br, v_h, v_out, time_major, slot, write,
+                   v_mask, has_mask, v_seen, zero_out, a_act, r_act)
         else:
-            launcher.launch(kernels["simple_rnn"], blocks, step.THREADS,
-                            v_x, time_major, t, v_rec, v_bx, v_h, v_out, time_major, slot,
-                            write, v_mask, has_mask, v_seen, zero_out, a_act)
+            step_k(v_x, time_major, t, v_rec, v_bx, v_h, v_out, time_major, slot, write,
+                   v_mask, has_mask, v_seen, zero_out, a_act)
     return h, c

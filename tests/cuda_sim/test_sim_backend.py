@@ -113,3 +113,14 @@ def test_tf32_option_is_off_by_default_and_harmless_in_the_simulator(monkeypatch
         gpukb.rnn(cell, x, states, backend="cuda")
     finally:
         backend.allow_tf32 = False
+
+
+def test_benchmark_script_smoke():
+    """The GPU benchmark (python -m gpukb.kernels.cuda.benchmark) runs end to end, tiny, simulated."""
+    from gpukb.kernels.cuda import benchmark
+
+    result = benchmark.run(cells=("lstm",), shapes=[(2, 3)], steps=2, repeat=1, warmup=0,
+                           masks=("none", "random"))
+    assert result["info"]["simulator"] is True
+    assert [row["mask"] for row in result["rows"]] == ["none", "random"]
+    assert all(row["step_ms"] > 0 and row["auto_ms"] > 0 for row in result["rows"])
