@@ -33,7 +33,8 @@ def _find_spec_without(*missing):
 
 
 def test_reason_names_the_missing_driver(monkeypatch):
-    monkeypatch.setattr(cuda_backend, "_cuda_driver_problem", lambda: "no CUDA driver found (libcuda could not be loaded)")
+    reason = "no CUDA driver found (libcuda could not be loaded)"
+    monkeypatch.setattr(cuda_backend, "_cuda_driver_problem", lambda: reason)
     availability = cuda_backend.CUDABackend().is_available()
     assert not availability and "no CUDA driver" in availability.reason
 

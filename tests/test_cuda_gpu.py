@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import optree
 import pytest
 
 import gpukb
@@ -175,7 +176,6 @@ def test_runs_on_the_current_stream_and_never_waits_for_the_gpu(backend, cupy):
 def test_generic_path_masks_with_one_kernel_per_step_and_equals_the_generic_loop(backend, cupy):
     from gpukb import _rnn
     from gpukb.kernels.cuda import _runtime, generic
-    from gpukb.testing.strategies import RandomCell  # noqa: F401  (documents the step family)
 
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal((3, 6, 2)))
@@ -190,7 +190,7 @@ def test_generic_path_masks_with_one_kernel_per_step_and_equals_the_generic_loop
         kwargs = dict(mask=mask, zero_output_for_mask=zero_out, go_backwards=True, xp=cupy)
         expected = _rnn.run_generic(_rnn.prepare(step, x, states, **kwargs))
         result = generic.run_masked(_rnn.prepare(step, x, states, **kwargs), _runtime.Launcher(cupy))
-        for a, e in zip(gpukb._rnn.loop.optree.tree_leaves(result), gpukb._rnn.loop.optree.tree_leaves(expected)):
+        for a, e in zip(optree.tree_leaves(result), optree.tree_leaves(expected)):
             assert a.dtype == e.dtype and bool((a == e).all())
 
 

@@ -61,7 +61,8 @@ class _Timer:
 
 
 def _versions(sim):
-    info = {"python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    info = {"python": platform.python_version(),
+            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     for name in ("numpy", "numba", "numba_cuda", "cupy", "torch", "gpukb"):
         module = sys.modules.get(name)
         if module is None:
@@ -90,8 +91,8 @@ def _masks(kind, B, T, rng):
     return rng.random((B, T)) < 0.7, None
 
 
-def run(cells=("lstm", "gru"), shapes=None, steps=100, repeat=20, warmup=3, masks=("none", "right", "random"),
-        torch_too=True):
+def run(cells=("lstm", "gru"), shapes=None, steps=100, repeat=20, warmup=3,
+        masks=("none", "right", "random"), torch_too=True):
     import gpukb
     from gpukb.kernels.cuda import _runtime, cells as cuda_cells
 

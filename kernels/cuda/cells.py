@@ -105,7 +105,6 @@ def run_cell(call, cell, *, path: str = "auto", allow_tf32: bool = False, plan_o
 
 def _run(call, cell, xp, dtype, path, plan_options):
     launcher = _runtime.Launcher(xp)
-    view = launcher.view
     kind = _kind(cell)
     B, T, H, D = call.batch_size, call.time_steps, cell.units, cell.input_dim
     x = call.input_leaves[0]

@@ -123,11 +123,11 @@ class _Masker:
         xp, batch, call = self.xp, self.batch, self.call
         zero_out = call.zero_output_for_mask
         masked_out, masked_states = [], []
-        groups, arrays, ends, total = [], [], [], 0  # pending launch
+        ends, total = [], 0  # the launch being gathered
         pending_out, pending_state = [], []
 
         def flush():
-            nonlocal arrays, ends, total, pending_out, pending_state
+            nonlocal ends, total, pending_out, pending_state
             if pending_out or pending_state:
                 args = [self.mask, t, zero_out, write, slot, call.time_major]
                 for entry in pending_out:
@@ -138,7 +138,7 @@ class _Masker:
                 kernel = masking_kernel(len(pending_out), len(pending_state))
                 if total:
                     self.launcher.launch(kernel, (total + THREADS - 1) // THREADS, THREADS, *args)
-            arrays, ends, total, pending_out, pending_state = [], [], 0, [], []
+            ends, total, pending_out, pending_state = [], 0, [], []
 
         view = self.launcher.view
         for k, (o, p) in enumerate(zip(out_leaves, prev)):
