@@ -7,6 +7,7 @@
   (the kernels release the GIL), so threads never synchronise per step.
 """
 
+import hashlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +27,57 @@ _pool = None
 _pool_size = 0
 _pool_pid = None
 _pool_lock = threading.Lock()
+_cache_checked = False
+_MODULES = ("activations", "_gemm", "lstm", "gru", "simple_rnn")
+_STAMP = "gpukb-kernels-cpu.sources"
+
+
+def ensure_fresh_cache():
+    """Drop this package's Numba disk cache when any of its sources changed.
+
+    Numba keys a cached function on its own file only; the kernels inline the activations and
+    the GEMM from other files, so an edit there would otherwise keep serving stale machine code.
+    Runs once per process, on the first kernel call (never at import).
+    """
+    global _cache_checked
+    if _cache_checked:
+        return
+    with _pool_lock:
+        if _cache_checked:
+            return
+        _cache_checked = True
+        here = os.path.dirname(os.path.abspath(__file__))
+        try:
+            digest = hashlib.sha256()
+            for m in _MODULES:
+                with open(os.path.join(here, m + ".py"), "rb") as f:
+                    digest.update(f.read())
+            digest = digest.hexdigest()
+            from .lstm import _lstm_rows
+
+            cache_dir = _lstm_rows._cache._cache_path
+            stamp = os.path.join(cache_dir, _STAMP)
+            try:
+                with open(stamp) as f:
+                    if f.read().strip() == digest:
+                        return
+            except OSError:
+                pass
+            for name in os.listdir(cache_dir):
+                if name.endswith((".nbi", ".nbc")) and name.split(".")[0] in _MODULES:
+                    try:
+                        os.remove(os.path.join(cache_dir, name))
+                    except OSError:
+                        pass
+            os.makedirs(cache_dir, exist_ok=True)
+            with open(stamp, "w") as f:
+                f.write(digest + "\n")
+        except Exception:  # a read-only or odd cache location: keep Numba's own behaviour
+            pass
 
 
 def check_dtypes(x, *arrays):
+    ensure_fresh_cache()
     dt = np.dtype(getattr(x, "dtype", None))
     assert dt in _FLOATS, f"CPU RNN kernels take float32 or float64 inputs, got {dt}"
     for a in arrays:

@@ -330,6 +330,9 @@ def _apply_flat(code, x):
 
 def apply_activation(name, x):
     """Apply the kernels' activation ``name`` to a NumPy float32/float64 array (for tests)."""
+    from ._common import ensure_fresh_cache
+
+    ensure_fresh_cache()
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"apply_activation: float32 or float64 expected, got {x.dtype}")
