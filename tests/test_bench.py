@@ -152,7 +152,8 @@ def test_missing_peer_is_listed_as_skipped(capsys, tmp_path, monkeypatch):
     assert "skipped: torch: torch is not installed (pip install torch)" in out
     assert "gpukb[cpu]" in out
     doc = json.loads(path.read_text())
-    assert {"name": "torch", "reason": "torch is not installed (pip install torch)"} in doc["skipped"]
+    reason = "torch is not installed (pip install torch)"
+    assert {"name": "torch", "reason": reason} in doc["skipped"]
     assert all(r["key"] != "torch" for r in doc["results"])
 
 
@@ -330,3 +331,50 @@ def test_wire_format_round_trips():
     r.ratio_to_fastest_peer = 1.0
     back = runner.result_from_wire(json.loads(json.dumps(runner.result_to_wire(r))))
     assert back == r
+
+
+def test_gpu_work_is_synchronised_inside_the_timed_call(monkeypatch):
+    """``cuda`` (any backend computing with CuPy) waits on CuPy's current stream in ``run``."""
+    import types
+
+    from gpukb.bench import implementations
+
+    waits = []
+    stream = types.SimpleNamespace(synchronize=lambda: waits.append("stream"))
+    fake_cupy = types.ModuleType("cupy")
+    fake_cupy.cuda = types.SimpleNamespace(get_current_stream=lambda: stream)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    gpu_like = types.SimpleNamespace(xp=fake_cupy)
+    implementations.synchronizer(gpu_like)()
+    assert waits == ["stream"]
+    own = types.SimpleNamespace(xp=np, synchronize=lambda: waits.append("own"))
+    implementations.synchronizer(own)()
+    assert waits == ["stream", "own"]
+
+    # GpukbBackend.run: rnn, then the wait, every call.
+    order = []
+    monkeypatch.setattr(implementations, "synchronizer",
+                        lambda backend: (lambda: order.append("sync")))
+    import gpukb
+
+    real_rnn = gpukb.rnn
+    monkeypatch.setattr(gpukb, "rnn", lambda *a, **k: (order.append("rnn"), real_rnn(*a, **k))[1])
+    cpu = implementations.GpukbBackend("cpu")
+    cpu.prepare()
+    runnable = cpu.build(workloads.make_problem("lstm", Size(2, 3, 2, 3)))
+    runnable.run()
+    runnable.run()
+    assert order == ["rnn", "sync", "rnn", "sync"]
+
+
+def test_simulated_cuda_backend_is_skipped(monkeypatch):
+    import types
+
+    from gpukb import _dispatch
+    from gpukb.bench import implementations
+
+    record = types.SimpleNamespace(name="cuda", availability=True, distribution="gpukb",
+                                   backend=types.SimpleNamespace(simulated=True))
+    monkeypatch.setattr(_dispatch, "backend_records", lambda: [record])
+    with pytest.raises(implementations.Skipped, match="CUDA simulator"):
+        implementations.GpukbBackend("cuda").prepare()

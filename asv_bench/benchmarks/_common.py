@@ -29,9 +29,12 @@ def backend_or_skip(name):
     import gpukb
 
     try:
-        return gpukb.get_backend(name)
+        backend = gpukb.get_backend(name)
     except (ValueError, RuntimeError) as error:
         raise NotImplementedError(f"gpukb backend {name!r}: {error}")
+    if getattr(backend, "simulated", False):
+        raise NotImplementedError(f"gpukb backend {name!r} runs on Numba's CUDA simulator")
+    return backend
 
 
 def make_mask(kind, batch, steps, rng):
@@ -66,7 +69,7 @@ def _python_lstm_step(W, U, b):
 
 
 def _synchronizer(backend):
-    if "cupy:ndarray" in backend.array_types:
+    if getattr(backend.xp, "__name__", "") == "cupy":
         import cupy
 
         return lambda: cupy.cuda.get_current_stream().synchronize()

@@ -52,7 +52,8 @@ def _list(text: str | None, known, what: str, parser) -> list | None:
     if names == ["none"]:
         return []
     if not names:
-        parser.error(f"--{what}: give a comma-separated list (known: {', '.join(known)}) or 'none'.")
+        parser.error(f"--{what}: give a comma-separated list (known: {', '.join(known)}) "
+                     "or 'none'.")
     unknown = [n for n in names if n not in known]
     if unknown:
         parser.error(f"--{what}: unknown {', '.join(map(repr, unknown))}; known: "

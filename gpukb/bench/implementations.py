@@ -54,12 +54,12 @@ class Implementation:
 # --------------------------------------------------------------------------------------------
 
 def synchronizer(backend) -> Callable[[], None]:
-    """What waits for a backend's queued work: CuPy's current stream for ``cuda`` (and any
-    backend accepting CuPy arrays), a backend's own ``synchronize()`` if it has one, else nothing."""
+    """What waits for a backend's queued work: the backend's own ``synchronize()`` if it has one,
+    CuPy's current stream when the backend computes with CuPy (``cuda``), else nothing."""
     sync = getattr(backend, "synchronize", None)
     if callable(sync):
         return sync
-    if "cupy:ndarray" in getattr(backend, "array_types", ()):
+    if getattr(backend.xp, "__name__", "") == "cupy":
         import cupy
 
         def cupy_sync():
@@ -98,6 +98,9 @@ class GpukbBackend(Implementation):
             raise Skipped(f"no backend called {self.name!r} is installed")
         if not record.availability:
             raise Skipped(f"unavailable: {record.availability.reason}")
+        if getattr(record.backend, "simulated", False):
+            raise Skipped("it runs on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): "
+                          "its timings say nothing about a GPU")
         self.backend = record.backend
         self.versions = {"gpukb": gpukb.__version__}
         if self.name == "cpu":
@@ -105,7 +108,7 @@ class GpukbBackend(Implementation):
 
             self.versions["numba"] = numba.__version__
             self.threads = _numba_threads()
-        elif "cupy:ndarray" in self.backend.array_types:
+        elif getattr(self.backend.xp, "__name__", "") == "cupy":
             import cupy
 
             self.versions["cupy"] = cupy.__version__
