@@ -1,1 +1,1 @@
-"""asv benchmarks of gpukb (see asv_bench/README.md)."""
+"""asv benchmarks of gpukb; how to run them: the README's "Benchmarks" section."""
