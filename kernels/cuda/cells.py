@@ -33,35 +33,16 @@ def last_path():
     return getattr(_last, "path", None)
 
 
-def _is_array(x) -> bool:
-    return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
-
-
 def eligible(call, cell) -> bool:
     """True when the fused kernels compute exactly what the cell would, for this call.
 
-    Anything else (nested inputs, rank-4 inputs, dtypes other than the cell's, float16 cells,
-    state structures the cell would reject) goes to the generic loop, which runs the cell itself
-    and so raises the cell's own errors.
+    The rule is the one every fused backend shares (``gpukb._fused.fused_cell``): one rank-3 input,
+    the cell's own (B, H) states, everything in the cell's float32/float64 dtype and library.
+    Anything else goes to the generic loop, which runs the cell and raises its own errors.
     """
-    dtype = np.dtype(cell.dtype)
-    if dtype not in _runtime.FLOAT_DTYPES:
-        return False
-    if len(call.input_leaves) != 1 or call.input_treespec.num_nodes != 1:
-        return False
-    x = call.input_leaves[0]
-    if x.ndim != 3 or x.shape[2] != cell.input_dim or np.dtype(x.dtype) != dtype:
-        return False
-    states = call.initial_states
-    if not isinstance(states, (list, tuple)) or len(states) != cell.n_states:
-        return False
-    if len(call.state_leaves) != cell.n_states:
-        return False
-    for s in states:
-        if not _is_array(s) or tuple(s.shape) != (call.batch_size, cell.units) or np.dtype(s.dtype) != dtype:
-            return False
-    library = type(cell.kernel).__module__.split(".")[0]
-    return all(type(a).__module__.split(".")[0] == library for a in [x, *states])
+    from gpukb._fused import fused_cell
+
+    return fused_cell(call) is cell
 
 
 def _kind(cell) -> int:
