@@ -116,7 +116,8 @@ class _Masker:
         self.out_fast = [_kernel_dtype(o.dtype) for o in out_leaves]
         self.state_fast = [_kernel_dtype(s.dtype) for s in call.state_leaves]
         self.buffers3d = buffers3d
-        self.buffer_views = [launcher.view(b) if fast else None for b, fast in zip(buffers3d, self.out_fast)]
+        self.buffer_views = [launcher.view(b) if fast and b.size else None
+                             for b, fast in zip(buffers3d, self.out_fast)]
 
     def apply(self, t, slot, write, out_leaves, prev, new_leaves, old_leaves):
         """(masked outputs, masked states), fresh arrays of the leaves' shapes and dtypes."""
@@ -144,6 +145,8 @@ class _Masker:
         for k, (o, p) in enumerate(zip(out_leaves, prev)):
             dst = xp.empty(tuple(o.shape), dtype=o.dtype)
             masked_out.append(dst)
+            if o.size == 0:  # nothing to select or store (and no device view of an empty array)
+                continue
             if not self.out_fast[k]:
                 keep = call.step_mask[t].reshape((batch,) + (1,) * (o.ndim - 1))
                 value = xp.where(keep, o, xp.zeros_like(o) if zero_out else p)
@@ -160,6 +163,8 @@ class _Masker:
         for k, (n, s) in enumerate(zip(new_leaves, old_leaves)):
             dst = xp.empty(tuple(s.shape), dtype=s.dtype)
             masked_states.append(dst)
+            if s.size == 0:
+                continue
             if not self.state_fast[k]:
                 keep = call.step_mask[t].reshape((batch,) + (1,) * (s.ndim - 1))
                 dst[...] = xp.where(keep, n, s)
