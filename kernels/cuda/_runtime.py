@@ -95,9 +95,11 @@ class Launcher:
             self.stream = numba_cuda.external_stream(ptr) if ptr else numba_cuda.legacy_default_stream()
 
     def view(self, array):
-        """What a kernel gets for ``array``: itself in the simulator, a sync-free Numba view on a GPU."""
+        """What a kernel gets for ``array``: a sync-free Numba view on a GPU (strides kept); in the
+        simulator the array itself, or a contiguous copy of a strided one (the simulator copies
+        arguments in and out as single buffers; gpukb only ever writes to contiguous arrays)."""
         if self.sim:
-            return array
+            return array if array.flags.c_contiguous else np.ascontiguousarray(array)
         return cuda().as_cuda_array(array, sync=False)
 
     def configure(self, kernel, blocks, threads, shared_bytes=0):

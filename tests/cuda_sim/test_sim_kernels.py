@@ -223,3 +223,19 @@ def test_generic_masking_kernel_many_leaves_and_dtypes(zero_output_for_mask, ret
                                 _runtime.Launcher(np))
     assert_identical(result, expected)
     assert len(step.dtypes) * 3 > generic.MAX_ARRAYS_PER_LAUNCH  # the states alone need 2+ launches
+
+
+def test_generic_masking_kernel_with_strided_and_aliased_leaves():
+    """Steps that return views of their inputs (strided slices) and their own states unchanged."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 5, 4))
+    states = [rng.standard_normal((3, 2)), rng.standard_normal((3, 2, 3)).transpose(0, 2, 1)]
+
+    def step(xt, s):
+        return (xt[:, ::2], {"v": s[1][:, 1]}), [s[0] + xt[:, 1:3], s[1]]
+
+    for zero_out in (False, True):
+        kwargs = dict(mask=rng.random((3, 5)) < 0.5, zero_output_for_mask=zero_out, xp=np)
+        expected = _rnn.run_generic(_rnn.prepare(step, x, states, **kwargs))
+        result = generic.run_masked(_rnn.prepare(step, x, states, **kwargs), _runtime.Launcher(np))
+        assert_identical(result, expected)
