@@ -69,6 +69,22 @@ def _pow2_magic(typingctx, m):
     return m(m), codegen
 
 
+@intrinsic
+def _select(typingctx, cond, a, b):
+    """cond ? a : b as one LLVM select: no branch, so Numba's inliner creates no phi nodes and
+    LLVM vectorises it (a blend)."""
+    if not isinstance(cond, types.Boolean) or a != b or _float_info(a) is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        c, x, y = args
+        if c.type != ir.IntType(1):
+            c = builder.trunc(c, ir.IntType(1))
+        return builder.select(c, x, y)
+
+    return a(cond, a, b), codegen
+
+
 # --------------------------------------------------------------------------------------------
 # float32 scalar functions (every constant is a float32 global, so nothing promotes to float64)
 
@@ -83,11 +99,9 @@ _E32 = tuple(_f(1.0 / np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in r
 
 
 @njit(inline="always")
-def _exp32(x):
-    if x > _E32_HI:
-        x = _E32_HI
-    if x < _E32_LO:
-        x = _E32_LO
+def _exp32(x0):
+    x1 = _select(x0 > _E32_HI, _E32_HI, x0)  # NaN passes both clamps
+    x = _select(x1 < _E32_LO, _E32_LO, x1)
     m = x * _LOG2E32 + _MAGIC32
     n = m - _MAGIC32                        # round(x / ln2), exact
     r = x - n * _LN2HI32
@@ -123,9 +137,9 @@ def _tanh32(x):
     u = _F32_M2 * abs(x)
     e = _exp32(u) - _F32_1
     q = _expm1_small32(u)
-    em = q if u > _F32_MHALF else e        # NaN takes the exp branch and stays NaN
+    em = _select(u > _F32_MHALF, q, e)  # NaN takes the exp branch and stays NaN
     t = -em / (_F32_2 + em)
-    return -t if x < _F32_0 else t
+    return _select(x < _F32_0, -t, t)
 
 
 @njit(inline="always")
@@ -136,16 +150,13 @@ def _sigmoid32(x):
 @njit(inline="always")
 def _hard_sigmoid32(x):
     y = _F32_P2 * x + _F32_HALF
-    if y < _F32_0:
-        y = _F32_0
-    if y > _F32_1:
-        y = _F32_1
-    return y
+    y0 = _select(y < _F32_0, _F32_0, y)
+    return _select(y0 > _F32_1, _F32_1, y0)
 
 
 @njit(inline="always")
 def _relu32(x):
-    return _F32_0 if x < _F32_0 else x     # NaN stays NaN
+    return _select(x < _F32_0, _F32_0, x)  # NaN stays NaN
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,11 +173,9 @@ _E64 = tuple(_d(1.0 / np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in r
 
 
 @njit(inline="always")
-def _exp64(x):
-    if x > _E64_HI:
-        x = _E64_HI
-    if x < _E64_LO:
-        x = _E64_LO
+def _exp64(x0):
+    x1 = _select(x0 > _E64_HI, _E64_HI, x0)  # NaN passes both clamps
+    x = _select(x1 < _E64_LO, _E64_LO, x1)
     m = x * _LOG2E64 + _MAGIC64
     n = m - _MAGIC64
     r = x - n * _LN2HI64
@@ -215,9 +224,9 @@ def _tanh64(x):
     u = _F64_M2 * abs(x)
     e = _exp64(u) - _F64_1
     q = _expm1_small64(u)
-    em = q if u > _F64_MHALF else e
+    em = _select(u > _F64_MHALF, q, e)
     t = -em / (_F64_2 + em)
-    return -t if x < _F64_0 else t
+    return _select(x < _F64_0, -t, t)
 
 
 @njit(inline="always")
@@ -228,16 +237,13 @@ def _sigmoid64(x):
 @njit(inline="always")
 def _hard_sigmoid64(x):
     y = _F64_P2 * x + _F64_HALF
-    if y < _F64_0:
-        y = _F64_0
-    if y > _F64_1:
-        y = _F64_1
-    return y
+    y0 = _select(y < _F64_0, _F64_0, y)
+    return _select(y0 > _F64_1, _F64_1, y0)
 
 
 @njit(inline="always")
 def _relu64(x):
-    return _F64_0 if x < _F64_0 else x
+    return _select(x < _F64_0, _F64_0, x)
 
 
 # --------------------------------------------------------------------------------------------

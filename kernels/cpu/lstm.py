@@ -9,7 +9,7 @@ from numba import njit
 
 from . import _common as C
 from ._gemm import fused_rows, masked_output, project_block
-from .activations import act_inplace, act_into, activation_code
+from .activations import SIGMOID, TANH, act_inplace, act_into, activation_code, sigmoid_, tanh_
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
@@ -48,10 +48,24 @@ def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_ma
                 zf = zr[H:2 * H]
                 zg = zr[2 * H:3 * H]
                 zo = zr[3 * H:G]
+                cr = c[n]
+                if act == TANH and ract == SIGMOID and write:   # the default, in one pass
+                    for j in range(H):
+                        cn = sigmoid_(zf[j]) * cr[j] + sigmoid_(zi[j]) * tanh_(zg[j])
+                        cr[j] = cn
+                        v = sigmoid_(zo[j]) * tanh_(cn)
+                        hr[j] = v
+                        orow[j] = v
+                    continue
+                if act == TANH and ract == SIGMOID:
+                    for j in range(H):
+                        cn = sigmoid_(zf[j]) * cr[j] + sigmoid_(zi[j]) * tanh_(zg[j])
+                        cr[j] = cn
+                        hr[j] = sigmoid_(zo[j]) * tanh_(cn)
+                    continue
                 act_inplace(ract, zr[0:2 * H])   # i, f
                 act_inplace(act, zg)
                 act_inplace(ract, zo)
-                cr = c[n]
                 for j in range(H):
                     cr[j] = zf[j] * cr[j] + zi[j] * zg[j]
                 act_into(act, zg, cr)            # zg <- act(c')
