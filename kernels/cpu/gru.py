@@ -13,7 +13,7 @@ from numba import njit
 
 from . import _common as C
 from ._gemm import fused_rows, masked_output, pack, project_block
-from .activations import act_inplace, activation_code
+from .activations import SIGMOID, TANH, act_inplace, activation_code, sigmoid_, tanh_
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
@@ -49,6 +49,22 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
                 seen[n] = True
                 xr = xpb[s - s0, n]
                 rr = zh[n]
+                if act == TANH and ract == SIGMOID:   # the default, in one pass
+                    xz = xr[0:H]
+                    xrr = xr[H:2 * H]
+                    xhh = xr[2 * H:3 * H]
+                    hz = rr[0:H]
+                    hrr = rr[H:2 * H]
+                    hhh = rr[2 * H:3 * H]
+                    for j in range(H):
+                        zj = sigmoid_(xz[j] + hz[j])
+                        rj = sigmoid_(xrr[j] + hrr[j])
+                        hj = tanh_(xhh[j] + rj * hhh[j])
+                        hr[j] = zj * hr[j] + (one - zj) * hj
+                    if write:
+                        for j in range(H):
+                            orow[j] = hr[j]
+                    continue
                 g = xr[0:2 * H]
                 rg = rr[0:2 * H]
                 for j in range(2 * H):
