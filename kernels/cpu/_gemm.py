@@ -1,27 +1,33 @@
-"""The per-step products of the fused RNN kernels: a register-blocked GEMM micro-kernel.
+"""GEMM for the RNN kernels: a register-blocked micro-kernel written in LLVM IR.
 
-One call of ``fused_rows`` computes, for the batch rows [n0, n1) of one time step,
+``fused_rows`` computes, for rows [n0, n1),
 
-    Z[n, :] = INIT[n, :] + A1[n, :K1] @ W + A2[n, :K2] @ U
+    Z[n, :] = INIT[n, :] + A1[n, :K1] @ P1 + A2[n, :K2] @ P2
 
-(e.g. bias + x_t @ kernel + h @ recurrent_kernel for an LSTM) without going through memory
-between the two products. W and U are packed once per kernel call into column panels
-(``pack``): panel p holds columns [p*NR, (p+1)*NR) as a contiguous (K, NR) block, zero padded,
-so the micro-kernel streams it linearly.
+where P1/P2 are weights packed once per kernel call into column panels (``pack``: panel p holds
+columns [p*NR, (p+1)*NR) as a contiguous, zero-padded (K, NR) block, so the micro-kernel streams
+it linearly). INIT may be a broadcast bias row (ldi = 0) or Z itself (accumulate in place).
+The kernels use it twice:
 
-The micro-kernel (``_tile_*``) is written directly in LLVM IR through a Numba intrinsic: an
-MR x NR block of Z lives in vector registers (NR = 2 vectors: 16 float32 or 8 float64 columns)
-across the whole k loop, each step loading NR/VL vectors of the panel and broadcasting MR
-scalars of A into MR*2 FMAs. Plain Numba loops cannot do this (arrays carry no no-alias
-information, so LLVM keeps the accumulators in memory); this reaches 80-90 GFLOP/s float32 on
-one Zen 4 core, BLAS level, with no call overhead for the tiny products of small batches
-(and no SciPy dependency, which Numba's ``@`` would need).
+- ``project_block``: the input projection bias + x_t @ kernel for a block of time steps at once
+  (steps or batch rows as the GEMM's M, whichever is larger), into a buffer sized to stay in L2;
+- per step: z_t += h @ recurrent_kernel, in place.
 
-Why not one BLAS call per step: a BLAS call costs 2-3 us even for 1x64x256, and a multi-threaded
-BLAS fights the kernels' own threads (the kernels split the batch over threads instead, each
-running the whole time loop on its rows; see _common.run_chunks).
+The micro-kernel (``_tile*``) is an MR x NR block of Z held in vector registers across the whole
+k loop (NR = 2 AVX2 vectors = 16 float32 / 8 float64 columns; MR = 6, 4, 2 or 1 rows): each k
+loads the panel's vectors once and broadcasts MR scalars of A into MR*2 FMAs. Plain Numba loops
+cannot do this (arrays carry no no-alias information, so LLVM keeps accumulators in memory);
+this one runs at 80-90 GFLOP/s float32 (about 40 float64) on one Zen 4 core, on par with
+OpenBLAS, and has no per-call overhead for the tiny products of small batches. Batches of at
+most WIDE_MAX_ROWS rows use one-row tiles over 8-vector panels instead (8 independent
+accumulators, a quarter of the tile calls).
 
-All pointers are passed as integer addresses of C-contiguous arrays the caller keeps alive.
+Why not one BLAS call per step: the call alone costs 2-3 us for 1x64x256, Numba's ``@`` needs
+SciPy (not a gpukb dependency), and a multi-threaded BLAS fights the kernels' own threads (they
+split the batch instead, each thread running the whole time loop on its rows; see
+_common.run_chunks). A BLAS's idle threads also keep spinning on the cores after each call.
+
+All pointers are integer addresses of C-contiguous arrays that the caller keeps alive.
 """
 
 import numpy as np
@@ -46,9 +52,9 @@ def panel_width(dtype, nv=2):
     return (8 if np.dtype(dtype).itemsize == 4 else 4) * nv
 
 
-def _make_tile(MR, KS, _NV):
-    """Intrinsic for an MR-row tile of _NV vectors per row; KS independent accumulator sets
-    over k (latency hiding when MR * _NV is small)."""
+def _make_tile(MR, KS, NV):
+    """Intrinsic for an MR-row tile of NV vectors per row; KS independent accumulator sets
+    over k (latency hiding when MR * NV is small)."""
 
     @intrinsic
     def tile(typingctx, zarr, init, ldi, z, ldz, a1, lda1, u1, k1, a2, lda2, u2, k2):
@@ -62,7 +68,7 @@ def _make_tile(MR, KS, _NV):
             is32 = fdt == types.float32
             fty = ir.FloatType() if is32 else ir.DoubleType()
             VL = 8 if is32 else 4
-            NR = VL * _NV
+            NR = VL * NV
             esz = 4 if is32 else 8
             vty = ir.VectorType(fty, VL)
             pf = fty.as_pointer()
@@ -112,13 +118,13 @@ def _make_tile(MR, KS, _NV):
                 for q in range(ks):
                     k = builder.add(kbase, c64(q))
                     uoff = builder.mul(k, c64(NR))
-                    us = [vload(u_, builder.add(uoff, c64(v * VL))) for v in range(_NV)]
+                    us = [vload(u_, builder.add(uoff, c64(v * VL))) for v in range(NV)]
                     accs = list(phis[q])
                     for r in range(MR):
                         aoff = builder.add(builder.mul(c64(r), lda_), k)
                         sv = splat(builder.load(fptr(a_, aoff), align=esz))
-                        for v in range(_NV):
-                            i = r * _NV + v
+                        for v in range(NV):
+                            i = r * NV + v
                             accs[i] = builder.call(fma, [sv, us[v], accs[i]])
                     new.append(accs)
                 itn = builder.add(it, c64(1))
@@ -157,18 +163,18 @@ def _make_tile(MR, KS, _NV):
             zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * VL)
             first = []
             for r in range(MR):
-                for v in range(_NV):
+                for v in range(NV):
                     first.append(vload(init_, builder.add(builder.mul(c64(r), ldi_), c64(v * VL))))
-            sets = [first] + [[zero] * (MR * _NV) for _ in range(KS - 1)]
+            sets = [first] + [[zero] * (MR * NV) for _ in range(KS - 1)]
             sets = product(sets, a1_, lda1_, u1_, k1_)
             sets = product(sets, a2_, lda2_, u2_, k2_)
             acc = sets[0]
             for q in range(1, KS):
                 acc = [builder.fadd(x, y) for x, y in zip(acc, sets[q])]
             for r in range(MR):
-                for v in range(_NV):
+                for v in range(NV):
                     off = builder.add(builder.mul(c64(r), ldz_), c64(v * VL))
-                    vstore(acc[r * _NV + v], z_, off)
+                    vstore(acc[r * NV + v], z_, off)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -244,15 +250,6 @@ def fused_rows(zarr, z, ldz, init, ldi, a1, lda1, p1, k1, np1, a2, lda2, p2, k2,
                 _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
                         ar2, lda2, p2 + p * s2, kk2)
         n += max(mr, 1)
-
-
-@njit(error_model="numpy", cache=True, inline="always")
-def x_step(x, x_tm, t):
-    """(address of row 0 at time t, row stride in elements) for x (T, B, D) / (B, T, D)."""
-    D = x.shape[2]
-    if x_tm:
-        return x.ctypes.data + t * x.shape[1] * D * x.itemsize, D
-    return x.ctypes.data + t * D * x.itemsize, x.shape[1] * D
 
 
 @njit(error_model="numpy", cache=True, inline="always")
