@@ -38,6 +38,10 @@ from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
+# int64 constants for calls into fused_rows: a literal 0 or 2 would make Numba compile one more
+# specialisation of that (large) function per literal pattern.
+I0 = np.int64(0)
+I2 = np.int64(2)
 WIDE_MAX_ROWS = 3  # up to this many batch rows, use one-row tiles over wide panels
 
 
@@ -253,6 +257,12 @@ def fused_rows(zarr, z, ldz, init, ldi, a1, lda1, p1, k1, np1, a2, lda2, p2, k2,
 
 
 @njit(error_model="numpy", cache=True, inline="always")
+def ad(a):
+    """Address of a C-contiguous array's data as int64 (one integer type for all pointers)."""
+    return np.int64(a.ctypes.data)
+
+
+@njit(error_model="numpy", cache=True, inline="always")
 def masked_output(orow, hr, zero_out, seen):
     """Output row of a masked step: zeros, or the previous output (= h) once a step was seen."""
     if zero_out or not seen:
@@ -280,21 +290,21 @@ def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
     npan = PW.shape[0]
     tstride = B * D if x_tm else D        # elements from x[t, n] to x[t + 1, n]
     nstride = D if x_tm else T * D        # elements from x[t, n] to x[t, n + 1]
-    xa = x.ctypes.data
-    za = xpb.ctypes.data
-    ba = bias.ctypes.data
-    pa = PW.ctypes.data
+    xa = ad(x)
+    za = ad(xpb)
+    ba = ad(bias)
+    pa = ad(PW)
     m = s1 - s0
     if n1 - n0 >= m:
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
             a = xa + t * tstride * es
-            fused_rows(xpb, za + (s - s0) * B * Gp * es, Gp, ba, 0, a, nstride, pa, D, npan,
-                       a, nstride, pa, 0, 0, npan, 2, n0, n1)
+            fused_rows(xpb, za + (s - s0) * B * Gp * es, Gp, ba, I0, a, nstride, pa, D, npan,
+                       a, nstride, pa, I0, I0, npan, I2, n0, n1)
     else:
         t0 = T - 1 - s0 if go_back else s0
         lda = -tstride if go_back else tstride
         for n in range(n0, n1):
             a = xa + (t0 * tstride + n * nstride) * es
-            fused_rows(xpb, za + n * Gp * es, B * Gp, ba, 0, a, lda, pa, D, npan,
-                       a, lda, pa, 0, 0, npan, 2, 0, m)
+            fused_rows(xpb, za + n * Gp * es, B * Gp, ba, I0, a, lda, pa, D, npan,
+                       a, lda, pa, I0, I0, npan, I2, I0, m)

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import fused_rows, masked_output, pack, project_block
+from ._gemm import I0, ad, fused_rows, masked_output, pack, project_block
 from .activations import SIGMOID, TANH, act_inplace, activation_code, sigmoid_, tanh_
 
 
@@ -34,17 +34,15 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
             # zh = bh + h @ U
-            fused_rows(zh, zh.ctypes.data, ldh, bh.ctypes.data, 0, h.ctypes.data, H,
-                       PU.ctypes.data, H, PU.shape[0], h.ctypes.data, H, PU.ctypes.data, 0, 0,
+            fused_rows(xpb, ad(zh), ldh, ad(bh), I0, ad(h), H,
+                       ad(PU), H, PU.shape[0], ad(h), H, ad(PU), I0, I0,
                        PU.shape[0], nv, n0, n1)
-            write = ret_all or s == T - 1
-            so = s if ret_all else 0
+            so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]
                 orow = out[so, n] if out_tm else out[n, so]
                 if has_mask and not mask[t, n]:
-                    if write:
-                        masked_output(orow, hr, zero_out, seen[n])
+                    masked_output(orow, hr, zero_out, seen[n])
                     continue
                 seen[n] = True
                 xr = xpb[s - s0, n]
@@ -60,10 +58,9 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
                         zj = sigmoid_(xz[j] + hz[j])
                         rj = sigmoid_(xrr[j] + hrr[j])
                         hj = tanh_(xhh[j] + rj * hhh[j])
-                        hr[j] = zj * hr[j] + (one - zj) * hj
-                    if write:
-                        for j in range(H):
-                            orow[j] = hr[j]
+                        v = zj * hr[j] + (one - zj) * hj
+                        hr[j] = v
+                        orow[j] = v
                     continue
                 g = xr[0:2 * H]
                 rg = rr[0:2 * H]
@@ -79,9 +76,8 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
                 act_inplace(act, xh)                      # hh
                 for j in range(H):
                     hr[j] = zz[j] * hr[j] + (one - zz[j]) * xh[j]
-                if write:
-                    for j in range(H):
-                        orow[j] = hr[j]
+                for j in range(H):
+                    orow[j] = hr[j]
 
 
 @njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
@@ -101,10 +97,10 @@ def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret
         project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
-            slot = xpb.ctypes.data + (s - s0) * B * Gp * es
+            slot = ad(xpb) + (s - s0) * B * Gp * es
             # z, r columns += h @ U[:, :2H], in place
-            fused_rows(xpb, slot, Gp, slot, Gp, h.ctypes.data, H, PUzr.ctypes.data, H,
-                       PUzr.shape[0], h.ctypes.data, H, PUzr.ctypes.data, 0, 0,
+            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PUzr), H,
+                       PUzr.shape[0], ad(h), H, ad(PUzr), I0, I0,
                        PUzr.shape[0], nv, n0, n1)
             for n in range(n0, n1):
                 xr = xpb[s - s0, n]
@@ -115,17 +111,15 @@ def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret
                 for j in range(H):
                     rr[j] = r[j] * hr[j]
             # zc = x_h + (r * h) @ U[:, 2H:]
-            fused_rows(zc, zc.ctypes.data, ldc, slot + 2 * H * es, Gp, rh.ctypes.data, H,
-                       PUh.ctypes.data, H, PUh.shape[0], rh.ctypes.data, H, PUh.ctypes.data,
-                       0, 0, PUh.shape[0], nv, n0, n1)
-            write = ret_all or s == T - 1
-            so = s if ret_all else 0
+            fused_rows(xpb, ad(zc), ldc, slot + 2 * H * es, Gp, ad(rh), H,
+                       ad(PUh), H, PUh.shape[0], ad(rh), H, ad(PUh),
+                       I0, I0, PUh.shape[0], nv, n0, n1)
+            so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]
                 orow = out[so, n] if out_tm else out[n, so]
                 if has_mask and not mask[t, n]:
-                    if write:
-                        masked_output(orow, hr, zero_out, seen[n])
+                    masked_output(orow, hr, zero_out, seen[n])
                     continue
                 seen[n] = True
                 zz = xpb[s - s0, n, 0:H]
@@ -133,9 +127,8 @@ def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret
                 act_inplace(act, hh)
                 for j in range(H):
                     hr[j] = zz[j] * hr[j] + (one - zz[j]) * hh[j]
-                if write:
-                    for j in range(H):
-                        orow[j] = hr[j]
+                for j in range(H):
+                    orow[j] = hr[j]
 
 
 def gru(x, kernel, recurrent_kernel, bias, h0, step_mask, *, reset_after=True,

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import fused_rows, masked_output, project_block
+from ._gemm import I0, ad, fused_rows, masked_output, project_block
 from .activations import SIGMOID, TANH, act_inplace, act_into, activation_code, sigmoid_, tanh_
 
 
@@ -28,19 +28,17 @@ def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_ma
         project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
-            slot = xpb.ctypes.data + (s - s0) * B * Gp * es
+            slot = ad(xpb) + (s - s0) * B * Gp * es
             # z += h @ U, in place
-            fused_rows(xpb, slot, Gp, slot, Gp, h.ctypes.data, H, PU.ctypes.data, H,
-                       PU.shape[0], h.ctypes.data, H, PU.ctypes.data, 0, 0, PU.shape[0], nv,
+            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H,
+                       PU.shape[0], ad(h), H, ad(PU), I0, I0, PU.shape[0], nv,
                        n0, n1)
-            write = ret_all or s == T - 1
-            so = s if ret_all else 0
+            so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]
                 orow = out[so, n] if out_tm else out[n, so]
                 if has_mask and not mask[t, n]:
-                    if write:
-                        masked_output(orow, hr, zero_out, seen[n])
+                    masked_output(orow, hr, zero_out, seen[n])
                     continue
                 seen[n] = True
                 zr = xpb[s - s0, n]
@@ -49,7 +47,7 @@ def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_ma
                 zg = zr[2 * H:3 * H]
                 zo = zr[3 * H:G]
                 cr = c[n]
-                if act == TANH and ract == SIGMOID and write:   # the default, in one pass
+                if act == TANH and ract == SIGMOID:   # the default, in one pass
                     for j in range(H):
                         cn = sigmoid_(zf[j]) * cr[j] + sigmoid_(zi[j]) * tanh_(zg[j])
                         cr[j] = cn
@@ -57,26 +55,16 @@ def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_ma
                         hr[j] = v
                         orow[j] = v
                     continue
-                if act == TANH and ract == SIGMOID:
-                    for j in range(H):
-                        cn = sigmoid_(zf[j]) * cr[j] + sigmoid_(zi[j]) * tanh_(zg[j])
-                        cr[j] = cn
-                        hr[j] = sigmoid_(zo[j]) * tanh_(cn)
-                    continue
                 act_inplace(ract, zr[0:2 * H])   # i, f
                 act_inplace(act, zg)
                 act_inplace(ract, zo)
                 for j in range(H):
                     cr[j] = zf[j] * cr[j] + zi[j] * zg[j]
                 act_into(act, zg, cr)            # zg <- act(c')
-                if write:
-                    for j in range(H):
-                        v = zo[j] * zg[j]
-                        hr[j] = v
-                        orow[j] = v
-                else:
-                    for j in range(H):
-                        hr[j] = zo[j] * zg[j]
+                for j in range(H):
+                    v = zo[j] * zg[j]
+                    hr[j] = v
+                    orow[j] = v
 
 
 def lstm(x, kernel, recurrent_kernel, bias, h0, c0, step_mask, *, go_backwards=False,

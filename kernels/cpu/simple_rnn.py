@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import fused_rows, masked_output, project_block
+from ._gemm import I0, ad, fused_rows, masked_output, project_block
 from .activations import act_into, activation_code
 
 
@@ -26,24 +26,21 @@ def _rnn_rows(x, x_tm, PW, PU, b, h, xpb, out, out_tm, ret_all, mask, has_mask, 
         project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
-            slot = xpb.ctypes.data + (s - s0) * B * Gp * es
-            fused_rows(xpb, slot, Gp, slot, Gp, h.ctypes.data, H, PU.ctypes.data, H,
-                       PU.shape[0], h.ctypes.data, H, PU.ctypes.data, 0, 0, PU.shape[0], nv,
+            slot = ad(xpb) + (s - s0) * B * Gp * es
+            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H,
+                       PU.shape[0], ad(h), H, ad(PU), I0, I0, PU.shape[0], nv,
                        n0, n1)                                           # += h @ U
-            write = ret_all or s == T - 1
-            so = s if ret_all else 0
+            so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]
                 orow = out[so, n] if out_tm else out[n, so]
                 if has_mask and not mask[t, n]:
-                    if write:
-                        masked_output(orow, hr, zero_out, seen[n])
+                    masked_output(orow, hr, zero_out, seen[n])
                     continue
                 seen[n] = True
                 act_into(act, hr, xpb[s - s0, n, 0:H])
-                if write:
-                    for j in range(H):
-                        orow[j] = hr[j]
+                for j in range(H):
+                    orow[j] = hr[j]
 
 
 def simple_rnn(x, kernel, recurrent_kernel, bias, h0, step_mask, *, go_backwards=False,
