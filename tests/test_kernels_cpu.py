@@ -280,6 +280,24 @@ def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
     _check(got, want, dtype, 37, 19, 7, False, 2 if cell == "lstm" else 1)
 
 
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("B", [1, 11])
+def test_input_projection_in_time_blocks(B, go_backwards, monkeypatch):
+    """The input projection is computed a few steps ahead: blocks of 2 to 5 steps, T = 7."""
+    T, H = 7, 5
+    # float64 rows padded to 16 or 32 columns: 2 steps of 32 or 5 steps of 16 per block
+    monkeypatch.setattr(_common, "_XP_BLOCK_BYTES", 3 * B * 32 * 8 - 1)
+    for cell, ns, ra in (("lstm", 2, None), ("gru", 1, True), ("gru", 1, False), ("rnn", 1, None)):
+        p = dict(B=B, T=T, D=3, H=H, dtype=np.float64,
+                 flags=dict(go_backwards=go_backwards, zero_output_for_mask=False,
+                            return_all_outputs=True, time_major=(B == 1)),
+                 acts=dict(activation="tanh") if cell == "rnn"
+                 else dict(activation="tanh", recurrent_activation="sigmoid"),
+                 reset_after=ra, use_bias=True, mask_kind="random", layout="c", seed=B)
+        got, want = _run(cell, p)
+        _check(got, want, np.float64, B, H, T, B == 1, ns)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sizes_across_tile_edges(dtype):
     """B and H around the micro-kernel's row tiles (6/4/2/1) and column panels (16/8)."""
