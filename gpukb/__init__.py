@@ -26,6 +26,7 @@ from ._dispatch import (
     use_backend,
 )
 from ._frontend import rnn
+from ._jit_step import jit_step
 from . import activations, cells
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "get_uid",
     "image_data_format",
     "is_keras_tensor",
+    "jit_step",
     "list_backends",
     "placeholder",
     "refresh_backends",

@@ -2,7 +2,9 @@
 
 A call whose step function is a ``gpukb.cells`` cell (and whose arrays fit, see ``gpukb._fused``)
 runs on the fused kernels of ``gpukb.kernels.cpu``: one GEMM for the input projection, then one
-compiled loop over time. Every other call runs the shared generic loop on NumPy.
+compiled loop over time. A step function compiled by Numba (``numba.njit`` or ``gpukb.jit_step``)
+gets the whole time loop compiled around it (``gpukb.kernels.cpu.jit_loop``). Every other call
+runs the shared generic loop on NumPy.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy
 
 from .._backend import Backend, available, unavailable
 from .._fused import cell_kernel_options, fused_cell
+from .._jit_step import fused_step
 
 
 class CPUBackend(Backend):
@@ -30,6 +33,11 @@ class CPUBackend(Backend):
         return numpy
 
     def fused_rnn(self, call):
+        step = fused_step(call)  # a Numba-compiled step: the whole time loop in one compiled function
+        if step is not None:
+            from gpukb.kernels.cpu import jit_loop
+
+            return jit_loop.run(call, step)  # or NotImplemented: the generic loop runs it
         cell = fused_cell(call)
         if cell is None:
             return NotImplemented

@@ -1,0 +1,333 @@
+"""The whole rnn time loop in one compiled function, for step functions compiled by Numba.
+
+``run(call, step)`` takes a ``gpukb._rnn.RnnCall`` whose step function is a Numba CPU dispatcher
+``step`` (a ``numba.njit`` function, or the dispatcher of a ``gpukb.jit_step``), and whose arrays
+the caller (``gpukb._jit_step.fused_step``) found eligible: one NumPy input array, a flat
+list/tuple of NumPy state arrays, a tuple of NumPy constant arrays. It returns
+``(last_output, outputs, new_states)`` exactly as ``gpukb._rnn.run_generic`` would, or
+NotImplemented (before the step has run even once) when the step's result type does not fit the
+fused loop (nested outputs, a bare array as new states, ...) or the loop does not compile: the
+generic loop then runs the call and raises the step's own errors.
+
+How it works
+- The loop source is generated per (number of states, number of constants, time_major) from
+  ``_TEMPLATE`` and compiled with ``numba.njit`` on first use; it takes the step dispatcher as an
+  argument, so Numba compiles it once per step function and argument types (in memory: a
+  function typed on a dispatcher cannot be cached on disk). The helpers it calls for masking and
+  copying are ``cache=True``. Nothing compiles at import.
+- Every one of the T step calls happens inside the compiled loop (so the step always sees the
+  same argument types: one specialization). The step receives private C-contiguous copies of the
+  states (two buffers per state, swapped each step, so a new state that is a view of the old one
+  is never overwritten while read); the caller's ``initial_states`` are not passed to it.
+- Masking is the generic loop's: at a masked (sample, step) every state keeps its previous value
+  and the output is zeros (``zero_output_for_mask``) or the previous masked output (zeros before
+  the first processed step). Outputs go straight into a preallocated buffer, in processing order,
+  layout (B, T, ...) or (T, B, ...), time length 1 when ``return_all_outputs`` is False.
+- The shape checks of the generic loop run inside the loop at every step (output batch axis at
+  the first step, output shape unchanged later, state count for list results, state shapes);
+  a failure stops the loop after that step and is re-raised here through
+  ``gpukb._rnn.check_step_output`` / ``check_new_states``, so the ValueError is the generic
+  loop's, word for word. Dtype and rank are static in Numba: a step whose result types do not
+  match the states goes to the generic loop before running (which raises the same error).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numba
+import numpy as np
+
+MAX_STATES = 8
+MAX_CONSTANTS = 8
+# info: [0] status, [1] state index or count, [2] step, [3] output ndim, [4:36] the first output's
+# shape, [36] ndim of the offending array, [37:69] its shape (Numba arrays have at most 32 dims).
+_INFO_SIZE = 72
+_SHAPE0, _BAD_NDIM, _BAD_SHAPE = 4, 36, 37
+
+_OK, _BAD_BATCH, _OUTPUT_CHANGED, _STATE_COUNT, _STATE_SHAPE = 0, 1, 2, 3, 4
+
+_lock = threading.Lock()
+_loops: dict = {}
+_failed: set = set()
+
+_TEMPLATE = '''
+def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, proto, {params}info):
+    T = x.shape[{t_axis}]
+    B = x.shape[{b_axis}]
+    tout = T if return_all else 1
+    out = np.empty((0, 0, 0), proto.dtype)
+    prev = np.empty(0, proto.dtype)
+    for i in range(T):
+        t = T - 1 - i if backwards else i
+        res = step({x_slice}, ({step_states}))
+        o = res[0]
+        new = res[1]
+        if i == 0:
+            info[3] = o.ndim
+            for d in range(o.ndim):
+                info[4 + d] = o.shape[d]
+            if o.shape[0] != B:
+                info[0] = {bad_batch}
+                break
+            K = o.size // B
+            out = np.empty({out_shape}, proto.dtype)
+            prev = np.zeros(B * K, proto.dtype)
+        elif _shape_changed(o, info):
+            info[0] = {output_changed}
+            info[2] = i
+            _record_shape(o, info)
+            break
+        if len(new) != {n_states}:
+            info[0] = {state_count}
+            info[1] = len(new)
+            info[2] = i
+            break
+{commit_states}
+        _commit_output(o, prev, out, mask, t, has_mask, zero_out, i if return_all else 0,
+                       return_all or i == T - 1, {time_major})
+{swap_states}
+    return out, ({final_states})
+'''
+
+_COMMIT_STATE = '''
+        n{k} = new[{k}]
+        if n{k}.shape != s{k}.shape:
+            info[0] = {state_shape}
+            info[1] = {k}
+            info[2] = i
+            _record_shape(n{k}, info)
+            break
+        _commit_state(n{k}, s{k}, r{k}, mask, t, has_mask)'''
+
+
+def _tuple(names) -> str:
+    return "".join(f"{n}, " for n in names)
+
+
+def _source(n_states: int, n_constants: int, time_major: bool) -> str:
+    s = [f"s{k}" for k in range(n_states)]
+    r = [f"r{k}" for k in range(n_states)]
+    c = [f"c{k}" for k in range(n_constants)]
+    commit = "".join(_COMMIT_STATE.format(k=k, state_shape=_STATE_SHAPE) for k in range(n_states))
+    swap = "".join(f"\n        s{k}, r{k} = r{k}, s{k}" for k in range(n_states))
+    return _TEMPLATE.format(
+        params=_tuple(s + r + c),
+        t_axis=0 if time_major else 1,
+        b_axis=1 if time_major else 0,
+        x_slice="x[t]" if time_major else "x[:, t]",
+        step_states=_tuple(s + c),
+        final_states=_tuple(s),
+        out_shape="(tout, B, K)" if time_major else "(B, tout, K)",
+        n_states=n_states,
+        commit_states=commit or "        pass",
+        swap_states=swap or "        pass",
+        time_major=bool(time_major),
+        bad_batch=_BAD_BATCH, state_count=_STATE_COUNT, output_changed=_OUTPUT_CHANGED,
+    )
+
+
+@numba.njit(cache=True)
+def _commit_state(n, cur, nxt, mask, t, has_mask):
+    """nxt = where(mask[t] (per sample), n, cur); nxt and cur are private C buffers."""
+    nf = n.ravel()  # a view when n is C-contiguous, else a copy
+    cf = cur.ravel()
+    xf = nxt.ravel()
+    if not has_mask:
+        for j in range(nf.size):
+            xf[j] = nf[j]
+        return
+    B = cur.shape[0]
+    K = cf.size // B if B > 0 else 0
+    for b in range(B):
+        src = nf if mask[t, b] else cf
+        for j in range(b * K, (b + 1) * K):
+            xf[j] = src[j]
+
+
+@numba.njit(cache=True)
+def _commit_output(o, prev, out, mask, t, has_mask, zero_out, slot, write, time_major):
+    """Mask the step output (prev holds the previous masked output) and write its slot."""
+    of = o.ravel()
+    B = o.shape[0]
+    K = of.size // B
+    if has_mask:
+        for b in range(B):
+            if mask[t, b]:
+                for j in range(b * K, (b + 1) * K):
+                    prev[j] = of[j]
+            elif zero_out:
+                for j in range(b * K, (b + 1) * K):
+                    prev[j] = 0
+        src = prev
+    else:
+        src = of
+    if write:
+        for b in range(B):
+            for k in range(K):
+                if time_major:
+                    out[slot, b, k] = src[b * K + k]
+                else:
+                    out[b, slot, k] = src[b * K + k]
+
+
+@numba.njit(cache=True)
+def _shape_changed(o, info):
+    for d in range(o.ndim):
+        if o.shape[d] != info[4 + d]:
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _record_shape(a, info):
+    info[36] = a.ndim
+    for d in range(a.ndim):
+        info[37 + d] = a.shape[d]
+
+
+def _loop(n_states: int, n_constants: int, time_major: bool):
+    """The compiled-on-demand loop dispatcher for this arity (generated once per process)."""
+    key = (n_states, n_constants, bool(time_major))
+    loop = _loops.get(key)
+    if loop is None:
+        with _lock:
+            loop = _loops.get(key)
+            if loop is None:
+                namespace = {"np": np, "_commit_state": _commit_state, "_commit_output": _commit_output,
+                             "_shape_changed": _shape_changed, "_record_shape": _record_shape}
+                source = _source(*key)
+                code = compile(source, f"<gpukb fused loop {key}>", "exec")
+                exec(code, namespace)
+                loop = _loops[key] = numba.njit(namespace["fused_loop"])
+    return loop
+
+
+def _result_fits(return_type, n_states: int) -> bool:
+    """Whether the step's Numba return type is ``(array, tuple/list of n_states arrays)``."""
+    from numba.core import types
+
+    if not isinstance(return_type, types.BaseTuple) or len(return_type) != 2:
+        return False
+    output, states = return_type.types if hasattr(return_type, "types") else tuple(return_type)
+    if not isinstance(output, types.Array) or output.ndim < 1:
+        return False
+    if isinstance(states, types.List):
+        return isinstance(states.dtype, types.Array)
+    if isinstance(states, types.BaseTuple):
+        return len(states) == n_states and all(isinstance(s, types.Array) for s in states)
+    return False
+
+
+def _states_fit(return_type, state_types) -> bool:
+    """Dtype and rank of each new state (static in Numba) match the initial states'."""
+    from numba.core import types
+
+    states = return_type[1]
+    items = [states.dtype] * len(state_types) if isinstance(states, types.List) else list(states)
+    return all(n.dtype == s.dtype and n.ndim == s.ndim for n, s in zip(items, state_types))
+
+
+def _slice_type(x_type, time_major: bool):
+    """The Numba type of ``x[t]`` / ``x[:, t]`` inside the loop."""
+    layout = "C" if (time_major and x_type.layout == "C") else "A"
+    return x_type.copy(ndim=x_type.ndim - 1, layout=layout)
+
+
+class _Fake:
+    """Stands for an array of a given shape and dtype in the generic loop's checks."""
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+
+def _raise_like_generic(call, info, out_dtype, state_dtypes, container):
+    """Raise the generic loop's ValueError for the failure the compiled loop recorded in info."""
+    from gpukb._rnn import check_new_states, check_step_output
+
+    status, index = int(info[0]), int(info[1])
+    first_shape = tuple(int(s) for s in info[_SHAPE0:_SHAPE0 + int(info[3])])
+    bad_shape = tuple(int(s) for s in info[_BAD_SHAPE:_BAD_SHAPE + int(info[_BAD_NDIM])])
+    if status == _BAD_BATCH:
+        check_step_output(call, _Fake(first_shape, out_dtype), None)
+    elif status == _OUTPUT_CHANGED:
+        first = check_step_output(call, _Fake(first_shape, out_dtype), None)
+        check_step_output(call, _Fake(bad_shape, out_dtype), first)
+    elif status == _STATE_COUNT:
+        # Only the count matters: check_new_states raises on it before looking at any leaf.
+        check_new_states(call, container([_Fake((), out_dtype)] * index), set())
+    elif status == _STATE_SHAPE:
+        fake = [_Fake(s.shape, s.dtype) for s in call.state_leaves]
+        fake[index] = _Fake(bad_shape, state_dtypes[index])
+        check_new_states(call, container(fake), set())
+    raise AssertionError(f"gpukb fused loop: unexpected status {status}")  # pragma: no cover
+
+
+def run(call, step):
+    """Run ``call`` with the Numba dispatcher ``step`` in one compiled loop, or NotImplemented."""
+    from numba.core import types
+    from numba.core.errors import NumbaError
+    from numba.np.numpy_support import as_dtype
+
+    x = call.input_leaves[0]
+    n_states, n_constants = len(call.state_leaves), len(call.constants)
+    if n_states > MAX_STATES or n_constants > MAX_CONSTANTS:
+        return NotImplemented
+    cur = [np.array(s, order="C", copy=True) for s in call.state_leaves]
+    nxt = [np.empty_like(s) for s in cur]
+    has_mask = call.step_mask is not None
+    mask = np.ascontiguousarray(call.step_mask, dtype=np.bool_) if has_mask else np.ones((1, 1), np.bool_)
+    info = np.zeros(_INFO_SIZE, np.int64)
+    try:
+        x_type = numba.typeof(x)
+        state_types = tuple(numba.typeof(s) for s in cur)
+        const_types = tuple(numba.typeof(c) for c in call.constants)
+    except (ValueError, TypeError, NumbaError):  # an array Numba cannot type
+        return NotImplemented
+
+    # Type the step alone first: a step that does not compile, or whose result does not fit the
+    # fused loop, goes to the generic loop before it runs even once (which raises its errors).
+    step_sig = (_slice_type(x_type, call.time_major), types.Tuple(state_types + const_types))
+    try:
+        step.compile(step_sig)
+        return_type = step.overloads[step_sig].signature.return_type
+    except (NumbaError, KeyError, TypeError, ValueError, RuntimeError):
+        return NotImplemented
+    if not _result_fits(return_type, n_states) or not _states_fit(return_type, state_types):
+        return NotImplemented
+    try:
+        proto = np.empty(0, as_dtype(return_type[0].dtype))  # carries the output dtype
+    except (NumbaError, NotImplementedError, TypeError):
+        return NotImplemented
+
+    args = (step, x, mask, has_mask, call.go_backwards, call.zero_output_for_mask,
+            call.return_all_outputs, proto, *cur, *nxt, *call.constants, info)
+    loop = _loop(n_states, n_constants, call.time_major)
+    arg_types = tuple(numba.typeof(a) for a in args)
+    key = (id(loop), arg_types)
+    if key in _failed:
+        return NotImplemented
+    try:
+        loop.compile(arg_types)
+    except Exception as err:  # a limitation of this loop, not of the step: the generic loop runs it
+        _failed.add(key)
+        import warnings
+
+        warnings.warn(
+            f"gpukb.rnn: the fused time loop did not compile for step function "
+            f"{getattr(step, '__name__', step)!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
+            "running the generic loop, with identical results.",
+            RuntimeWarning, stacklevel=4)
+        return NotImplemented
+
+    out, final = loop(*args)
+    if info[0] != _OK:
+        container = list if isinstance(return_type[1], types.List) else tuple
+        _raise_like_generic(call, info, proto.dtype, [s.dtype for s in cur], container)
+
+    rest = tuple(int(s) for s in info[_SHAPE0 + 1:_SHAPE0 + int(info[3])])
+    outputs = out.reshape(out.shape[:2] + rest)
+    last = outputs[-1] if call.time_major else outputs[:, -1]
+    return last, outputs, call.pack_states(list(final))
