@@ -280,6 +280,27 @@ def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
     _check(got, want, dtype, 37, 19, 7, False, 2 if cell == "lstm" else 1)
 
 
+def test_concurrent_calls_from_python_threads(monkeypatch):
+    """Callers in several threads share the row-chunk pool; results must not mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    rng = np.random.default_rng(3)
+    B, T, D, H = 20, 9, 4, 7
+    W = rng.standard_normal((D, 4 * H)) * 0.3
+    U = rng.standard_normal((H, 4 * H)) * 0.3
+    z = np.zeros((B, H))
+    xs = [rng.standard_normal((B, T, D)) for _ in range(6)]
+    kw = dict(go_backwards=False, zero_output_for_mask=False, return_all_outputs=True,
+              time_major=False, activation="tanh", recurrent_activation="sigmoid")
+    want = [lstm(x, W, U, None, z, z, None, **kw)[1] for x in xs]
+    with ThreadPoolExecutor(3) as ex:
+        got = list(ex.map(lambda x: lstm(x, W, U, None, z, z, None, **kw)[1], xs * 3))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, want[i % len(xs)])
+
+
 @pytest.mark.parametrize("go_backwards", [False, True])
 @pytest.mark.parametrize("B", [1, 11])
 def test_input_projection_in_time_blocks(B, go_backwards, monkeypatch):
