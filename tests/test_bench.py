@@ -265,8 +265,9 @@ def test_measure_excludes_the_warm_up_and_respects_the_budget():
 
     first, timing = runner.measure(run, repeats=50, budget_s=5, clock=clock)
     assert first == "out"
-    # 1 warm-up call, then timed calls until the budget: every timed call lasts 1 tick here.
-    assert len(calls) == 1 + len(timing.times_s)
+    # 2 warm-up calls, then timed calls until the budget: every timed call lasts 1 tick here.
+    assert len(calls) == 2 + len(timing.times_s)
+    assert timing.first_call_s == 1.0
     assert 1 <= len(timing.times_s) < 50
     assert all(t == 1.0 for t in timing.times_s)
     _, timing = runner.measure(run, repeats=3, budget_s=1e9)

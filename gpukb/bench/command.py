@@ -14,7 +14,7 @@ the ratio to the fastest peer and the relative error against a float64 NumPy ref
 first call of each implementation (compilation) is not timed. Peers that are not installed are
 listed as skipped."""
 
-QUICK = {"repeats": 3, "budget": 0.5}
+QUICK = {"repeats": 7, "budget": 0.5}
 FULL = {"repeats": 10, "budget": 3.0}
 
 
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated peers among torch, jax, keras3, tf.keras "
                              "(default: all that are installed; 'none': no peers)")
     parser.add_argument("--repeats", type=int, metavar="N",
-                        help="timed calls per measurement (default: 10; --quick: 3)")
+                        help="timed calls per measurement (default: 10; --quick: 7)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop repeating a measurement after this many seconds "
                              "(default: 3; --quick: 0.5)")

@@ -14,8 +14,8 @@ SCHEMA = "gpukb-bench/1"
 COLUMNS = ("workload", "size", "implementation", "median ms", "GFLOP/s", "vs fastest peer",
            "rel. error")
 LEGEND = (
-    "median ms: median wall time of one forward pass over the whole sequence (first call, with "
-    "compilation, not timed); GFLOP/s: 2*B*T*(D+H)*gates*H / median (gates: LSTM 4, GRU 3); "
+    "median ms: median wall time of one forward pass over the whole sequence (two warm-up calls, "
+    "the first with compilation, not timed); GFLOP/s: 2*B*T*(D+H)*gates*H / median (gates: LSTM 4, GRU 3); "
     "vs fastest peer: median / the fastest peer's median (below 1.00x: faster than every peer); "
     "rel. error: ||out - ref|| / ||ref|| against a float64 NumPy reference."
 )

@@ -23,15 +23,18 @@ class Timing:
         return min(self.times_s)
 
 
-def measure(run, *, repeats: int, budget_s: float, clock=time.perf_counter):
-    """Call ``run()`` once untimed (warm-up: compile) and then up to ``repeats`` timed times,
-    stopping early once ``budget_s`` seconds of timed calls have passed (at least one timed call
-    always runs). ``run`` must synchronise its device itself. Returns (first result, Timing)."""
+def measure(run, *, repeats: int, budget_s: float, warmups: int = 2, clock=time.perf_counter):
+    """Call ``run()`` ``warmups`` times untimed (the first compiles; its duration is kept as
+    ``first_call_s``) and then up to ``repeats`` timed times, stopping early once ``budget_s``
+    seconds of timed calls have passed (at least one timed call always runs). ``run`` must
+    synchronise its device itself. Returns (the first call's result, Timing)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
     start = clock()
     result = run()
     timing = Timing(first_call_s=clock() - start)
+    for _ in range(warmups - 1):
+        run()
     deadline = clock() + budget_s
     for _ in range(repeats):
         t0 = clock()
