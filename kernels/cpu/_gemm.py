@@ -42,6 +42,7 @@ _I32 = ir.IntType(32)
 # specialisation of that (large) function per literal pattern.
 I0 = np.int64(0)
 I2 = np.int64(2)
+_PANEL_BLOCK_BYTES = 256 * 1024
 WIDE_MAX_ROWS = 3  # up to this many batch rows, use one-row tiles over wide panels
 
 
@@ -223,37 +224,42 @@ def fused_rows(zarr, z, ldz, init, ldi, a1, lda1, p1, k1, np1, a2, lda2, p2, k2,
     NR = (8 if es == 4 else 4) * nv
     s1 = k1 * NR * es
     s2 = k2 * NR * es
-    n = n0
-    while n < n1:
-        left = n1 - n
-        if nv != 2:
-            mr = 0
-        else:
-            mr = 6 if left >= 6 else (4 if left >= 4 else (2 if left >= 2 else 1))
-        zr = z + n * ldz * es
-        ir_ = init + n * ldi * es
-        ar1 = a1 + n * lda1 * es
-        ar2 = a2 + n * lda2 * es
-        for p in range(npan):
-            off = p * NR * es
-            kk1 = k1 if p < np1 else 0
-            kk2 = k2 if p < np2 else 0
-            if mr == 6:
-                _tile6(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                       ar2, lda2, p2 + p * s2, kk2)
-            elif mr == 4:
-                _tile4(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                       ar2, lda2, p2 + p * s2, kk2)
-            elif mr == 2:
-                _tile2(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                       ar2, lda2, p2 + p * s2, kk2)
-            elif mr == 1:
-                _tile1(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                       ar2, lda2, p2 + p * s2, kk2)
+    # Panels in blocks of about _PANEL_BLOCK_BYTES of weights, so that a block stays in L2
+    # while every row tile goes over it.
+    pb = max(1, _PANEL_BLOCK_BYTES // max(1, (k1 + k2) * NR * es))
+    for pb0 in range(0, npan, pb):
+        pb1 = min(npan, pb0 + pb)
+        n = n0
+        while n < n1:
+            left = n1 - n
+            if nv != 2:
+                mr = 0
             else:
-                _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                        ar2, lda2, p2 + p * s2, kk2)
-        n += max(mr, 1)
+                mr = 6 if left >= 6 else (4 if left >= 4 else (2 if left >= 2 else 1))
+            zr = z + n * ldz * es
+            ir_ = init + n * ldi * es
+            ar1 = a1 + n * lda1 * es
+            ar2 = a2 + n * lda2 * es
+            for p in range(pb0, pb1):
+                off = p * NR * es
+                kk1 = k1 if p < np1 else 0
+                kk2 = k2 if p < np2 else 0
+                if mr == 6:
+                    _tile6(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
+                           ar2, lda2, p2 + p * s2, kk2)
+                elif mr == 4:
+                    _tile4(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
+                           ar2, lda2, p2 + p * s2, kk2)
+                elif mr == 2:
+                    _tile2(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
+                           ar2, lda2, p2 + p * s2, kk2)
+                elif mr == 1:
+                    _tile1(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
+                           ar2, lda2, p2 + p * s2, kk2)
+                else:
+                    _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1,
+                            kk1, ar2, lda2, p2 + p * s2, kk2)
+            n += max(mr, 1)
 
 
 @njit(error_model="numpy", cache=True, inline="always")
