@@ -64,13 +64,26 @@ class JitStep:
     def __call__(self, *args, **kwargs):
         if self.compile_error is None and not kwargs and _numba_friendly(args):
             try:
-                return self.dispatcher(*args)
-            except Exception as err:
-                errors = sys.modules.get("numba.core.errors")
-                if errors is None or not isinstance(err, errors.TypingError):
-                    raise
+                dispatcher = self.dispatcher
+            except ImportError as err:  # no Numba: plain Python it is
                 self._give_up(err)
+            else:
+                try:
+                    return dispatcher(*args)
+                except Exception as err:
+                    if self._has_compiled(dispatcher, args):
+                        raise  # an error of the compiled step itself, at run time
+                    self._give_up(err)  # Numba could not compile it for these arguments
         return self.py_func(*args, **kwargs)
+
+    @staticmethod
+    def _has_compiled(dispatcher, args) -> bool:
+        import numba
+
+        try:
+            return tuple(numba.typeof(a) for a in args) in dispatcher.overloads
+        except Exception:
+            return False
 
     def _give_up(self, err):
         self.compile_error = err
@@ -131,10 +144,7 @@ def fused_step(call):
     at most 8 arrays; B >= 1. Whether the step's result fits (an array and a list/tuple of the
     states) is checked on its Numba type, before any step runs, by the loop itself.
     """
-    if call.xp is not np:
-        return None
-    step = numba_dispatcher(call.step_function)
-    if step is None:
+    if call.xp is not np or not isinstance(call.step_function, JitStep) and "numba" not in sys.modules:
         return None
     if len(call.input_leaves) != 1 or call.input_treespec.num_nodes != 1:
         return None
@@ -149,7 +159,7 @@ def fused_step(call):
         return None
     if len(call.constants) > MAX_FUSED_CONSTANTS or not all(_plain(c) for c in call.constants):
         return None
-    return step
+    return numba_dispatcher(call.step_function)  # last: it may import Numba
 
 
 def _plain(a) -> bool:
