@@ -8,7 +8,7 @@ is zeros before the first processed step.
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpukb.kernels.cpu import SUPPORTED_ACTIVATIONS, gru, lstm, simple_rnn

@@ -20,12 +20,10 @@ from .activations import SIGMOID, TANH, act_inplace, activation_code, sigmoid_, 
 def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, mask, has_mask,
                     seen, go_back, zero_out, act, ract, n0, n1):
     T = x.shape[0] if x_tm else x.shape[1]
-    B = h.shape[0]
     H = h.shape[1]
     es = x.itemsize
     nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
     tau = xpb.shape[0]
-    Gp = xpb.shape[2]
     ldh = zh.shape[1]
     one = np.ones(1, xpb.dtype)[0]
     for s0 in range(0, T, tau):
