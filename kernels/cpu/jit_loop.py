@@ -10,15 +10,17 @@ fused loop (nested outputs, a bare array as new states, ...) or the loop does no
 generic loop then runs the call and raises the step's own errors.
 
 How it works
-- The loop source is generated per (number of states, number of constants, time_major) from
-  ``_TEMPLATE`` and compiled with ``numba.njit`` on first use; it takes the step dispatcher as an
-  argument, so Numba compiles it once per step function and argument types (in memory: a
-  function typed on a dispatcher cannot be cached on disk). The helpers it calls for masking and
-  copying are ``cache=True``. Nothing compiles at import.
-- Every one of the T step calls happens inside the compiled loop (so the step always sees the
-  same argument types: one specialization). The step receives private C-contiguous copies of the
-  states (two buffers per state, swapped each step, so a new state that is a view of the old one
-  is never overwritten while read); the caller's ``initial_states`` are not passed to it.
+- The loop source is generated per (number of states, number of constants) from ``_TEMPLATE`` and
+  compiled with ``numba.njit`` on first use; it takes the step dispatcher as an argument, so Numba
+  compiles it once per step function and argument types, in memory (a function typed on a
+  dispatcher cannot be cached on disk; expect about a second per new step function and dtype).
+  The helpers it calls for masking and copying are ``cache=True``. Nothing compiles at import.
+- Every one of the T step calls happens inside the compiled loop, so the step always gets the
+  same argument types (one specialization). The input is read time-major: a batch-major input is
+  copied once to (T, B, ...) C order, so each step input is a C-contiguous slice. The step
+  receives private C-contiguous copies of the states (two buffers per state, swapped each step,
+  so a new state that is a view of the old one is never overwritten while read); the caller's
+  ``initial_states`` are not passed to it.
 - Masking is the generic loop's: at a masked (sample, step) every state keeps its previous value
   and the output is zeros (``zero_output_for_mask``) or the previous masked output (zeros before
   the first processed step). Outputs go straight into a preallocated buffer, in processing order,
@@ -27,8 +29,9 @@ How it works
   the first step, output shape unchanged later, state count for list results, state shapes);
   a failure stops the loop after that step and is re-raised here through
   ``gpukb._rnn.check_step_output`` / ``check_new_states``, so the ValueError is the generic
-  loop's, word for word. Dtype and rank are static in Numba: a step whose result types do not
-  match the states goes to the generic loop before running (which raises the same error).
+  loop's, word for word, after as many step calls. Dtype and rank are static in Numba: a step
+  whose result types do not match the states goes to the generic loop before running (which
+  raises the same error).
 """
 
 from __future__ import annotations
@@ -52,15 +55,16 @@ _loops: dict = {}
 _failed: set = set()
 
 _TEMPLATE = '''
-def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, proto, {params}info):
-    T = x.shape[{t_axis}]
-    B = x.shape[{b_axis}]
+def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_major, proto,
+               {params}info):
+    T = x.shape[0]
+    B = x.shape[1]
     tout = T if return_all else 1
     out = np.empty((0, 0, 0), proto.dtype)
     prev = np.empty(0, proto.dtype)
     for i in range(T):
         t = T - 1 - i if backwards else i
-        res = step({x_slice}, ({step_states}))
+        res = step(x[t], ({step_states}))
         o = res[0]
         new = res[1]
         if i == 0:
@@ -71,7 +75,7 @@ def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, proto, 
                 info[0] = {bad_batch}
                 break
             K = o.size // B
-            out = np.empty({out_shape}, proto.dtype)
+            out = np.empty((tout, B, K) if time_major else (B, tout, K), proto.dtype)
             prev = np.zeros(B * K, proto.dtype)
         elif _shape_changed(o, info):
             info[0] = {output_changed}
@@ -85,7 +89,7 @@ def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, proto, 
             break
 {commit_states}
         _commit_output(o, prev, out, mask, t, has_mask, zero_out, i if return_all else 0,
-                       return_all or i == T - 1, {time_major})
+                       return_all or i == T - 1, time_major)
 {swap_states}
     return out, ({final_states})
 '''
@@ -105,7 +109,7 @@ def _tuple(names) -> str:
     return "".join(f"{n}, " for n in names)
 
 
-def _source(n_states: int, n_constants: int, time_major: bool) -> str:
+def _source(n_states: int, n_constants: int) -> str:
     s = [f"s{k}" for k in range(n_states)]
     r = [f"r{k}" for k in range(n_states)]
     c = [f"c{k}" for k in range(n_constants)]
@@ -113,16 +117,11 @@ def _source(n_states: int, n_constants: int, time_major: bool) -> str:
     swap = "".join(f"\n        s{k}, r{k} = r{k}, s{k}" for k in range(n_states))
     return _TEMPLATE.format(
         params=_tuple(s + r + c),
-        t_axis=0 if time_major else 1,
-        b_axis=1 if time_major else 0,
-        x_slice="x[t]" if time_major else "x[:, t]",
         step_states=_tuple(s + c),
         final_states=_tuple(s),
-        out_shape="(tout, B, K)" if time_major else "(B, tout, K)",
         n_states=n_states,
         commit_states=commit or "        pass",
         swap_states=swap or "        pass",
-        time_major=bool(time_major),
         bad_batch=_BAD_BATCH, state_count=_STATE_COUNT, output_changed=_OUTPUT_CHANGED,
     )
 
@@ -186,9 +185,9 @@ def _record_shape(a, info):
         info[37 + d] = a.shape[d]
 
 
-def _loop(n_states: int, n_constants: int, time_major: bool):
+def _loop(n_states: int, n_constants: int):
     """The compiled-on-demand loop dispatcher for this arity (generated once per process)."""
-    key = (n_states, n_constants, bool(time_major))
+    key = (n_states, n_constants)
     loop = _loops.get(key)
     if loop is None:
         with _lock:
@@ -228,10 +227,9 @@ def _states_fit(return_type, state_types) -> bool:
     return all(n.dtype == s.dtype and n.ndim == s.ndim for n, s in zip(items, state_types))
 
 
-def _slice_type(x_type, time_major: bool):
-    """The Numba type of ``x[t]`` / ``x[:, t]`` inside the loop."""
-    layout = "C" if (time_major and x_type.layout == "C") else "A"
-    return x_type.copy(ndim=x_type.ndim - 1, layout=layout)
+def _slice_type(x_type):
+    """The Numba type of ``x[t]`` inside the loop."""
+    return x_type.copy(ndim=x_type.ndim - 1, layout="C" if x_type.layout == "C" else "A")
 
 
 class _Fake:
@@ -271,7 +269,11 @@ def run(call, step):
     from numba.core.errors import NumbaError
     from numba.np.numpy_support import as_dtype
 
+    # The loop reads x time-major: x[t] is the step input. A batch-major input is copied once to
+    # (T, B, ...) C order, so every step gets a C-contiguous slice (Numba's `@` and array
+    # expressions are faster on those, and its `@` would otherwise copy the slice every step).
     x = call.input_leaves[0]
+    x = np.ascontiguousarray(x if call.time_major else np.swapaxes(x, 0, 1))
     n_states, n_constants = len(call.state_leaves), len(call.constants)
     if n_states > MAX_STATES or n_constants > MAX_CONSTANTS:
         return NotImplemented
@@ -289,7 +291,7 @@ def run(call, step):
 
     # Type the step alone first: a step that does not compile, or whose result does not fit the
     # fused loop, goes to the generic loop before it runs even once (which raises its errors).
-    step_sig = (_slice_type(x_type, call.time_major), types.Tuple(state_types + const_types))
+    step_sig = (_slice_type(x_type), types.Tuple(state_types + const_types))
     try:
         step.compile(step_sig)
         return_type = step.overloads[step_sig].signature.return_type
@@ -303,8 +305,8 @@ def run(call, step):
         return NotImplemented
 
     args = (step, x, mask, has_mask, call.go_backwards, call.zero_output_for_mask,
-            call.return_all_outputs, proto, *cur, *nxt, *call.constants, info)
-    loop = _loop(n_states, n_constants, call.time_major)
+            call.return_all_outputs, call.time_major, proto, *cur, *nxt, *call.constants, info)
+    loop = _loop(n_states, n_constants)
     arg_types = tuple(numba.typeof(a) for a in args)
     key = (id(loop), arg_types)
     if key in _failed:
