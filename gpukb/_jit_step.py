@@ -124,7 +124,12 @@ def jit_step(func=None, **options):
 def numba_dispatcher(step_function):
     """The Numba CPU dispatcher of a step function, or None if it is not Numba-compiled."""
     if isinstance(step_function, JitStep):
-        return step_function.dispatcher if step_function.compiled else None
+        if not step_function.compiled:
+            return None
+        try:
+            return step_function.dispatcher
+        except ImportError:  # no Numba: the generic loop runs its Python function
+            return None
     if "numba" not in sys.modules:  # no dispatcher can exist before Numba is imported
         return None
     try:

@@ -247,7 +247,7 @@ def test_bare_njit_and_jit_step_forms_all_take_the_fused_path():
     np.testing.assert_array_equal(out, body(x[:, 0], (h, W, np.zeros(1, np.int64)))[0])
 
 
-def test_jit_step_runs_plain_python_for_other_arrays_without_numba():
+def test_jit_step_runs_plain_python_for_other_arrays_without_numba(tmp_path):
     calls = []
 
     @gpukb.jit_step
@@ -265,7 +265,7 @@ def test_jit_step_runs_plain_python_for_other_arrays_without_numba():
             "f = gpukb.jit_step(lambda x, s: (x, s))\n"
             "g = gpukb.jit_step(cache=True)(lambda x, s: (x, s))\n"
             "print('numba' in sys.modules)")
-    result = run_python(code, home=".")
+    result = run_python(code, home=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
