@@ -280,6 +280,41 @@ def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
     _check(got, want, dtype, 37, 19, 7, False, 2 if cell == "lstm" else 1)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rows_do_not_depend_on_batch_or_threads(dtype, monkeypatch):
+    """Bitwise: a sample's result is the same alone, inside a batch, and split over threads
+    (every GEMM tile accumulates k in the same order)."""
+    rng = np.random.default_rng(5)
+    B, T, D, H = 15, 6, 11, 13
+    x = rng.standard_normal((B, T, D)).astype(dtype)
+    h0 = (rng.standard_normal((B, H)) * 0.5).astype(dtype)
+    kw = dict(go_backwards=True, zero_output_for_mask=False, return_all_outputs=True,
+              time_major=False, activation="tanh")
+    cases = []
+    for cell, g in (("lstm", 4), ("gru", 3), ("gru_before", 3), ("rnn", 1)):
+        W = (rng.standard_normal((D, g * H)) * 0.3).astype(dtype)
+        U = (rng.standard_normal((H, g * H)) * 0.3).astype(dtype)
+        if cell == "lstm":
+            cases.append(lambda s, W=W, U=U: lstm(x[s], W, U, None, h0[s], h0[s], None, **kw,
+                                                  recurrent_activation="sigmoid")[1])
+        elif cell == "rnn":
+            cases.append(lambda s, W=W, U=U: simple_rnn(x[s], W, U, None, h0[s], None, **kw)[1])
+        else:
+            cases.append(lambda s, W=W, U=U, ra=(cell == "gru"): gru(
+                x[s], W, U, None, h0[s], None, reset_after=ra, **kw,
+                recurrent_activation="sigmoid")[1])
+    full = [f(slice(None)) for f in cases]
+    for f, want in zip(cases, full):
+        for n in (0, 4, 7, 14):
+            np.testing.assert_array_equal(f(slice(n, n + 1))[0], want[n])
+        np.testing.assert_array_equal(f(slice(5, 8)), want[5:8])
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    monkeypatch.setattr(_common, "_MIN_ROWS", 3)
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    for f, want in zip(cases, full):
+        np.testing.assert_array_equal(f(slice(None)), want)
+
+
 def test_concurrent_calls_from_python_threads(monkeypatch):
     """Callers in several threads share the row-chunk pool; results must not mix."""
     from concurrent.futures import ThreadPoolExecutor

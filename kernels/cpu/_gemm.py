@@ -57,17 +57,22 @@ def panel_width(dtype, nv=2):
     return (8 if np.dtype(dtype).itemsize == 4 else 4) * nv
 
 
-def _make_tile(MR, KS, NV):
-    """Intrinsic for an MR-row tile of NV vectors per row; KS independent accumulator sets
-    over k (latency hiding when MR * NV is small)."""
+def _make_tile(MR, NP, NV):
+    """Intrinsic for an MR-row tile over NP adjacent panels of NV vectors each.
+
+    Every output element is init + sum_k a[k] * u[k] accumulated in k order, one fused
+    multiply-add at a time, whatever MR/NP: a row's result does not depend on its place in the
+    batch, the batch size or the number of threads. NP > 1 gives small MR enough independent
+    accumulators to hide the FMA latency.
+    """
 
     @intrinsic
-    def tile(typingctx, zarr, init, ldi, z, ldz, a1, lda1, u1, k1, a2, lda2, u2, k2):
+    def tile(typingctx, zarr, init, ldi, z, ldz, a, lda, u, k, ps):
         if not isinstance(zarr, types.Array) or zarr.dtype not in (types.float32,
                                                                     types.float64):
             return None
         fdt = zarr.dtype
-        sig = types.void(zarr, *([types.int64] * 12))
+        sig = types.void(zarr, *([types.int64] * 9))
 
         def codegen(context, builder, sig, args):
             is32 = fdt == types.float32
@@ -78,10 +83,11 @@ def _make_tile(MR, KS, NV):
             vty = ir.VectorType(fty, VL)
             pf = fty.as_pointer()
             pv = vty.as_pointer()
-            (_, init_, ldi_, z_, ldz_, a1_, lda1_, u1_, k1_, a2_, lda2_, u2_, k2_) = args
+            (_, init_, ldi_, z_, ldz_, a_, lda_, u_, k_, ps_) = args
+            # fmuladd: one FMA where the CPU has it, a multiply and an add where it has not
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vty, [vty, vty, vty]),
-                f"llvm.fma.v{VL}f{esz * 8}")
+                f"llvm.fmuladd.v{VL}f{esz * 8}")
             splat_mask = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
             undef = ir.Constant(vty, ir.Undefined)
             c64 = lambda v: ir.Constant(_I64, v)  # noqa: E731
@@ -95,91 +101,64 @@ def _make_tile(MR, KS, NV):
             def vstore(val, base, off):
                 builder.store(val, builder.bitcast(fptr(base, off), pv), align=esz)
 
-            def splat(s):
+            def splat(x):
                 return builder.shuffle_vector(
-                    builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, splat_mask)
+                    builder.insert_element(undef, x, ir.Constant(_I32, 0)), undef, splat_mask)
 
-            def loop(sets, a_, lda_, u_, ntrip, ks, k0):
-                """Run ntrip iterations, each handling ks consecutive k (k = k0 + it*ks + q)
-                into accumulator set q. Returns the new sets and the k after the loop."""
-                pre = builder.block
-                fn = builder.function
-                body = fn.append_basic_block("tile.body")
-                done = fn.append_basic_block("tile.done")
-                builder.cbranch(builder.icmp_signed(">", ntrip, c64(0)), body, done)
-                builder.position_at_end(body)
-                it = builder.phi(_I64)
-                it.add_incoming(c64(0), pre)
-                phis = []
-                for accs in sets[:ks]:
-                    row = []
-                    for x in accs:
-                        p = builder.phi(vty)
-                        p.add_incoming(x, pre)
-                        row.append(p)
-                    phis.append(row)
-                kbase = builder.add(k0, builder.mul(it, c64(ks)))
-                new = []
-                for q in range(ks):
-                    k = builder.add(kbase, c64(q))
-                    uoff = builder.mul(k, c64(NR))
-                    us = [vload(u_, builder.add(uoff, c64(v * VL))) for v in range(NV)]
-                    accs = list(phis[q])
-                    for r in range(MR):
-                        aoff = builder.add(builder.mul(c64(r), lda_), k)
-                        sv = splat(builder.load(fptr(a_, aoff), align=esz))
-                        for v in range(NV):
-                            i = r * NV + v
-                            accs[i] = builder.call(fma, [sv, us[v], accs[i]])
-                    new.append(accs)
-                itn = builder.add(it, c64(1))
-                endb = builder.block
-                it.add_incoming(itn, endb)
-                for prow, nrow in zip(phis, new):
-                    for p, x in zip(prow, nrow):
-                        p.add_incoming(x, endb)
-                builder.cbranch(builder.icmp_signed("<", itn, ntrip), body, done)
-                builder.position_at_end(done)
-                out = []
-                for q, accs in enumerate(sets):
-                    if q < ks:
-                        row = []
-                        for x, y in zip(accs, new[q]):
-                            p = builder.phi(vty)
-                            p.add_incoming(x, pre)
-                            p.add_incoming(y, endb)
-                            row.append(p)
-                        out.append(row)
-                    else:
-                        out.append(accs)
-                kend = builder.add(k0, builder.mul(ntrip, c64(ks)))
-                return out, kend
+            # accumulator (r, q, v): row r, panel q, vector v; Z/INIT column q*NR + v*VL
+            def col(q, v):
+                return c64(q * NR + v * VL)
 
-            def product(sets, a_, lda_, u_, k_):
-                if KS > 1:
-                    main = builder.sdiv(k_, c64(KS))
-                    sets, kend = loop(sets, a_, lda_, u_, main, KS, c64(0))
-                    rest = builder.sub(k_, kend)
-                    sets, _ = loop(sets, a_, lda_, u_, rest, 1, kend)
-                else:
-                    sets, _ = loop(sets, a_, lda_, u_, k_, 1, c64(0))
-                return sets
-
-            zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * VL)
-            first = []
+            acc0 = []
             for r in range(MR):
-                for v in range(NV):
-                    first.append(vload(init_, builder.add(builder.mul(c64(r), ldi_), c64(v * VL))))
-            sets = [first] + [[zero] * (MR * NV) for _ in range(KS - 1)]
-            sets = product(sets, a1_, lda1_, u1_, k1_)
-            sets = product(sets, a2_, lda2_, u2_, k2_)
-            acc = sets[0]
-            for q in range(1, KS):
-                acc = [builder.fadd(x, y) for x, y in zip(acc, sets[q])]
+                rowoff = builder.mul(c64(r), ldi_)
+                for q in range(NP):
+                    for v in range(NV):
+                        acc0.append(vload(init_, builder.add(rowoff, col(q, v))))
+            pre = builder.block
+            fn = builder.function
+            body = fn.append_basic_block("tile.body")
+            done = fn.append_basic_block("tile.done")
+            builder.cbranch(builder.icmp_signed(">", k_, c64(0)), body, done)
+            builder.position_at_end(body)
+            kk = builder.phi(_I64)
+            kk.add_incoming(c64(0), pre)
+            phis = []
+            for x in acc0:
+                ph = builder.phi(vty)
+                ph.add_incoming(x, pre)
+                phis.append(ph)
+            us = []
+            uk = builder.mul(kk, c64(NR))
+            for q in range(NP):
+                base = builder.add(builder.mul(c64(q), ps_), uk)
+                us.append([vload(u_, builder.add(base, c64(v * VL))) for v in range(NV)])
+            new = list(phis)
             for r in range(MR):
-                for v in range(NV):
-                    off = builder.add(builder.mul(c64(r), ldz_), c64(v * VL))
-                    vstore(acc[r * NV + v], z_, off)
+                sv = splat(builder.load(fptr(a_, builder.add(builder.mul(c64(r), lda_), kk)),
+                                        align=esz))
+                for q in range(NP):
+                    for v in range(NV):
+                        i = (r * NP + q) * NV + v
+                        new[i] = builder.call(fma, [sv, us[q][v], phis[i]])
+            kn = builder.add(kk, c64(1))
+            endb = builder.block
+            kk.add_incoming(kn, endb)
+            for ph, x in zip(phis, new):
+                ph.add_incoming(x, endb)
+            builder.cbranch(builder.icmp_signed("<", kn, k_), body, done)
+            builder.position_at_end(done)
+            out = []
+            for x, y in zip(acc0, new):   # all phis first: they must head the block
+                ph = builder.phi(vty)
+                ph.add_incoming(x, pre)
+                ph.add_incoming(y, endb)
+                out.append(ph)
+            for r in range(MR):
+                rowoff = builder.mul(c64(r), ldz_)
+                for q in range(NP):
+                    for v in range(NV):
+                        vstore(out[(r * NP + q) * NV + v], z_, builder.add(rowoff, col(q, v)))
             return context.get_dummy_value()
 
         return sig, codegen
@@ -189,8 +168,10 @@ def _make_tile(MR, KS, NV):
 
 _tile6 = _make_tile(6, 1, 2)
 _tile4 = _make_tile(4, 1, 2)
-_tile2 = _make_tile(2, 2, 2)
-_tile1 = _make_tile(1, 4, 2)
+_tile2x2 = _make_tile(2, 2, 2)
+_tile2 = _make_tile(2, 1, 2)
+_tile1x4 = _make_tile(1, 4, 2)
+_tile1 = _make_tile(1, 1, 2)
 _tile1w = _make_tile(1, 1, 8)
 
 
@@ -210,56 +191,71 @@ def pack(u, c0, ncols, NR):
 
 
 @njit(error_model="numpy", cache=True, nogil=True)
-def fused_rows(zarr, z, ldz, init, ldi, a1, lda1, p1, k1, np1, a2, lda2, p2, k2, np2,
-               npan, nv, n0, n1):
-    """Z[n] = INIT[n] + A1[n] @ P1 + A2[n] @ P2 for rows n0 <= n < n1 and panels < npan.
+def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
+    """Z[n] = INIT[n] + A[n] @ P for rows n0 <= n < n1, over the first npan panels of P.
 
-    Addresses (int64) point at row 0 / column 0 of each operand (z, init, a1, a2) and at the
-    first panel of p1 / p2; ld* are row strides in elements (ldi = 0 broadcasts one init row,
-    e.g. a bias). Panels p >= np1 (np2) skip the first (second) product, whose panels stop
-    there. nv: vectors per panel row (2 or 8, see panel_vectors). ``zarr`` only carries the
-    dtype.
+    Addresses (int64) point at row 0 / column 0 of z, init and a, and at P's first panel; ld*
+    are row strides in elements (ldi = 0 broadcasts one init row, e.g. a bias; init = z
+    accumulates in place). nv: vectors per panel row (2 or 8, see panel_vectors). ``zarr``
+    only carries the dtype.
     """
     es = zarr.itemsize
     NR = (8 if es == 4 else 4) * nv
-    s1 = k1 * NR * es
-    s2 = k2 * NR * es
+    ps = k * NR                      # elements per panel
     # Panels in blocks of about _PANEL_BLOCK_BYTES of weights, so that a block stays in L2
     # while every row tile goes over it.
-    pb = max(1, _PANEL_BLOCK_BYTES // max(1, (k1 + k2) * NR * es))
+    pb = max(1, _PANEL_BLOCK_BYTES // max(1, ps * es))
     for pb0 in range(0, npan, pb):
         pb1 = min(npan, pb0 + pb)
         n = n0
         while n < n1:
             left = n1 - n
-            if nv != 2:
-                mr = 0
-            else:
-                mr = 6 if left >= 6 else (4 if left >= 4 else (2 if left >= 2 else 1))
             zr = z + n * ldz * es
             ir_ = init + n * ldi * es
-            ar1 = a1 + n * lda1 * es
-            ar2 = a2 + n * lda2 * es
-            for p in range(pb0, pb1):
-                off = p * NR * es
-                kk1 = k1 if p < np1 else 0
-                kk2 = k2 if p < np2 else 0
-                if mr == 6:
-                    _tile6(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                           ar2, lda2, p2 + p * s2, kk2)
-                elif mr == 4:
-                    _tile4(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                           ar2, lda2, p2 + p * s2, kk2)
-                elif mr == 2:
-                    _tile2(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                           ar2, lda2, p2 + p * s2, kk2)
-                elif mr == 1:
-                    _tile1(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1, kk1,
-                           ar2, lda2, p2 + p * s2, kk2)
-                else:
-                    _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar1, lda1, p1 + p * s1,
-                            kk1, ar2, lda2, p2 + p * s2, kk2)
-            n += max(mr, 1)
+            ar = a + n * lda * es
+            if nv != 2:
+                for p_ in range(pb0, pb1):
+                    off = p_ * NR * es
+                    _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                            k, ps)
+                n += 1
+            elif left >= 6:
+                for p_ in range(pb0, pb1):
+                    off = p_ * NR * es
+                    _tile6(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                           k, ps)
+                n += 6
+            elif left >= 4:
+                for p_ in range(pb0, pb1):
+                    off = p_ * NR * es
+                    _tile4(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                           k, ps)
+                n += 4
+            elif left >= 2:
+                p_ = pb0
+                while p_ + 2 <= pb1:
+                    off = p_ * NR * es
+                    _tile2x2(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                             k, ps)
+                    p_ += 2
+                if p_ < pb1:
+                    off = p_ * NR * es
+                    _tile2(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                           k, ps)
+                n += 2
+            else:
+                p_ = pb0
+                while p_ + 4 <= pb1:
+                    off = p_ * NR * es
+                    _tile1x4(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                             k, ps)
+                    p_ += 4
+                while p_ < pb1:
+                    off = p_ * NR * es
+                    _tile1(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                           k, ps)
+                    p_ += 1
+                n += 1
 
 
 @njit(error_model="numpy", cache=True, inline="always")
@@ -306,11 +302,10 @@ def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
             t = T - 1 - s if go_back else s
             a = xa + t * tstride * es
             fused_rows(xpb, za + (s - s0) * B * Gp * es, Gp, ba, I0, a, nstride, pa, D, npan,
-                       a, nstride, pa, I0, I0, npan, I2, n0, n1)
+                       I2, n0, n1)
     else:
         t0 = T - 1 - s0 if go_back else s0
         lda = -tstride if go_back else tstride
         for n in range(n0, n1):
             a = xa + (t0 * tstride + n * nstride) * es
-            fused_rows(xpb, za + n * Gp * es, B * Gp, ba, I0, a, lda, pa, D, npan,
-                       a, lda, pa, I0, I0, npan, I2, I0, m)
+            fused_rows(xpb, za + n * Gp * es, B * Gp, ba, I0, a, lda, pa, D, npan, I2, I0, m)

@@ -32,9 +32,8 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
             # zh = bh + h @ U
-            fused_rows(xpb, ad(zh), ldh, ad(bh), I0, ad(h), H,
-                       ad(PU), H, PU.shape[0], ad(h), H, ad(PU), I0, I0,
-                       PU.shape[0], nv, n0, n1)
+            fused_rows(xpb, ad(zh), ldh, ad(bh), I0, ad(h), H, ad(PU), H, PU.shape[0], nv,
+                       n0, n1)
             so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]
@@ -97,9 +96,8 @@ def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret
             t = T - 1 - s if go_back else s
             slot = ad(xpb) + (s - s0) * B * Gp * es
             # z, r columns += h @ U[:, :2H], in place
-            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PUzr), H,
-                       PUzr.shape[0], ad(h), H, ad(PUzr), I0, I0,
-                       PUzr.shape[0], nv, n0, n1)
+            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PUzr), H, PUzr.shape[0], nv,
+                       n0, n1)
             for n in range(n0, n1):
                 xr = xpb[s - s0, n]
                 act_inplace(ract, xr[0:2 * H])           # z, r
@@ -109,9 +107,8 @@ def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret
                 for j in range(H):
                     rr[j] = r[j] * hr[j]
             # zc = x_h + (r * h) @ U[:, 2H:]
-            fused_rows(xpb, ad(zc), ldc, slot + 2 * H * es, Gp, ad(rh), H,
-                       ad(PUh), H, PUh.shape[0], ad(rh), H, ad(PUh),
-                       I0, I0, PUh.shape[0], nv, n0, n1)
+            fused_rows(xpb, ad(zc), ldc, slot + 2 * H * es, Gp, ad(rh), H, ad(PUh), H,
+                       PUh.shape[0], nv, n0, n1)
             so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]

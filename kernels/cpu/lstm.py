@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import I0, ad, fused_rows, masked_output, project_block
+from ._gemm import ad, fused_rows, masked_output, project_block
 from .activations import SIGMOID, TANH, act_inplace, act_into, activation_code, sigmoid_, tanh_
 
 
@@ -30,9 +30,7 @@ def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_ma
             t = T - 1 - s if go_back else s
             slot = ad(xpb) + (s - s0) * B * Gp * es
             # z += h @ U, in place
-            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H,
-                       PU.shape[0], ad(h), H, ad(PU), I0, I0, PU.shape[0], nv,
-                       n0, n1)
+            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H, PU.shape[0], nv, n0, n1)
             so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]

@@ -7,7 +7,7 @@ import numpy as np
 from numba import njit
 
 from . import _common as C
-from ._gemm import I0, ad, fused_rows, masked_output, project_block
+from ._gemm import ad, fused_rows, masked_output, project_block
 from .activations import act_into, activation_code
 
 
@@ -27,9 +27,8 @@ def _rnn_rows(x, x_tm, PW, PU, b, h, xpb, out, out_tm, ret_all, mask, has_mask, 
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
             slot = ad(xpb) + (s - s0) * B * Gp * es
-            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H,
-                       PU.shape[0], ad(h), H, ad(PU), I0, I0, PU.shape[0], nv,
-                       n0, n1)                                           # += h @ U
+            # z += h @ U, in place
+            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H, PU.shape[0], nv, n0, n1)
             so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
             for n in range(n0, n1):
                 hr = h[n]
