@@ -2,25 +2,26 @@
 
 ``fused_rows`` computes, for rows [n0, n1),
 
-    Z[n, :] = INIT[n, :] + A1[n, :K1] @ P1 + A2[n, :K2] @ P2
+    Z[n, :] = INIT[n, :] + A[n, :K] @ P
 
-where P1/P2 are weights packed once per kernel call into column panels (``pack``: panel p holds
-columns [p*NR, (p+1)*NR) as a contiguous, zero-padded (K, NR) block, so the micro-kernel streams
-it linearly). INIT may be a broadcast bias row (ldi = 0) or Z itself (accumulate in place).
-The kernels use it twice:
+where P is a weight matrix packed once per kernel call into column panels (``pack``: panel p
+holds columns [p*NR, (p+1)*NR) as a contiguous, zero-padded (K, NR) block, so the micro-kernel
+streams it linearly). INIT is a broadcast bias row (ldi = 0) or Z itself (accumulate in
+place). The kernels use it for:
 
-- ``project_block``: the input projection bias + x_t @ kernel for a block of time steps at once
-  (steps or batch rows as the GEMM's M, whichever is larger), into a buffer sized to stay in L2;
-- per step: z_t += h @ recurrent_kernel, in place.
+- ``project_block``: bias + x_t @ kernel for a block of time steps at once (steps or batch
+  rows as the GEMM's M, whichever is larger), into a buffer sized to stay in L2;
+- each step: z_t += h @ recurrent_kernel, in place.
 
-The micro-kernel (``_tile*``) is an MR x NR block of Z held in vector registers across the whole
-k loop (NR = 2 AVX2 vectors = 16 float32 / 8 float64 columns; MR = 6, 4, 2 or 1 rows): each k
-loads the panel's vectors once and broadcasts MR scalars of A into MR*2 FMAs. Plain Numba loops
-cannot do this (arrays carry no no-alias information, so LLVM keeps accumulators in memory);
-this one runs at 80-90 GFLOP/s float32 (about 40 float64) on one Zen 4 core, on par with
-OpenBLAS, and has no per-call overhead for the tiny products of small batches. Batches of at
-most WIDE_MAX_ROWS rows use one-row tiles over 8-vector panels instead (8 independent
-accumulators, a quarter of the tile calls).
+The micro-kernel (``_tile*``) keeps an MR x NR block of Z in vector registers across the whole
+k loop (NR = 2 AVX2 vectors = 16 float32 / 8 float64 columns; MR = 6 or 4 rows; 1-2 rows take
+2-4 panels at once to keep enough accumulators in flight): each k loads the panel's vectors
+once and broadcasts MR scalars of A into the FMAs. Plain Numba loops cannot do this (arrays
+carry no no-alias information, so LLVM keeps accumulators in memory); this runs at 80-90
+GFLOP/s float32 (about 40 float64) on one Zen 4 core, on par with OpenBLAS, and has no
+per-call overhead for the tiny products of small batches. Batches of at most WIDE_MAX_ROWS rows
+use one-row tiles over 8-vector panels (a quarter of the tile calls). Every tile accumulates k
+in order, so a row's result is bitwise independent of the batch and of the thread split.
 
 Why not one BLAS call per step: the call alone costs 2-3 us for 1x64x256, Numba's ``@`` needs
 SciPy (not a gpukb dependency), and a multi-threaded BLAS fights the kernels' own threads (they
