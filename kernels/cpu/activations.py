@@ -117,26 +117,31 @@ def _exp32(x0):
 
 
 @njit(inline="always")
-def _expm1_small32(u):
-    """expm1(u) for |u| < 0.5 (Taylor to u**9 / 9!)."""
-    p = _E32[9]
-    p = p * u + _E32[8]
-    p = p * u + _E32[7]
-    p = p * u + _E32[6]
-    p = p * u + _E32[5]
-    p = p * u + _E32[4]
-    p = p * u + _E32[3]
-    p = p * u + _E32[2]
-    p = p * u + _E32[1]
-    return p * u
+def _expm1_32(x0):
+    """expm1(x): the exp reduction x = n ln2 + r, then 2**n * expm1(r) + (2**n - 1) with a
+    degree-7 Taylor expm1(r) on |r| <= ln2/2; n = 0 near zero, so small x keep their
+    relative accuracy."""
+    x1 = _select(x0 > _E32_HI, _E32_HI, x0)  # NaN passes both clamps
+    x = _select(x1 < _E32_LO, _E32_LO, x1)
+    m = x * _LOG2E32 + _MAGIC32
+    n = m - _MAGIC32
+    r = x - n * _LN2HI32
+    r = r - n * _LN2LO32
+    p = _E32[7]
+    p = p * r + _E32[6]
+    p = p * r + _E32[5]
+    p = p * r + _E32[4]
+    p = p * r + _E32[3]
+    p = p * r + _E32[2]
+    p = p * r + _E32[1]
+    p = p * r
+    s = _pow2_magic(m)
+    return s * p + (s - _F32_1)
 
 
 @njit(inline="always")
 def _tanh32(x):
-    u = _F32_M2 * abs(x)
-    e = _exp32(u) - _F32_1
-    q = _expm1_small32(u)
-    em = _select(u > _F32_MHALF, q, e)  # NaN takes the exp branch and stays NaN
+    em = _expm1_32(_F32_M2 * abs(x))     # in (-1, 0]
     t = -em / (_F32_2 + em)
     return _select(x < _F32_0, -t, t)
 
@@ -197,33 +202,35 @@ def _exp64(x0):
 
 
 @njit(inline="always")
-def _expm1_small64(u):
-    """expm1(u) for |u| < 0.5 (Taylor to u**16 / 16!)."""
-    p = _E64[16]
-    p = p * u + _E64[15]
-    p = p * u + _E64[14]
-    p = p * u + _E64[13]
-    p = p * u + _E64[12]
-    p = p * u + _E64[11]
-    p = p * u + _E64[10]
-    p = p * u + _E64[9]
-    p = p * u + _E64[8]
-    p = p * u + _E64[7]
-    p = p * u + _E64[6]
-    p = p * u + _E64[5]
-    p = p * u + _E64[4]
-    p = p * u + _E64[3]
-    p = p * u + _E64[2]
-    p = p * u + _E64[1]
-    return p * u
+def _expm1_64(x0):
+    """expm1(x) as _expm1_32, with a degree-13 Taylor expm1(r)."""
+    x1 = _select(x0 > _E64_HI, _E64_HI, x0)
+    x = _select(x1 < _E64_LO, _E64_LO, x1)
+    m = x * _LOG2E64 + _MAGIC64
+    n = m - _MAGIC64
+    r = x - n * _LN2HI64
+    r = r - n * _LN2LO64
+    p = _E64[13]
+    p = p * r + _E64[12]
+    p = p * r + _E64[11]
+    p = p * r + _E64[10]
+    p = p * r + _E64[9]
+    p = p * r + _E64[8]
+    p = p * r + _E64[7]
+    p = p * r + _E64[6]
+    p = p * r + _E64[5]
+    p = p * r + _E64[4]
+    p = p * r + _E64[3]
+    p = p * r + _E64[2]
+    p = p * r + _E64[1]
+    p = p * r
+    s = _pow2_magic(m)
+    return s * p + (s - _F64_1)
 
 
 @njit(inline="always")
 def _tanh64(x):
-    u = _F64_M2 * abs(x)
-    e = _exp64(u) - _F64_1
-    q = _expm1_small64(u)
-    em = _select(u > _F64_MHALF, q, e)
+    em = _expm1_64(_F64_M2 * abs(x))
     t = -em / (_F64_2 + em)
     return _select(x < _F64_0, -t, t)
 
