@@ -10,9 +10,9 @@ from pathlib import Path
 DESCRIPTION = """\
 Time gpukb.rnn (LSTM and GRU, every available gpukb backend) against the peers installed here
 (PyTorch nn.LSTM/nn.GRU, JAX lax.scan, Keras 3, tf.keras) and print a table: median ms, GFLOP/s,
-the ratio to the fastest peer and the relative error against a float64 NumPy reference. The
-first call of each implementation (compilation) is not timed. Peers that are not installed are
-listed as skipped."""
+the ratio to the fastest peer and the relative error against a float64 NumPy reference. Each
+implementation runs in its own process; its first two calls (compilation, warm-up) are not timed.
+Peers that are not installed are listed as skipped."""
 
 QUICK = {"repeats": 7, "budget": 0.5}
 FULL = {"repeats": 10, "budget": 3.0}
@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workloads", metavar="LIST", default="lstm,gru",
                         help="comma-separated workloads among lstm, gru (default: both)")
     parser.add_argument("--sizes", metavar="BxTxDxH", nargs="+",
-                        help="sizes to run instead of the defaults, e.g. 32x100x64x128")
+                        help="sizes to run instead of the defaults (32x100x64x128 1x1000x32x64 "
+                             "256x50x128x256; --quick: 16x50x32x64 1x200x16x32 64x20x64x128)")
     parser.add_argument("--backends", metavar="LIST",
                         help="comma-separated gpukb backends (default: every available one; "
                              "'none': peers only)")
