@@ -379,3 +379,22 @@ def test_simulated_cuda_backend_is_skipped(monkeypatch):
     monkeypatch.setattr(_dispatch, "backend_records", lambda: [record])
     with pytest.raises(implementations.Skipped, match="CUDA simulator"):
         implementations.GpukbBackend("cuda").prepare()
+
+
+def test_workers_import_the_installed_gpukb_not_the_working_folder(tmp_path, monkeypatch):
+    """A folder holding a bare gpukb/ (like a source checkout) must not shadow the installed one."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "gpukb"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('shadowed by the working folder')\n")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.remove(''); from gpukb.cli import main; "
+         "sys.exit(main(['bench', '--sizes', '1x2x1x2', '--workloads', 'lstm', '--peers', 'none', "
+         "'--backends', 'cpu', '--repeats', '1', '--no-progress']))"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "shadowed" not in result.stdout + result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("lstm"))
+    assert "gpukb[cpu]" in row and float(row.split()[-1]) < 1e-5  # a measured row, not "error"

@@ -194,9 +194,12 @@ def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progr
         if progress is not None:
             progress.show(f"starting {key}")
         with tempfile.TemporaryFile("w+") as errors:
+            # The worker starts in the temporary folder: "python -m" puts its working folder
+            # first on sys.path, and from a source checkout that would shadow the installed
+            # gpukb (whose gpukb.kernels only exists once installed).
             process = subprocess.Popen(
                 [python, "-m", "gpukb.bench.worker"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=errors, text=True,
+                stdout=subprocess.PIPE, stderr=errors, text=True, cwd=tempfile.gettempdir(),
             )
             process.stdin.write(json.dumps(dict(spec, key=key)))
             process.stdin.close()
