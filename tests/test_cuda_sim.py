@@ -11,6 +11,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,10 @@ def run_simulated(*args, env=None, timeout=600):
                       "HYPOTHESIS_PROFILE": "ci"})
     child_env.update(env or {})
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
-    return subprocess.run(command, cwd=REPO, env=child_env, capture_output=True, text=True,
-                          timeout=timeout)
+    # Not cwd=REPO: "python -m" puts the working folder first on sys.path, and the source
+    # tree's gpukb/ (no kernels/ inside) would shadow an installed gpukb.
+    return subprocess.run(command, cwd=tempfile.gettempdir(), env=child_env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def assert_passed(result):
@@ -57,6 +60,6 @@ def test_the_simulator_folder_is_skipped_without_the_simulator():
     """Run here without NUMBA_ENABLE_CUDASIM, tests/cuda_sim collects nothing (never a wrong pass)."""
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(TESTS / "cuda_sim")], cwd=REPO, env=env, capture_output=True,
+                             str(TESTS / "cuda_sim")], cwd=tempfile.gettempdir(), env=env, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 5, result.stdout + result.stderr  # 5: no tests collected
