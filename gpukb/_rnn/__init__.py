@@ -6,7 +6,7 @@ namespace that offers the small subset listed in ``loop``. A backend with a fuse
 ``RnnCall`` from ``prepare`` and runs its own loop instead.
 """
 
-from .loop import check_new_states, check_step_output, run_generic
+from .loop import WhereMasker, check_new_states, check_step_output, run_generic
 from .validation import RnnCall, format_path, prepare
 
-__all__ = ["RnnCall", "check_new_states", "check_step_output", "format_path", "prepare", "run_generic"]
+__all__ = ["RnnCall", "WhereMasker", "check_new_states", "check_step_output", "format_path", "prepare", "run_generic"]

@@ -100,15 +100,68 @@ def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
     return leaves, treespec, paths
 
 
-def run_generic(call: RnnCall):
-    """Run the loop; return ``(last_output, outputs, new_states)`` as the spec describes."""
-    xp = call.xp
-    batch, steps = call.batch_size, call.time_steps
-    out_steps = steps if call.return_all_outputs else 1
+class WhereMasker:
+    """Masking of one step, the default: one rank-matched ``where`` per output and state leaf.
+
+    A backend can pass ``run_generic`` another masker with the same constructor and ``step``
+    (the cuda backend fuses all leaves into one kernel); the loop around it stays this one.
+    """
+
+    def __init__(self, call: RnnCall, out_leaves: list, buffers: list):
+        self.call = call
+        # The "previous output" before the first step is zeros, not initial_states[0].
+        self.zeros = [call.xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
+        self.prev = self.zeros
+        self.buffers = buffers
+
+    def step(self, t: int, slot: int, write: bool, out_leaves: list, new_leaves: list,
+             states: list) -> list:
+        """Mask step ``t``: store the masked outputs at ``slot`` when ``write``; return the states."""
+        xp, call = self.call.xp, self.call
+        valid = call.step_mask[t]
+        by_rank = {}
+
+        def keep(ndim):  # the (B,) mask reshaped to (B, 1, ..., 1) to match a leaf's rank
+            if ndim not in by_rank:
+                by_rank[ndim] = valid.reshape((call.batch_size,) + (1,) * (ndim - 1))
+            return by_rank[ndim]
+
+        fallback = self.zeros if call.zero_output_for_mask else self.prev
+        self.prev = [xp.where(keep(o.ndim), o, f) for o, f in zip(out_leaves, fallback)]
+        if write:
+            store_outputs(call, self.buffers, slot, self.prev)
+        return [xp.where(keep(n.ndim), n, s) for n, s in zip(new_leaves, states)]
+
+
+def output_buffers(call: RnnCall, out_leaves: list) -> list:
+    """Empty output buffers shaped from the first step's output leaves: no list-then-stack."""
+    out_steps = call.time_steps if call.return_all_outputs else 1
+    buffers = []
+    for leaf in out_leaves:
+        rest = tuple(leaf.shape[1:])
+        batch = call.batch_size
+        shape = (out_steps, batch) + rest if call.time_major else (batch, out_steps) + rest
+        buffers.append(call.xp.empty(shape, dtype=leaf.dtype))
+    return buffers
+
+
+def store_outputs(call: RnnCall, buffers: list, slot: int, out_leaves: list) -> None:
+    for buf, leaf in zip(buffers, out_leaves):
+        if call.time_major:
+            buf[slot] = leaf
+        else:
+            buf[:, slot] = leaf
+
+
+def run_generic(call: RnnCall, masker=WhereMasker):
+    """Run the loop; return ``(last_output, outputs, new_states)`` as the spec describes.
+
+    ``masker`` builds the object that masks each step when there is a mask (see WhereMasker).
+    """
+    steps = call.time_steps
     states = list(call.state_leaves)
     accepted: set = set()
-    first = None
-    buffers = prev = zeros = None
+    first = buffers = masking = None
 
     for i in range(steps):
         t = call.original_time(i)
@@ -118,39 +171,18 @@ def run_generic(call: RnnCall):
 
         if first is None:
             first = current
-            # Buffers come from the first output's shape and dtype: no list-then-stack.
-            buffers = []
-            for leaf in out_leaves:
-                rest = tuple(leaf.shape[1:])
-                shape = (out_steps, batch) + rest if call.time_major else (batch, out_steps) + rest
-                buffers.append(xp.empty(shape, dtype=leaf.dtype))
+            buffers = output_buffers(call, out_leaves)
             if call.step_mask is not None:
-                # The "previous output" before the first step is zeros, not initial_states[0].
-                zeros = [xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
-                prev = zeros
-
-        if call.step_mask is not None:
-            valid = call.step_mask[t]
-            by_rank = {}
-
-            def keep(ndim):  # the (B,) mask reshaped to (B, 1, ..., 1) to match a leaf's rank
-                if ndim not in by_rank:
-                    by_rank[ndim] = valid.reshape((batch,) + (1,) * (ndim - 1))
-                return by_rank[ndim]
-
-            fallback = zeros if call.zero_output_for_mask else prev
-            out_leaves = [xp.where(keep(o.ndim), o, f) for o, f in zip(out_leaves, fallback)]
-            new_leaves = [xp.where(keep(n.ndim), n, s) for n, s in zip(new_leaves, states)]
-            prev = out_leaves
-        states = new_leaves
+                masking = masker(call, out_leaves, buffers)
 
         slot = i if call.return_all_outputs else 0
-        if call.return_all_outputs or i == steps - 1:
-            for buf, leaf in zip(buffers, out_leaves):
-                if call.time_major:
-                    buf[slot] = leaf
-                else:
-                    buf[:, slot] = leaf
+        write = call.return_all_outputs or i == steps - 1
+        if masking is None:
+            if write:
+                store_outputs(call, buffers, slot, out_leaves)
+            states = new_leaves
+        else:
+            states = masking.step(t, slot, write, out_leaves, new_leaves, states)
 
     treespec = first[1]
     outputs = optree.tree_unflatten(treespec, buffers)

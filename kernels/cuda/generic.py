@@ -1,11 +1,11 @@
 """The generic loop for any Python step function, with ONE masking kernel per step.
 
-``run_masked`` is ``gpukb._rnn.run_generic`` with its masking (one ``xp.where`` per output leaf and
-per state leaf, plus a copy per output leaf into the output buffer) replaced by a single generated
-kernel per step that, for every leaf at once, selects the new value or the held one, keeps the
-previous masked output, and writes the output buffers. The loop itself, the step call and the
-checks (``check_step_output``, ``check_new_states``) are those of ``gpukb._rnn``; the results are
-bitwise those of ``run_generic`` (selection and copies only, each leaf in its own dtype).
+``run_masked`` is ``gpukb._rnn.run_generic`` itself, given ``FusedMasker`` in place of its
+default masking (one ``xp.where`` per output leaf and per state leaf, plus a copy per output leaf
+into the output buffer): a single generated kernel per step that, for every leaf at once, selects
+the new value or the held one, keeps the previous masked output, and writes the output buffers.
+The loop, the step call and the checks are the shared core's; the results are bitwise those of
+the default masking (selection and copies only, each leaf in its own dtype).
 
 Every leaf is seen as a 2-D ``(B, F)`` array (``F`` = product of the non-batch axes; read-only
 leaves may be copied by ``reshape``, written ones are fresh contiguous buffers). The kernel is
@@ -16,13 +16,12 @@ Leaves of a dtype Numba cannot copy on the device fall back to ``xp.where`` for 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
-import optree
 
-from gpukb._rnn import check_new_states, check_step_output
-from gpukb._rnn.loop import _call_step
+from gpukb._rnn import run_generic
 
 from . import _runtime
 
@@ -186,47 +185,22 @@ class _Masker:
             buf[:, slot] = flat
 
 
+class FusedMasker:
+    """The ``masker`` that ``gpukb._rnn.run_generic`` uses on the cuda backend: one kernel per step."""
+
+    def __init__(self, call, out_leaves, buffers, *, launcher):
+        # (B, T, F) / (T, B, F) views of the freshly allocated (hence C-contiguous) buffers.
+        buffers3d = [b.reshape(tuple(b.shape[:2]) + (math.prod(tuple(b.shape[2:])),)) for b in buffers]
+        self._masker = _Masker(call, launcher, out_leaves, buffers3d)
+        self.prev = [call.xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
+
+    def step(self, t, slot, write, out_leaves, new_leaves, states):
+        self.prev, states = self._masker.apply(t, slot, write, out_leaves, self.prev, new_leaves, states)
+        return states
+
+
 def run_masked(call, launcher):
     """``run_generic`` with one fused masking kernel per step; NotImplemented without a mask."""
     if call.step_mask is None:
         return NotImplemented  # nothing to mask: the generic loop is already what we would run
-    xp = call.xp
-    batch, steps = call.batch_size, call.time_steps
-    out_steps = steps if call.return_all_outputs else 1
-    states = list(call.state_leaves)
-    accepted: set = set()
-    first = None
-    buffers = buffers3d = prev = masker = None
-
-    for i in range(steps):
-        t = call.original_time(i)
-        output, new_states = _call_step(call, t, states)
-        out_leaves, _, _ = current = check_step_output(call, output, first)
-        new_leaves = check_new_states(call, new_states, accepted)
-
-        if first is None:
-            first = current
-            buffers, buffers3d = [], []
-            for leaf in out_leaves:
-                rest = tuple(leaf.shape[1:])
-                width = math.prod(rest)
-                if call.time_major:
-                    flat = xp.empty((out_steps, batch, width), dtype=leaf.dtype)
-                    buffers.append(flat.reshape((out_steps, batch) + rest))
-                else:
-                    flat = xp.empty((batch, out_steps, width), dtype=leaf.dtype)
-                    buffers.append(flat.reshape((batch, out_steps) + rest))
-                buffers3d.append(flat)
-            # The "previous output" before the first step is zeros, not initial_states[0].
-            prev = [xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
-            masker = _Masker(call, launcher, out_leaves, buffers3d)
-
-        write = call.return_all_outputs or i == steps - 1
-        slot = i if call.return_all_outputs else 0
-        prev, states = masker.apply(t, slot, write, out_leaves, prev, new_leaves, states)
-
-    treespec = first[1]
-    outputs = optree.tree_unflatten(treespec, buffers)
-    last = [buf[-1] if call.time_major else buf[:, -1] for buf in buffers]
-    last_output = optree.tree_unflatten(treespec, last)
-    return last_output, outputs, call.pack_states(states)
+    return run_generic(call, masker=functools.partial(FusedMasker, launcher=launcher))
