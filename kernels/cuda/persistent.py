@@ -51,7 +51,10 @@ PERSISTENT_MAX_BATCH = 8
 # Dynamic shared memory per block: 48 KiB is what a launch gets without opting in to more
 # (cudaFuncAttributeMaxDynamicSharedMemorySize); placeholder.
 PERSISTENT_SHARED_BYTES = 48 * 1024
-# Threads per block the planner aims for; placeholder.
+# Threads per block: the planner never exceeds this. 256 is also a hard ceiling for launchability:
+# 256 threads x 255 registers (the most a thread can use) fit the 64 K registers of an SM, and
+# ptxas gives this kernel 90-170 registers (``python -m gpukb.kernels.cuda.ptx_check --ptxas``),
+# so 1024 threads would fail to launch ("too many resources requested").
 PERSISTENT_THREADS = 256
 # Blocks of a cooperative grid per SM that the planner assumes can be co-resident. One is always
 # true for <= 256 threads and <= 48 KiB of shared memory; placeholder.
@@ -108,7 +111,7 @@ def plan(batch: int, units: int, kind: int, itemsize: int, *, max_batch=None, sh
 
     def fits(hs, ks):
         p = Plan(bt, hs, ks, nb, -(-units // hs), False)
-        return p.threads <= 1024 and p.shared_elements(units, groups) * itemsize <= shared
+        return p.threads <= threads and p.shared_elements(units, groups) * itemsize <= shared
 
     if unit_tile is not None:
         candidates = [unit_tile]
@@ -116,7 +119,7 @@ def plan(batch: int, units: int, kind: int, itemsize: int, *, max_batch=None, sh
         # Whole H in one block first (no grid sync), then powers of two downwards.
         candidates = [units] + [1 << e for e in range(units.bit_length(), -1, -1) if (1 << e) < units]
     for hs in candidates:
-        if bt * hs > 1024:
+        if bt * hs > threads:
             continue
         ks = ksplit if ksplit is not None else max(1, min(PERSISTENT_MAX_KSPLIT, units, threads // (bt * hs)))
         if not fits(hs, ks):
