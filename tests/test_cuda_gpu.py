@@ -148,26 +148,28 @@ def test_runs_on_the_current_stream_and_never_waits_for_the_gpu(backend, cupy):
         long long start = clock64();
         while (clock64() - start < cycles) { }
     }''', "spin")
-    for path in ("step", "persistent"):
-        cell, x, states, options = problem("lstm", np.float32, B=4, T=50, D=16, H=32, mask_kind="random")
+    for path, mask_kind in (("step", "random"), ("persistent", "random"), ("step", "lengths")):
+        cell, x, states, options = problem("lstm", np.float32, B=4, T=50, D=16, H=32, mask_kind=mask_kind)
         saved = backend.cell_path
         backend.cell_path = path
         try:
             stream = cupy.cuda.Stream(non_blocking=True)
             with stream:
                 xs, ss = cupy.asarray(x), [cupy.asarray(s) for s in states]
-                mask = cupy.asarray(options["mask"])
-                gpukb.rnn(cell, xs, ss, mask=mask, backend="cuda")  # compile and warm up
+                # Lengths as a Python list: checked on the host (a CuPy array would be read back).
+                extra = ({"mask": cupy.asarray(options["mask"])} if "mask" in options
+                         else {"input_length": [int(n) for n in options["input_length"]]})
+                gpukb.rnn(cell, xs, ss, backend="cuda", **extra)  # compile and warm up
                 stream.synchronize()
                 spin((1,), (1,), (np.int64(3_000_000_000),))  # ~1.5 s of GPU time
                 start = time.perf_counter()
-                last, outputs, new_states = gpukb.rnn(cell, xs, ss, mask=mask, backend="cuda")
+                last, outputs, new_states = gpukb.rnn(cell, xs, ss, backend="cuda", **extra)
                 elapsed = time.perf_counter() - start
                 assert not stream.done
                 stream.synchronize()
         finally:
             backend.cell_path = saved
-        assert elapsed < 0.5, f"{path}: gpukb.rnn waited for the GPU ({elapsed:.2f} s)"
+        assert elapsed < 0.5, f"{path}, {mask_kind}: gpukb.rnn waited for the GPU ({elapsed:.2f} s)"
         expected = rnn_reference(cell.converted(lambda w: np.asarray(w, np.float64)), x.astype(np.float64),
                                  [s.astype(np.float64) for s in states], **options)
         np.testing.assert_allclose(cupy.asnumpy(outputs), expected[1], rtol=2e-4, atol=2e-5)

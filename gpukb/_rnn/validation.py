@@ -166,8 +166,13 @@ def _mask_to_steps(mask, xp, batch, steps, time_major):
     m = (m != 0).reshape(expected)
     if time_major:
         return m
-    # (B, T) -> (T, B) by columns: keeps to the small xp subset (no transpose needed elsewhere).
+    # (B, T) -> (T, B), contiguous. One copy through ``.T`` (NumPy, CuPy and torch arrays have it;
+    # on a GPU a copy per column would be T kernel launches per call); else column by column.
     out = xp.empty((steps, batch), dtype=m.dtype)
+    transposed = getattr(m, "T", None)
+    if transposed is not None and tuple(transposed.shape) == (steps, batch):
+        out[...] = transposed
+        return out
     for t in range(steps):
         out[t] = m[:, t]
     return out
@@ -201,7 +206,10 @@ def _input_length_to_steps(input_length, xp, batch, steps):
         return xp.zeros((steps, 0), dtype=bool)
     if not _is_integer_dtype(lengths.dtype):
         raise TypeError(f"rnn: input_length must hold integers, got dtype {lengths.dtype}.")
-    smallest = int(lengths.min())
+    # Check host data on the host: reading a GPU array's minimum waits for the GPU's queued work
+    # (a host sync before the loop); only lengths that live on a GPU pay that.
+    on_host = isinstance(input_length, (numpy.ndarray, list, tuple))
+    smallest = int(numpy.min(numpy.asarray(input_length))) if on_host else int(lengths.min())
     if smallest < 0:
         raise ValueError(f"rnn: input_length values must be >= 0, got a length of {smallest}.")
     # valid iff t < input_length[b], t in original time order (forwards and backwards alike).

@@ -3,9 +3,11 @@
 For each cell (lstm, gru), shape (B, H) with D = H, T steps, float32 and each mask kind
 (``none``; ``right``: right-padded per-sample lengths; ``random``: an arbitrary mask, which cuDNN
 cannot express), it reports the median time of ``gpukb.rnn`` on every cell path that applies
-(``auto`` and the path it picked, ``step``, ``persistent``) and of ``torch.nn.LSTM``/``GRU`` (cuDNN;
-right padding through ``pack_padded_sequence``, included in its time). GPU times come from CUDA
-events on the current stream. ``--json FILE`` also writes every figure with the device, driver and
+(``auto`` and the path it picked, ``step``, ``persistent``, and ``auto`` with TF32 GEMMs) and of
+``torch.nn.LSTM``/``GRU`` (cuDNN; right padding through ``pack_padded_sequence``, included in its
+time) twice: in full FP32 (``cudnn_ms``, what gpukb computes by default) and with PyTorch's default
+``torch.backends.cudnn.allow_tf32 = True`` (``cudnn_tf32_ms``). GPU times come from CUDA events on
+the current stream. ``--json FILE`` also writes every figure with the device, driver and
 library versions. Under the CUDA simulator it runs (slowly, on NumPy) as a smoke test.
 """
 
@@ -124,7 +126,7 @@ def run(cells=("lstm", "gru"), shapes=None, steps=100, repeat=20, warmup=3,
                 mask_np, lengths = _masks(mask_kind, B, T, rng)
                 mask = None if mask_np is None else xp.asarray(mask_np)
                 row = {"cell": kind, "B": B, "H": H, "D": D, "T": T, "mask": mask_kind}
-                saved = backend.cell_path
+                saved, saved_tf32 = backend.cell_path, backend.allow_tf32
                 try:
                     for path in ("auto", "step", "persistent"):
                         backend.cell_path = path
@@ -139,19 +141,32 @@ def run(cells=("lstm", "gru"), shapes=None, steps=100, repeat=20, warmup=3,
                         row[f"{path}_ms"] = ms
                         if path == "auto":
                             row["auto_path"] = label if label == "step" else repr(chosen)
+                    backend.cell_path, backend.allow_tf32 = "auto", True
+                    row["auto_tf32_ms"] = timer.median_ms(
+                        lambda: gpukb.rnn(cell, x, states, mask=mask, backend="cuda"), repeat, warmup)
                 finally:
-                    backend.cell_path = saved
+                    backend.cell_path, backend.allow_tf32 = saved, saved_tf32
                 if torch is not None:
-                    row["cudnn_ms"] = _time_torch(torch, timer, kind, B, T, D, H, mask_kind, lengths,
-                                                  repeat, warmup)
+                    for key, tf32 in (("cudnn_ms", False), ("cudnn_tf32_ms", True)):
+                        row[key] = _time_torch(torch, timer, kind, B, T, D, H, mask_kind, lengths,
+                                               repeat, warmup, tf32)
                 rows.append(row)
                 print(_format(row), flush=True)
     return {"info": _versions(sim), "rows": rows}
 
 
-def _time_torch(torch, timer, kind, B, T, D, H, mask_kind, lengths, repeat, warmup):
+def _time_torch(torch, timer, kind, B, T, D, H, mask_kind, lengths, repeat, warmup, tf32):
     if mask_kind == "random":
         return None  # cuDNN has no arbitrary masks
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        return _time_torch_module(torch, timer, kind, B, T, D, H, lengths, repeat, warmup)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def _time_torch_module(torch, timer, kind, B, T, D, H, lengths, repeat, warmup):
     module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(D, H, batch_first=True).cuda()
     x = torch.randn(B, T, D, device="cuda")
     stream = torch.cuda.ExternalStream(timer.xp.cuda.get_current_stream().ptr)
@@ -175,7 +190,8 @@ def _format(row):
 
     return (f"{row['cell']:5s} B={row['B']:4d} H={row['H']:5d} T={row['T']:4d} mask={row['mask']:6s} "
             f"auto {ms('auto_ms')} ({row.get('auto_path', '?')})  step {ms('step_ms')}  "
-            f"persistent {ms('persistent_ms')}  cuDNN {ms('cudnn_ms')}  [ms]")
+            f"persistent {ms('persistent_ms')}  cuDNN {ms('cudnn_ms')}  | TF32: auto {ms('auto_tf32_ms')}  "
+            f"cuDNN {ms('cudnn_tf32_ms')}  [ms]")
 
 
 def main(argv=None):

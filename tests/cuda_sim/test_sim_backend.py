@@ -123,4 +123,4 @@ def test_benchmark_script_smoke():
                            masks=("none", "random"))
     assert result["info"]["simulator"] is True
     assert [row["mask"] for row in result["rows"]] == ["none", "random"]
-    assert all(row["step_ms"] > 0 and row["auto_ms"] > 0 for row in result["rows"])
+    assert all(row["step_ms"] > 0 and row["auto_ms"] > 0 and row["auto_tf32_ms"] > 0 for row in result["rows"])
