@@ -22,9 +22,9 @@ else a grid sync (``cuda.cg.this_grid().sync()``, cooperative launch): blocks ex
 through global memory. Within a step a block only reads rows that it, or (``nu > 1``) the blocks
 of the same rows, wrote before the last barrier.
 
-The CUDA simulator runs blocks one after another and cannot sync a grid of several blocks, so the
-grid-sync variant is tested there with a single block only (``nu == 1``, forced ``coop``); the
-multi-block cooperative case is only exercised on a real GPU (tests marked ``gpu``).
+Numba's CUDA simulator runs blocks one after another and cannot sync a grid of several blocks;
+``tests/cuda_sim/grid_sync.py`` runs a simulated launch with all its blocks at once and real grid
+barriers, so CI tests the multi-block tilings too (and the tests marked ``gpu`` on a real GPU).
 """
 
 from __future__ import annotations
