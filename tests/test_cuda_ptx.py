@@ -96,3 +96,16 @@ def test_size_rule_only_picks_launchable_tilings(batch, units, kind, itemsize, s
     assert plan.coop == (plan.unit_blocks > 1)
     if plan.coop:
         assert plan.blocks <= sms * persistent.PERSISTENT_BLOCKS_PER_SM
+
+
+def test_the_numba_cuda_calls_the_gpu_launcher_makes_exist():
+    """The GPU-only half of ``_runtime.Launcher`` cannot run here; at least the numba-cuda API it
+    calls must be there (``sync=False`` is what keeps a launch from waiting on the stream)."""
+    import inspect
+
+    from numba import cuda
+
+    assert "sync" in inspect.signature(cuda.as_cuda_array).parameters
+    assert list(inspect.signature(cuda.external_stream).parameters) == ["ptr"]
+    assert callable(cuda.legacy_default_stream) and callable(cuda.get_current_device)
+    assert callable(cuda.cg.this_grid)
