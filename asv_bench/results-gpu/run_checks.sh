@@ -38,7 +38,7 @@ $py -c "import gpukb, sys; r = gpukb.get_backend('cuda').is_available(); print('
 
 # 1. Correctness on the GPU: the gpu-marked tests (grid-sync persistent kernel, streams, DLPack,
 #    TF32, conformance on CuPy arrays).
-timeout 240 $py -m pytest -q -p no:cacheprovider -m gpu -x -o addopts="" \
+timeout 240 $py -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
   "$repo/tests/test_cuda_gpu.py" "$repo/tests/test_cells.py" --junitxml "$out/pytest-gpu.xml" \
   2>&1 | tee "$out/pytest-gpu.txt" | tail -25
 
