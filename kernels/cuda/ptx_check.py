@@ -36,8 +36,6 @@ import numpy as np
 from . import _runtime
 
 H100_SMS = 132
-
-
 REGISTERS_PER_SM = 65536  # every GPU from compute capability 5.0 to 10.x
 MAX_THREADS_PER_BLOCK = 1024
 
@@ -53,10 +51,11 @@ class Compiled:
     registers: int | None = None
     spill_stores: int | None = None
     static_shared: int | None = None
+    ptx: str = field(default="", repr=False)
 
     def max_threads(self) -> int | None:
         """Most threads per block the register file allows (registers are given per warp, in
-        units of 256), or None before ``assemble``."""
+        units of 256), or None before ``link``."""
         if self.registers is None:
             return None
         per_warp = -(-max(self.registers, 1) * 32 // 256) * 256
@@ -80,6 +79,7 @@ class Compiled:
     def as_dict(self):
         data = asdict(self)
         data["launches"] = sorted(self.launches)
+        del data["ptx"]
         return data
 
 
@@ -109,8 +109,6 @@ class CompilingLauncher(_runtime.Launcher):
         import numba
         from numba import cuda
 
-        if launch[1] > 1024:
-            raise AssertionError(f"{kernel.py_func.__name__}: {launch[1]} threads per block > 1024")
         signature = tuple(numba.typeof(a) for a in args)
         key = (id(kernel.py_func), signature)
         entry = self.results.get(key)
@@ -121,7 +119,7 @@ class CompilingLauncher(_runtime.Launcher):
             entry = self.results[key] = Compiled(kernel.py_func.__name__, str(signature), dtype)
             entry.ptx_bytes = len(ptx)
             entry.double_instructions = len(_DOUBLE_OP.findall(ptx))
-            entry._ptx = ptx
+            entry.ptx = ptx
         entry.launches.add(launch)
 
 
@@ -130,7 +128,7 @@ class _TargetDevice:
         self.compute_capability = cc
 
 
-def _problems():
+def _cell_cases():
     """(cell-or-step, x, states, options) covering every kernel, dtype and flag the paths take."""
     import gpukb
 
@@ -207,7 +205,7 @@ def run(cc=(9, 0), sm_count=H100_SMS):
     # capability, which needs a driver; give them the target's instead.
     numba_dispatcher.get_current_device = lambda: _TargetDevice(cc)
     try:
-        for cell, x, states, options in _problems():
+        for cell, x, states, options in _cell_cases():
             B, H = states[0].shape
             kind = cells._kind(cell)
             tilings = [dict(), dict(unit_tile=H, coop=True), dict(unit_tile=2, coop=True)]
@@ -274,12 +272,12 @@ def link(records, cc):
 
     devrt = _devrt_library()
     for record in records:
-        ptx = record._ptx.encode()
-        entry = _ENTRY.search(record._ptx).group(1)
+        ptx = record.ptx.encode()
+        entry = _ENTRY.search(record.ptx).group(1)
         handle = nvjitlink.create(2, [f"-arch=sm_{cc[0]}{cc[1]}", "-verbose"])
         try:
             nvjitlink.add_data(handle, nvjitlink.InputType.PTX, ptx, len(ptx), f"{record.kernel}.ptx")
-            if "cudaCGGetIntrinsicHandle" in record._ptx:  # grid sync: needs the device runtime
+            if "cudaCGGetIntrinsicHandle" in record.ptx:  # grid sync: needs the device runtime
                 nvjitlink.add_file(handle, nvjitlink.InputType.LIBRARY, devrt)
             try:
                 nvjitlink.complete(handle)
