@@ -53,8 +53,8 @@ PERSISTENT_MAX_BATCH = 8
 PERSISTENT_SHARED_BYTES = 48 * 1024
 # Threads per block: the planner never exceeds this. 256 is also a hard ceiling for launchability:
 # 256 threads x 255 registers (the most a thread can use) fit the 64 K registers of an SM, and
-# ptxas gives this kernel 90-170 registers (``python -m gpukb.kernels.cuda.ptx_check --ptxas``),
-# so 1024 threads would fail to launch ("too many resources requested").
+# this kernel takes 116-194 registers on sm_90 (``python -m gpukb.kernels.cuda.ptx_check``), so
+# 1024 threads would fail to launch ("too many resources requested").
 PERSISTENT_THREADS = 256
 # Blocks of a cooperative grid per SM that the planner assumes can be co-resident. One is always
 # true for <= 256 threads and <= 48 KiB of shared memory; placeholder.
