@@ -29,7 +29,7 @@ TIMEOUT_S = 60
 class _CudaThread(threading.Thread):
     """One CUDA thread: the simulator's module reads ``threadIdx``/``blockIdx`` off the thread."""
 
-    def __init__(self, run, block, thread, block_dim):
+    def __init__(self, run, block, thread):
         super().__init__(daemon=True)
         self._run = run
         self.blockIdx = kernelapi.Dim3(block, 0, 0)
@@ -98,7 +98,7 @@ def launch_cooperative(kernel, blocks, threads, *args, shared_bytes=0):
     fn = kernel.py_func
 
     with sim_kernel._push_kernel_context(module), kernelapi.swapped_cuda_module(fn, module):
-        workers = [_CudaThread(lambda: fn(*args), b, t, threads) for b in range(blocks) for t in range(threads)]
+        workers = [_CudaThread(lambda: fn(*args), b, t) for b in range(blocks) for t in range(threads)]
         for worker in workers:
             worker.start()
         deadline = time.monotonic() + 2 * TIMEOUT_S
