@@ -8,9 +8,12 @@ import), whether it can run here (``is_available``), and gives its array namespa
 
 from __future__ import annotations
 
-import importlib
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._rnn import RnnCall
 
 
 @dataclass(frozen=True)
@@ -62,40 +65,40 @@ class Backend:
     """
 
     name: str = ""
-    array_types: tuple = ()
+    array_types: tuple[str, ...] = ()
     priority: int = 0
     install_hint: str = ""
 
     def __init__(self) -> None:
-        self._xp = None
+        self._xp: Any = None
 
     # -- availability and namespace -----------------------------------------------------------
 
-    def is_available(self) -> Availability:
+    def is_available(self) -> Availability | bool | tuple[bool, str]:
         """True, or a falsy ``Availability`` whose ``reason`` a user can read."""
         return available()
 
     @property
-    def xp(self):
+    def xp(self) -> Any:
         """The backend's array namespace (NumPy, CuPy, ...), loaded on first use."""
         if self._xp is None:
             self._xp = self._load_xp()
         return self._xp
 
-    def _load_xp(self):
+    def _load_xp(self) -> Any:
         raise NotImplementedError(f"backend {self.name!r} does not define _load_xp()")
 
-    def namespace(self, leaves):
+    def namespace(self, leaves: list[Any]) -> Any:
         """The array namespace for one call whose input arrays are ``leaves`` (default: ``xp``).
 
         Override to bind per-call context, e.g. the device of the inputs."""
         return self.xp
 
-    def asarray(self, value):
+    def asarray(self, value: Any) -> Any:
         """A NumPy array as this backend's array (used by gpukb.testing and for cell weights)."""
         return self.xp.asarray(value)
 
-    def to_numpy(self, array):
+    def to_numpy(self, array: Any) -> Any:
         """This backend's array as a NumPy array (used by gpukb.testing)."""
         import numpy
 
@@ -103,7 +106,8 @@ class Backend:
 
     # -- the rnn loop -------------------------------------------------------------------------
 
-    def rnn(self, step_function, inputs, initial_states, **options):
+    def rnn(self, step_function: Callable[[Any, Any], Any], inputs: Any,
+            initial_states: list[Any] | tuple[Any, ...], **options: Any) -> tuple[Any, Any, Any]:
         """Run ``gpukb.rnn`` on this backend: the shared semantics, fused where possible."""
         import optree
 
@@ -113,36 +117,40 @@ class Backend:
         xp = self.namespace(optree.tree_leaves(inputs))
         if isinstance(step_function, Cell):
             step_function = step_function.converted(xp.asarray)
-        call = _rnn.prepare(step_function, inputs, initial_states, xp=xp, **options)
+            inputs, initial_states = step_function.cast_rnn_arguments(inputs, initial_states)
+        call = _rnn.prepare(step_function, inputs, initial_states, xp=xp, backend=self.name, **options)
         result = self.fused_rnn(call)
         if result is NotImplemented:
             result = _rnn.run_generic(call)
         return result
 
-    def fused_rnn(self, call):
+    def fused_rnn(self, call: RnnCall) -> Any:
         """Run a validated ``gpukb._rnn.RnnCall`` with a fused kernel, or return NotImplemented
         to let the generic loop run it. Must give exactly the generic loop's results."""
         return NotImplemented
 
     # -- session ------------------------------------------------------------------------------
 
-    def on_clear_session(self) -> None:
-        """Release what the backend caches (memory pools, compiled kernels)."""
+    def on_clear_session(self) -> bool | None:
+        """Release what the backend caches (memory pools, compiled kernels). Return False when
+        there was nothing to release: if every backend does, ``clear_session`` skips its
+        ``gc.collect()``. True or None (an override that does not say) keeps the collection."""
+        return False
 
     def __repr__(self) -> str:
         return f"<gpukb backend {self.name!r} accepting {', '.join(self.array_types) or 'nothing'}>"
 
 
-def resolve_array_type(spec: str):
+def resolve_array_type(spec: str) -> type | None:
     """The class named by ``"module:QualName"`` if its module is already imported, else None.
 
     An array of a library that was never imported cannot exist, so nothing is imported here.
     """
     module_name, _, qualname = spec.partition(":")
-    module = importlib.sys.modules.get(module_name)
+    module = sys.modules.get(module_name)
     if module is None:
         return None
-    obj = module
+    obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
         if obj is None:

@@ -18,3 +18,14 @@ def numpy_dtype(dtype: Any) -> numpy.dtype:
             return numpy.dtype(name)
         except TypeError:
             raise TypeError(f"dtype {dtype!r} has no NumPy equivalent") from None
+
+
+def dtype_kind(dtype: Any) -> str:
+    """The NumPy kind letter of any library's dtype ('f' floating, 'i'/'u' integer, 'b' bool, ...).
+
+    '' for a dtype NumPy has no equivalent of, except torch-style floating dtypes (bfloat16),
+    which report ``is_floating_point`` and count as 'f'."""
+    try:
+        return numpy_dtype(dtype).kind
+    except TypeError:
+        return "f" if getattr(dtype, "is_floating_point", False) is True else ""

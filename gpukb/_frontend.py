@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 from . import _dispatch
 
 
@@ -15,9 +17,11 @@ def _array_leaves(*trees):
     return leaves
 
 
-def rnn(step_function, inputs, initial_states, go_backwards=False, mask=None, constants=None,
-        unroll=False, input_length=None, time_major=False, zero_output_for_mask=False,
-        return_all_outputs=True, *, backend=None):
+def rnn(step_function: Callable[[Any, Any], Any], inputs: Any,
+        initial_states: list[Any] | tuple[Any, ...], go_backwards: bool = False, mask: Any = None,
+        constants: list[Any] | tuple[Any, ...] | None = None, unroll: bool = False,
+        input_length: Any = None, time_major: bool = False, zero_output_for_mask: bool = False,
+        return_all_outputs: bool = True, *, backend: str | None = None) -> tuple[Any, Any, Any]:
     """Iterate ``step_function`` over the time axis of ``inputs`` (Keras ``backend.rnn``).
 
     ``step_function(step_input, states) -> (output, new_states)``, where ``states`` is a tuple of

@@ -3,6 +3,8 @@
 A fused kernel computes exactly what running the cell through the generic loop computes, but only
 for the plain case: one rank-3 input array, the cell's own states as a flat list/tuple of
 ``(B, H)`` arrays, everything in the cell's dtype (float32 or float64) and array library.
+(``Backend.rnn`` has cast floating inputs and states to the cell's dtype before, once, for both
+paths: see ``Cell.cast_rnn_arguments``.)
 Anything else goes to the generic loop, which runs the cell itself and so raises the cell's own
 errors: the fused path never changes a result or swallows an error.
 """

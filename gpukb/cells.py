@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._dtypes import numpy_dtype
+from ._dtypes import dtype_kind, numpy_dtype
 
 from . import activations as _activations
 
@@ -94,7 +94,7 @@ class Cell:
     gates = 1  # kernel columns per unit
     n_states = 1
 
-    def __init__(self, kernel, recurrent_kernel, bias=None):
+    def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None) -> None:
         kind = type(self).__name__
         _check_rank2(kind, "kernel", kernel, f"(input_dim, {self.gates} * units)")
         _check_rank2(kind, "recurrent_kernel", recurrent_kernel, f"(units, {self.gates} * units)")
@@ -141,7 +141,8 @@ class Cell:
     def _act(self, name: str) -> Callable:
         return _activations.get(name, self._xp)
 
-    def __call__(self, step_input, states):
+    def __call__(self, step_input: Any,
+                 states: list[Any] | tuple[Any, ...]) -> tuple[Any, list[Any]]:
         """One time step: ``(output, new_states)``.
 
         ``states`` is a tuple ``(h, c)`` / ``(h,)``, possibly followed by constants (ignored).
@@ -176,10 +177,47 @@ class Cell:
                     f"{kind}: {name} is a {_library(a)} array but the weights are "
                     f"{self._xp.__name__} arrays; convert one side (see Cell.converted)."
                 )
-            # Mixed dtypes would silently compute in the wider one; the cell computes in its own.
-            if numpy_dtype(a.dtype) != self.dtype:
-                raise ValueError(f"{kind}: {name} has dtype {a.dtype}, expected {self.dtype}.")
+        step_input = self._in_cell_dtype("step_input", step_input)
+        current = tuple(self._in_cell_dtype(f"states[{i}]", s) for i, s in enumerate(current))
         return self._step(step_input, current)
+
+    def _in_cell_dtype(self, name: str, a: Any) -> Any:
+        """``a`` (of the weights' library) in the cell's dtype.
+
+        Mixed dtypes would silently compute in the wider one, so the cell computes in its own: a
+        floating array of another dtype is cast, as a Keras layer casts floating inputs to its
+        compute dtype; an integer or bool array is an error (Keras does not cast those either).
+        """
+        if dtype_kind(a.dtype) != "f":
+            raise ValueError(
+                f"{type(self).__name__}: {name} has dtype {a.dtype}, expected {self.dtype} "
+                "(floating arrays are cast to it; integer and bool ones are not)."
+            )
+        if a.dtype == self.kernel.dtype:  # one library, so its own dtype objects compare
+            return a
+        return self._xp.asarray(a, dtype=self.kernel.dtype)
+
+    def cast_rnn_arguments(self, inputs: Any, initial_states: Any) -> tuple[Any, Any]:
+        """``(inputs, initial_states)`` of an ``rnn`` call with this cell, floating arrays cast
+        once, up front, to the cell's dtype; integer or bool ones are a ValueError.
+
+        Keras's RNN layer does the same: the layer casts its floating inputs to its compute dtype,
+        and (Keras 3) ``RNN.call`` casts the initial states to the cell's compute dtype. Anything
+        the cell cannot take (nested inputs, arrays of another library) is left as it is, for
+        rnn's own checks to report.
+        """
+        inputs = self._cast_argument("inputs", inputs)
+        if isinstance(initial_states, (list, tuple)):
+            cast = [self._cast_argument(f"initial_states[{i}]", s) for i, s in enumerate(initial_states)]
+            if any(new is not old for new, old in zip(cast, initial_states)):
+                container = type(initial_states)
+                initial_states = container(*cast) if hasattr(container, "_fields") else container(cast)
+        return inputs, initial_states
+
+    def _cast_argument(self, name: str, value: Any) -> Any:
+        if not _is_array(value) or _library(value) != self._xp.__name__:
+            return value
+        return self._in_cell_dtype(name, value)
 
     def _state_names(self) -> str:
         return "[h, c]" if self.n_states == 2 else "[h]"
@@ -209,8 +247,9 @@ class LSTMCell(Cell):
     gates = 4
     n_states = 2
 
-    def __init__(self, kernel, recurrent_kernel, bias=None, activation="tanh",
-                 recurrent_activation="sigmoid"):
+    def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None,
+                 activation: str | None = "tanh",
+                 recurrent_activation: str | None = "sigmoid") -> None:
         self.activation = _activations.standardize(activation)
         self.recurrent_activation = _activations.standardize(recurrent_activation)
         super().__init__(kernel, recurrent_kernel, bias)
@@ -239,8 +278,9 @@ class GRUCell(Cell):
     gates = 3
     n_states = 1
 
-    def __init__(self, kernel, recurrent_kernel, bias=None, reset_after=True, activation="tanh",
-                 recurrent_activation="sigmoid"):
+    def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None,
+                 reset_after: bool = True, activation: str | None = "tanh",
+                 recurrent_activation: str | None = "sigmoid") -> None:
         if not isinstance(reset_after, (bool, np.bool_)):
             raise TypeError(
                 f"GRUCell: reset_after must be a bool, not {type(reset_after).__name__}."
@@ -297,7 +337,8 @@ class SimpleRNNCell(Cell):
     gates = 1
     n_states = 1
 
-    def __init__(self, kernel, recurrent_kernel, bias=None, activation="tanh"):
+    def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None,
+                 activation: str | None = "tanh") -> None:
         self.activation = _activations.standardize(activation)
         super().__init__(kernel, recurrent_kernel, bias)
         self._f_act = self._act(self.activation)
@@ -318,17 +359,19 @@ class SimpleRNNCell(Cell):
 # Factories (the public names)
 # --------------------------------------------------------------------------------------------
 
-def lstm(kernel, recurrent_kernel, bias=None, activation="tanh", recurrent_activation="sigmoid"):
+def lstm(kernel: Any, recurrent_kernel: Any, bias: Any = None, activation: str | None = "tanh",
+         recurrent_activation: str | None = "sigmoid") -> LSTMCell:
     """An LSTM cell from tf.keras LSTM weights: kernel (D, 4H), recurrent (H, 4H), bias (4H,)."""
     return LSTMCell(kernel, recurrent_kernel, bias, activation, recurrent_activation)
 
 
-def gru(kernel, recurrent_kernel, bias=None, reset_after=True, activation="tanh",
-        recurrent_activation="sigmoid"):
+def gru(kernel: Any, recurrent_kernel: Any, bias: Any = None, reset_after: bool = True,
+        activation: str | None = "tanh", recurrent_activation: str | None = "sigmoid") -> GRUCell:
     """A GRU cell from tf.keras GRU weights; bias (2, 3H) if ``reset_after`` else (3H,)."""
     return GRUCell(kernel, recurrent_kernel, bias, reset_after, activation, recurrent_activation)
 
 
-def simple_rnn(kernel, recurrent_kernel, bias=None, activation="tanh"):
+def simple_rnn(kernel: Any, recurrent_kernel: Any, bias: Any = None,
+               activation: str | None = "tanh") -> SimpleRNNCell:
     """A SimpleRNN cell from tf.keras weights: kernel (D, H), recurrent (H, H), bias (H,)."""
     return SimpleRNNCell(kernel, recurrent_kernel, bias, activation)

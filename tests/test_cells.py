@@ -337,13 +337,14 @@ def test_call_errors():
         cell(w(2, 1, D), (h,))
     with pytest.raises(ValueError, match=r"states\[0\] must have shape \(2, 3\), got shape \(1, "):
         cell(x, (w(1, H),))
-    with pytest.raises(ValueError, match="step_input has dtype float64, expected float32"):
-        cell(w(2, D, dtype=np.float64), (h,))
+    with pytest.raises(ValueError, match=r"step_input has dtype int64, expected float32 \(floating arrays are "
+                                         r"cast to it; integer and bool ones are not\)"):
+        cell(np.ones((2, D), np.int64), (h,))
     lstm = cells.lstm(w(D, 4 * H), w(H, 4 * H))
     with pytest.raises(ValueError, match=r"expected 2 state\(s\) \[h, c\], got 1"):
         lstm(x, (h,))
-    with pytest.raises(ValueError, match=r"states\[1\] has dtype float64"):
-        lstm(x, (h, w(2, H, dtype=np.float64)))
+    with pytest.raises(ValueError, match=r"states\[1\] has dtype bool"):
+        lstm(x, (h, np.ones((2, H), bool)))
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float64"])
@@ -351,6 +352,84 @@ def test_computes_in_the_weights_dtype(dtype):
     cell = cells.lstm(w(D, 4 * H, dtype=dtype), w(H, 4 * H, dtype=dtype), w(4 * H, dtype=dtype))
     out, (h, c) = cell(w(2, D, dtype=dtype), (w(2, H, dtype=dtype), w(2, H, dtype=dtype)))
     assert out.dtype == h.dtype == c.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("weights, given", [("float64", "float32"), ("float32", "float64"),
+                                            ("float32", "float16")])
+def test_call_casts_floating_arguments_to_the_weights_dtype(weights, given):
+    cell = cells.lstm(w(D, 4 * H, dtype=weights), w(H, 4 * H, dtype=weights), w(4 * H, dtype=weights))
+    x, h, c = w(2, D, dtype=given), w(2, H, dtype=given) - 1, w(2, H, dtype=given)
+    out, (h1, c1) = cell(x, (h, c))
+    want, (h_want, c_want) = cell(x.astype(weights), (h.astype(weights), c.astype(weights)))
+    assert out.dtype == h1.dtype == c1.dtype == np.dtype(weights)
+    for got, expected in [(out, want), (h1, h_want), (c1, c_want)]:
+        np.testing.assert_array_equal(got, expected)
+
+
+# --------------------------------------------------------------------------------------------
+# In gpukb.rnn: floating arguments cast once, up front
+# --------------------------------------------------------------------------------------------
+
+def _random_cell(kind, dtype, rng):
+    gates = {"lstm": 4, "gru": 3, "simple_rnn": 1}[kind]
+    W = 0.5 * rng.standard_normal((D, gates * H)) / np.sqrt(D)
+    U = 0.5 * rng.standard_normal((H, gates * H)) / np.sqrt(H)
+    b = 0.1 * rng.standard_normal((2, 3 * H) if kind == "gru" else gates * H)
+    return getattr(cells, kind)(*(a.astype(dtype) for a in (W, U, b)))
+
+
+@pytest.fixture
+def cpu_paths(monkeypatch):
+    """Records the path (fused or generic) of each cpu-backend call in ``taken``; setting
+    ``generic_only`` turns the fused kernels off."""
+    from gpukb.backends import cpu as cpu_backend
+
+    paths = types.SimpleNamespace(taken=[], generic_only=False)
+    original = cpu_backend.CPUBackend.fused_rnn
+
+    def spy(self, call):
+        result = NotImplemented if paths.generic_only else original(self, call)
+        paths.taken.append("generic" if result is NotImplemented else "fused")
+        return result
+
+    monkeypatch.setattr(cpu_backend.CPUBackend, "fused_rnn", spy)
+    return paths
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
+def test_rnn_casts_float32_arguments_for_a_float64_cell_once(kind, cpu_paths):
+    import gpukb
+    from gpukb.testing.reference import rnn_reference
+
+    rng = np.random.default_rng(3)
+    cell = _random_cell(kind, np.float64, rng)
+    x = rng.standard_normal((2, 5, D)).astype(np.float32)
+    states = [rng.standard_normal((2, H)).astype(np.float32) for _ in cell.state_size]
+    mask = rng.random((2, 5)) < 0.7
+    fused = gpukb.rnn(cell, x, states, mask=mask)
+    cpu_paths.generic_only = True
+    generic = gpukb.rnn(cell, x, states, mask=mask)
+    assert cpu_paths.taken == ["fused", "generic"]
+    expected = rnn_reference(cell, x, states, mask=mask)
+    for result in (fused, generic):
+        got = [result[0], result[1], *result[2]]
+        assert all(a.dtype == np.float64 for a in got)  # the cell's dtype, as in a Keras layer
+        for a, want in zip(got, [expected[0], expected[1], *expected[2]]):
+            np.testing.assert_allclose(a, want, rtol=1e-12, atol=1e-13)
+    assert all(s.dtype == np.float32 for s in states)  # the caller's arrays are untouched
+
+
+def test_rnn_rejects_integer_arguments_of_a_cell_before_any_step(cpu_paths):
+    import gpukb
+
+    cell = _random_cell("lstm", np.float32, np.random.default_rng(4))
+    h = np.zeros((2, H), np.float32)
+    with pytest.raises(ValueError, match=r"LSTMCell: inputs has dtype int64, expected float32 \(floating "
+                                         r"arrays are cast to it; integer and bool ones are not\)"):
+        gpukb.rnn(cell, np.ones((2, 5, D), np.int64), [h, h])
+    with pytest.raises(ValueError, match=r"LSTMCell: initial_states\[1\] has dtype int32, expected float32"):
+        gpukb.rnn(cell, np.ones((2, 5, D), np.float32), (h, h.astype(np.int32)))
+    assert cpu_paths.taken == []  # no path was even offered the call
 
 
 # --------------------------------------------------------------------------------------------

@@ -132,6 +132,13 @@ def test_mask_any_nonzero_keeps_and_bxtx1_shape():
     np.testing.assert_array_equal(outputs.ravel(), [1, 1, 4])
 
 
+@pytest.mark.parametrize("mask", [[[1, 0, 1]], [[True, False, True]], [[0.5, 0.0, -2.0]],
+                                  np.array([[3, 0, 1]], np.uint8)])
+def test_mask_of_numbers_in_lists_or_any_number_dtype(mask):
+    _, outputs, _ = rnn(accumulate, col(1, 2, 3), [np.zeros((1, 1))], mask=mask)
+    np.testing.assert_array_equal(outputs.ravel(), [1, 1, 4])
+
+
 def test_go_backwards_outputs_in_processing_order():
     last, outputs, states = rnn(accumulate, col(1, 2, 3), [np.zeros((1, 1))], go_backwards=True)
     np.testing.assert_array_equal(outputs.ravel(), [3, 5, 6])  # not flipped back
@@ -167,9 +174,9 @@ def test_input_length_backwards_uses_T_not_max_length():
     np.testing.assert_array_equal(states[0].ravel(), [3, 6])
 
 
-def test_input_length_zero_and_longer_than_T():
+def test_input_length_zero_and_T():
     x = np.tile(col(1, 2), (2, 1, 1))
-    _, outputs, states = rnn(accumulate, x, [np.ones((2, 1))], input_length=np.array([0, 5]))
+    _, outputs, states = rnn(accumulate, x, [np.ones((2, 1))], input_length=np.array([0, 2]))
     np.testing.assert_array_equal(outputs[..., 0], [[0, 0], [2, 4]])
     np.testing.assert_array_equal(states[0].ravel(), [1, 4])
 

@@ -1,8 +1,12 @@
 """Every error of the rnn spec: type, message (argument and shapes named), raised before any step."""
 
+import re
+import sys
+
 import numpy as np
 import pytest
 
+import gpukb
 from gpukb._rnn import prepare, run_generic
 
 
@@ -86,6 +90,26 @@ UP_FRONT = {
     "input_length_float_scalar": (TypeError, r"input_length must be an int or a 1-D integer array",
                                   dict(input_length=3.0)),
     "input_length_bool": (TypeError, r"input_length must be an int.*True", dict(input_length=True)),
+    "input_length_bool_array": (TypeError, r"input_length must hold integers, got dtype bool",
+                                dict(input_length=np.array([True, False]))),
+    "input_length_whole_float_0d": (TypeError, r"input_length must hold integers, got dtype float64",
+                                    dict(input_length=np.float64(3.0))),
+    "input_length_float_no_samples": (TypeError, r"input_length must hold integers, got dtype float64",
+                                      dict(inputs=x_(b=0), initial_states=[h_(b=0)],
+                                           input_length=np.zeros(0))),
+    "input_length_above_T": (ValueError, r"input_length values must be <= the time length T=3 of the "
+                                         r"inputs, got a length of 5",
+                             dict(input_length=np.array([5, 4]))),
+    "input_length_list_above_T": (ValueError, r"input_length values must be <= .*T=3.*length of 4",
+                                  dict(input_length=[1, 4])),
+    "mask_strings": (TypeError, r"mask must be a boolean, integer or floating array \(or nested lists of "
+                                r"numbers\), got dtype <U1",
+                     dict(mask=np.array([["0", "1", "1"], ["1", "0", "0"]]))),
+    "mask_string_lists": (TypeError, r"mask must be a boolean, integer or floating.*got dtype <U1",
+                          dict(mask=[["0", "1", "1"], ["1", "0", "0"]])),
+    "mask_object_with_none": (TypeError, r"mask must be a boolean, integer or floating.*got dtype object",
+                              dict(mask=np.array([[1, None, 1], [1, 1, 1]], dtype=object))),
+    "mask_complex": (TypeError, r"mask must be.*got dtype complex128", dict(mask=np.ones((2, 3), complex))),
     "bad_input_length_even_with_mask": (ValueError, r"int input_length=7",
                                         dict(input_length=7, mask=np.ones((2, 3)))),
     "masked_state_without_batch": (ValueError, r"initial_states\[1\] has shape \(5,\)",
@@ -109,9 +133,15 @@ def test_up_front_errors_raise_before_any_step(case):
     kwargs = dict(inputs=x_(), initial_states=[h_()])
     kwargs.update(overrides)
     step_arg = kwargs.pop("step", step)
-    with pytest.raises(error, match=pattern):
+    with pytest.raises(error, match=pattern) as raised:
         rnn(step_arg, **kwargs)
     assert step.calls == 0
+    assert_no_doubled_words(str(raised.value))
+
+
+def assert_no_doubled_words(message):
+    doubled = re.search(r"\b([A-Za-z_]\w*) \1\b", message)
+    assert doubled is None, f"doubled word {doubled.group(0)!r} in: {message}"
 
 
 def test_python_scalars_in_constants_are_not_another_library():
@@ -179,9 +209,11 @@ def test_step_must_return_a_pair():
 
 
 def test_step_output_needs_batch_axis():
-    with pytest.raises(ValueError, match=r"step output output\[1\] must have the batch size B=2 .*got shape \(\)"):
+    with pytest.raises(ValueError, match=r"^rnn: step_function's output\[1\] must have the batch size B=2 .*got "
+                                         r"shape \(\)"):
         rnn(lambda x, s: ((x, np.float64(1.0).reshape(())), list(s)), x_(), [h_()])
-    with pytest.raises(ValueError, match=r"step output output must have the batch size B=2.*got shape \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"^rnn: step_function's output must have the batch size B=2.*got "
+                                         r"shape \(3, 1\)"):
         rnn(lambda x, s: (np.zeros((3, 1)), list(s)), x_(), [h_()])
 
 
@@ -192,7 +224,7 @@ def test_step_output_changes_between_steps():
         calls.append(1)
         return (x if len(calls) == 1 else np.zeros((2, 5))), list(states)
 
-    with pytest.raises(ValueError, match=r"step output output changed from shape/dtype \(\(2, 1\), "):
+    with pytest.raises(ValueError, match=r"^rnn: step_function's output changed from shape/dtype \(\(2, 1\), "):
         rnn(step, x_(), [h_()])
 
     def restructure(x, states):
@@ -201,3 +233,185 @@ def test_step_output_changes_between_steps():
 
     with pytest.raises(ValueError, match=r"returned an output with structure"):
         rnn(restructure, x_(), [h_()])
+
+
+def test_step_result_errors_have_no_doubled_words():
+    bad_results = [
+        lambda x, s: ((x, np.float64(1.0).reshape(())), list(s)),  # output[1] without a batch axis
+        lambda x, s: (np.zeros((3, 1)), list(s)),  # output without the batch size
+        lambda x, s: (x, [1.0]),
+        lambda x, s: (x, [s[0].astype(np.float32)]),
+        lambda x, s: (x, [np.zeros((2, 4))]),
+    ]
+    for step in bad_results:
+        with pytest.raises(ValueError) as raised:
+            rnn(step, x_(), [h_()])
+        assert_no_doubled_words(str(raised.value))
+
+
+# Per-sample lengths on a GPU: one read-back checks both bounds.
+
+class FakeGpuArray:
+    """Stands in for a GPU array (not a NumPy array): reductions and comparisons stay "on the
+    device"; each read of its values on the host, which waits for the GPU, is counted."""
+
+    reads = 0
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+
+    def min(self):
+        return FakeGpuArray(self.data.min())
+
+    def max(self):
+        return FakeGpuArray(self.data.max())
+
+    def reshape(self, shape):
+        return FakeGpuArray(self.data.reshape(shape))
+
+    def __lt__(self, other):
+        return FakeGpuArray(self.data < other.data)
+
+    def __setitem__(self, key, value):
+        self.data[key] = value.data if isinstance(value, FakeGpuArray) else value
+
+    def _read(self):
+        FakeGpuArray.reads += 1
+        return self.data
+
+    def tolist(self):
+        return self._read().tolist()
+
+    def __int__(self):
+        return int(self._read())
+
+    __index__ = __int__
+
+    def __bool__(self):
+        return bool(self._read())
+
+
+class FakeGpu:
+    """The namespace of FakeGpuArray."""
+
+    def asarray(self, value, dtype=None):
+        return value if isinstance(value, FakeGpuArray) else FakeGpuArray(np.asarray(value, dtype=dtype))
+
+    def empty(self, shape, dtype=None):
+        return FakeGpuArray(np.empty(shape, dtype=dtype))
+
+    def zeros(self, shape, dtype=None):
+        return FakeGpuArray(np.zeros(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("lengths, error", [
+    ([2, 3], None),
+    ([2, 5], r"input_length values must be <= the time length T=3 of the inputs, got a length of 5"),
+    ([-1, 2], r"input_length values must be >= 0, got a length of -1"),
+])
+def test_device_lengths_are_checked_with_one_read_back(lengths, error):
+    step = Counter()
+    x, h = FakeGpuArray(x_()), FakeGpuArray(h_())
+    FakeGpuArray.reads = 0
+    if error is None:
+        call = prepare(step, x, [h], input_length=FakeGpuArray(lengths), xp=FakeGpu())
+        np.testing.assert_array_equal(call.step_mask.data, np.arange(3)[:, None] < np.array(lengths))
+    else:
+        with pytest.raises(ValueError, match=error):
+            prepare(step, x, [h], input_length=FakeGpuArray(lengths), xp=FakeGpu())
+    assert FakeGpuArray.reads == 1
+    assert step.calls == 0
+
+
+# An exception raised by the step function itself: the same object, with a note saying where.
+
+class StepFailure(Exception):
+    pass
+
+
+def fails_at_call(number, error):
+    def step(x, states):
+        step.calls += 1
+        if step.calls == number:
+            raise error
+        return x, list(states)
+
+    step.calls = 0
+    return step
+
+
+needs_notes = pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes (PEP 678): Python >= 3.11")
+
+
+@needs_notes
+@pytest.mark.parametrize("go_backwards, i, t", [(False, 1, 1), (True, 1, 2)])
+def test_step_exception_gets_a_note_naming_step_and_backend(go_backwards, i, t):
+    error = StepFailure("boom")
+    with pytest.raises(StepFailure) as raised:
+        gpukb.rnn(fails_at_call(2, error), x_(t=4), [h_()], go_backwards=go_backwards)
+    assert raised.value is error
+    assert raised.traceback[-1].name == "step"  # raised where the step raised it
+    backwards = ", go_backwards" if go_backwards else ""
+    assert error.__notes__ == [
+        f"gpukb.rnn: raised by step_function at processing step i={i} of T=4 (input time index t={t}"
+        f"{backwards}) on backend 'cpu'."
+    ]
+
+
+@needs_notes
+def test_step_exception_passing_two_loops_gets_one_note():
+    error = StepFailure("inner")
+
+    def outer(x, states):
+        gpukb.rnn(fails_at_call(3, error), x_(t=5), [h_()])
+        return x, list(states)
+
+    with pytest.raises(StepFailure) as raised:
+        gpukb.rnn(outer, x_(t=2), [h_()])
+    assert raised.value is error
+    assert len(error.__notes__) == 1 and "i=2 of T=5" in error.__notes__[0]
+
+
+def test_no_note_on_gpukbs_own_errors_or_on_keyboard_interrupt():
+    with pytest.raises(ValueError, match="changed the shape") as raised:
+        gpukb.rnn(lambda x, s: (x, [np.zeros((2, 4))]), x_(), [h_()])
+    assert not hasattr(raised.value, "__notes__")
+    interrupt = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt) as raised:
+        gpukb.rnn(fails_at_call(1, interrupt), x_(), [h_()])
+    assert raised.value is interrupt and not hasattr(interrupt, "__notes__")
+
+
+class PreNotesError(Exception):
+    """An exception as Python 3.10 has them: no ``add_note``."""
+
+    def __getattribute__(self, name):
+        if name == "add_note":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_exception_without_add_note_passes_unchanged():
+    error = PreNotesError("old")
+    with pytest.raises(PreNotesError) as raised:
+        rnn(fails_at_call(1, error), x_(), [h_()])
+    assert raised.value is error and not hasattr(error, "__notes__")
+
+
+# A state changing dtype because of integer inputs or constants: the message names them.
+
+def test_integer_input_named_when_a_state_changes_dtype():
+    h32 = np.zeros((2, 1), np.float32)
+    with pytest.raises(ValueError, match=r"dtype of state initial_states\[0\]: initial dtype float32, returned "
+                                         r"float64\. The likely cause: inputs has dtype int64; cast integer and "
+                                         r"bool inputs and constants to float32 before calling rnn\."):
+        rnn(lambda x, s: (x, [s[0] + x]), np.ones((2, 3, 1), np.int64), [h32])
+    with pytest.raises(ValueError, match=r"The likely cause: constants\[0\]\['scale'\] has dtype int32; "):
+        rnn(lambda x, s: (x, [s[0] * s[1]["scale"]]), np.ones((2, 3, 1), np.float32), [h32],
+            constants=[{"scale": np.ones((2, 1), np.int32)}])
+    with pytest.raises(ValueError, match=r"returned float64\.$"):  # floating inputs: no such hint
+        rnn(lambda x, s: (x, [s[0] + x]), np.ones((2, 3, 1)), [h32])

@@ -17,7 +17,11 @@ from typing import Any
 
 import optree
 
+from .._dtypes import dtype_kind
 from .validation import RnnCall, format_path
+
+# Starts the note added to an exception raised by step_function (how a second loop recognises it).
+_NOTE_START = "gpukb.rnn: raised by step_function at processing step"
 
 
 def _paths(tree) -> list:
@@ -59,9 +63,26 @@ def check_new_states(call: RnnCall, new_states: Any, accepted: set) -> list:
         if new.dtype != old.dtype:
             raise ValueError(
                 f"rnn: step_function changed the dtype of state {name}: initial dtype {old.dtype}, "
-                f"returned {new.dtype}."
+                f"returned {new.dtype}." + _integer_arguments_hint(call, old.dtype)
             )
     return leaves
+
+
+def _integer_arguments_hint(call: RnnCall, state_dtype: Any) -> str:
+    """The likely cause of a floating state changing dtype: an integer or bool input or constant
+    (NumPy computes float32 with int32 or int64 in float64)."""
+    if dtype_kind(state_dtype) != "f":
+        return ""
+    constants: Any = call.constants  # optree's PyTree hint rejects a tuple[Any, ...]
+    const_paths, const_leaves, _ = optree.tree_flatten_with_path(constants)
+    named = list(zip(call.input_paths, call.input_leaves))
+    named += [(format_path("constants", p), leaf) for p, leaf in zip(const_paths, const_leaves)]
+    culprits = [f"{name} has dtype {leaf.dtype}" for name, leaf in named
+                if hasattr(leaf, "dtype") and dtype_kind(leaf.dtype) in "biu"]
+    if not culprits:
+        return ""
+    return (f" The likely cause: {', '.join(culprits)}; cast integer and bool inputs and constants "
+            f"to {state_dtype} before calling rnn.")
 
 
 def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
@@ -80,8 +101,8 @@ def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
                 raise ValueError(f"rnn: step_function returned a non-array {type(leaf).__name__} as {name}.")
             if leaf.ndim < 1 or leaf.shape[0] != call.batch_size:
                 raise ValueError(
-                    f"rnn: step output {name} must have the batch size B={call.batch_size} as its "
-                    f"first axis, got shape {tuple(leaf.shape)}."
+                    f"rnn: step_function's {name} must have the batch size B={call.batch_size} as "
+                    f"its first axis, got shape {tuple(leaf.shape)}."
                 )
         return leaves, treespec, paths
     first_leaves, first_treespec, first_paths = first
@@ -94,8 +115,8 @@ def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
         if not hasattr(leaf, "shape") or tuple(leaf.shape) != tuple(ref.shape) or leaf.dtype != ref.dtype:
             seen = (tuple(leaf.shape), leaf.dtype) if hasattr(leaf, "shape") else type(leaf).__name__
             raise ValueError(
-                f"rnn: step output {name} changed from shape/dtype {(tuple(ref.shape), ref.dtype)} "
-                f"at the first step to {seen}."
+                f"rnn: step_function's {name} changed from shape/dtype "
+                f"{(tuple(ref.shape), ref.dtype)} at the first step to {seen}."
             )
     return leaves, treespec, paths
 
@@ -161,11 +182,13 @@ def run_generic(call: RnnCall, masker=WhereMasker):
     steps = call.time_steps
     states = list(call.state_leaves)
     accepted: set = set()
-    first = buffers = masking = None
+    first: tuple | None = None
+    buffers: list = []  # made at the first step, from its outputs
+    masking = None
 
     for i in range(steps):
         t = call.original_time(i)
-        output, new_states = _call_step(call, t, states)
+        output, new_states = _call_step(call, i, t, states)
         out_leaves, _, _ = current = check_step_output(call, output, first)
         new_leaves = check_new_states(call, new_states, accepted)
 
@@ -184,6 +207,7 @@ def run_generic(call: RnnCall, masker=WhereMasker):
         else:
             states = masking.step(t, slot, write, out_leaves, new_leaves, states)
 
+    assert first is not None  # prepare() rejects T == 0
     treespec = first[1]
     outputs = optree.tree_unflatten(treespec, buffers)
     last = [buf[-1] if call.time_major else buf[:, -1] for buf in buffers]
@@ -191,11 +215,30 @@ def run_generic(call: RnnCall, masker=WhereMasker):
     return last_output, outputs, call.pack_states(states)
 
 
-def _call_step(call: RnnCall, t: int, states: list):
-    result = call.step_function(call.step_input(t), call.step_states(states))
+def _call_step(call: RnnCall, i: int, t: int, states: list):
+    try:
+        result = call.step_function(call.step_input(t), call.step_states(states))
+    except Exception as error:  # not BaseException: KeyboardInterrupt and SystemExit pass as they are
+        note_step_error(error, call, i, t)
+        raise  # the same object, traceback intact
     if not isinstance(result, (list, tuple)) or len(result) != 2:
         raise TypeError(
             "rnn: step_function must return a pair (output, new_states), got "
             f"{type(result).__name__}" + (f" of length {len(result)}." if isinstance(result, (list, tuple)) else ".")
         )
     return result
+
+
+def note_step_error(error: BaseException, call: RnnCall, i: int, t: int) -> None:
+    """Add a note (PEP 678) to ``error``, raised by step_function at processing step ``i`` (input
+    time ``t``): where in the loop and on which backend. Once per exception, however many loops
+    it passes (a step that runs rnn itself); nothing on Python 3.10, which has no notes."""
+    if not hasattr(error, "add_note"):
+        return
+    if any(str(note).startswith(_NOTE_START) for note in getattr(error, "__notes__", ())):
+        return
+    where = f" on backend {call.backend!r}" if call.backend else ""
+    error.add_note(
+        f"{_NOTE_START} i={i} of T={call.time_steps} (input time index t={t}"
+        f"{', go_backwards' if call.go_backwards else ''}){where}."
+    )

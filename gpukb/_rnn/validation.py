@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy
 import optree
 
-from .._dtypes import numpy_dtype
+from .._dtypes import dtype_kind
 
 
 def format_path(root: str, path: tuple) -> str:
@@ -28,13 +28,6 @@ def _library(x: Any) -> str:
 
 def _is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and hasattr(x, "ndim")
-
-
-def _is_integer_dtype(dtype: Any) -> bool:
-    try:
-        return numpy_dtype(dtype).kind in "iu"
-    except TypeError:
-        return False
 
 
 def _flag(name: str, value: Any) -> bool:
@@ -69,6 +62,7 @@ class RnnCall:
     return_all_outputs: bool
     unroll: bool
     xp: Any
+    backend: str = ""  # the running backend's name, for the note on a step function's exception
 
     def original_time(self, i: int) -> int:
         """The input time index read at processing step ``i``."""
@@ -153,7 +147,14 @@ def _check_libraries(named_leaves):
 
 
 def _mask_to_steps(mask, xp, batch, steps, time_major):
-    """``mask`` (any dtype) -> bool ``(T, B)``."""
+    """``mask`` (boolean, integer or floating) -> bool ``(T, B)``."""
+    # A list is read on the host first: its dtype decides, before the array library sees it.
+    dtype = mask.dtype if _is_array(mask) else numpy.asarray(mask).dtype
+    if dtype_kind(dtype) not in "biuf":  # strings and objects (None) have no "nonzero = keep"
+        raise TypeError(
+            "rnn: mask must be a boolean, integer or floating array (or nested lists of numbers), "
+            f"got dtype {dtype}."
+        )
     m = xp.asarray(mask)
     shape = tuple(m.shape)
     expected = (steps, batch) if time_major else (batch, steps)
@@ -193,6 +194,12 @@ def _input_length_to_steps(input_length, xp, batch, steps):
         if length != steps:
             raise ValueError(f"rnn: int input_length={length} must equal the time length T={steps} of the inputs.")
         return None
+    # Host data is checked on the host; only lengths that live on a GPU are read back (once).
+    on_host = isinstance(input_length, (numpy.ndarray, numpy.generic, list, tuple))
+    host = numpy.asarray(input_length) if on_host else None
+    dtype = host.dtype if on_host else input_length.dtype
+    if dtype_kind(dtype) not in "iu":  # whole floats too, as 3.0 is no int input_length
+        raise TypeError(f"rnn: input_length must hold integers, got dtype {dtype}.")
     lengths = xp.asarray(input_length)
     shape = tuple(lengths.shape)
     if len(shape) == 0:  # a 0-d array is an int
@@ -204,17 +211,26 @@ def _input_length_to_steps(input_length, xp, batch, steps):
         )
     if batch == 0:
         return xp.zeros((steps, 0), dtype=bool)
-    if not _is_integer_dtype(lengths.dtype):
-        raise TypeError(f"rnn: input_length must hold integers, got dtype {lengths.dtype}.")
-    # Check host data on the host: reading a GPU array's minimum waits for the GPU's queued work
-    # (a host sync before the loop); only lengths that live on a GPU pay that.
-    on_host = isinstance(input_length, (numpy.ndarray, list, tuple))
-    smallest = int(numpy.min(numpy.asarray(input_length))) if on_host else int(lengths.min())
+    smallest, largest = (int(host.min()), int(host.max())) if on_host else _device_bounds(lengths, xp)
     if smallest < 0:
         raise ValueError(f"rnn: input_length values must be >= 0, got a length of {smallest}.")
+    if largest > steps:
+        raise ValueError(
+            f"rnn: input_length values must be <= the time length T={steps} of the inputs, got a "
+            f"length of {largest}."
+        )
     # valid iff t < input_length[b], t in original time order (forwards and backwards alike).
     times = xp.asarray(list(range(steps))).reshape((steps, 1))
     return times < lengths.reshape((1, batch))
+
+
+def _device_bounds(lengths: Any, xp: Any) -> tuple[int, int]:
+    """``(min, max)`` of a device array in one read-back: each read waits for the GPU's queue."""
+    bounds = xp.empty((2,), dtype=lengths.dtype)
+    bounds[0] = lengths.min()
+    bounds[1] = lengths.max()
+    smallest, largest = bounds.tolist()
+    return int(smallest), int(largest)
 
 
 def prepare(
@@ -230,8 +246,12 @@ def prepare(
     zero_output_for_mask=False,
     return_all_outputs=True,
     xp=numpy,
+    backend="",
 ) -> RnnCall:
-    """Check every argument of ``rnn`` and return the normalised ``RnnCall``; no step runs."""
+    """Check every argument of ``rnn`` and return the normalised ``RnnCall``; no step runs.
+
+    ``backend`` is the name of the backend running the call (it appears in the note added to an
+    exception raised by ``step_function``)."""
     if not callable(step_function):
         raise TypeError(f"rnn: step_function must be callable, got {type(step_function).__name__}.")
     go_backwards = _flag("go_backwards", go_backwards)
@@ -292,4 +312,5 @@ def prepare(
         return_all_outputs=return_all_outputs,
         unroll=unroll,
         xp=xp,
+        backend=backend,
     )

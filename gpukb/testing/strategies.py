@@ -203,7 +203,7 @@ def rnn_problems(draw, dtypes=(np.float64, np.float32), max_batch=4, max_steps=6
     if kind == "input_length_int":
         options["input_length"] = steps
     elif kind == "input_length":
-        lengths = draw(st.lists(st.integers(0, steps + 1), min_size=batch, max_size=batch))
+        lengths = draw(st.lists(st.integers(0, steps), min_size=batch, max_size=batch))
         options["input_length"] = np.array(lengths, dtype=draw(st.sampled_from([np.int64, np.int32])))
     elif kind != "none":
         table_kind = "random" if kind == "mask_and_input_length" else kind

@@ -72,22 +72,18 @@ def test_generic_cell_path_runs_the_cell_in_python_with_the_masking_kernel():
 
 
 def test_unknown_cell_path_is_a_value_error():
-    cell, x, states = lstm_problem()
     backend = gpukb.get_backend("cuda")
     saved = backend.cell_path
-    backend.cell_path = "fastest"
-    try:
-        with pytest.raises(ValueError, match="cell_path.*'auto', 'step', 'persistent', 'generic'.*'fastest'"):
-            gpukb.rnn(cell, x, states, backend="cuda")
-    finally:
-        backend.cell_path = saved
+    with pytest.raises(ValueError, match="cell_path.*'auto', 'step', 'persistent', 'generic'.*'fastest'"):
+        backend.cell_path = "fastest"  # refused when set, before any call
+    assert backend.cell_path == saved
 
 
 def test_cells_the_kernels_do_not_take_fall_back_to_the_generic_loop():
     cell, x, states = lstm_problem()
-    # Inputs of another dtype than the cell's: the cell itself raises its error, as on cpu.
-    with pytest.raises(ValueError, match="dtype float64, expected float32"):
-        gpukb.rnn(cell, x.astype(np.float64), [s.astype(np.float64) for s in states], backend="cuda")
+    # Integer inputs: the cell itself raises its error, as on cpu (floating ones are cast).
+    with pytest.raises(ValueError, match="dtype int64, expected float32"):
+        gpukb.rnn(cell, x.astype(np.int64), states, backend="cuda")
     # A float16 cell runs (generic loop), like on the cpu backend.
     cell16 = cell.converted(lambda w: np.asarray(w, np.float16))
     out16 = gpukb.rnn(cell16, x.astype(np.float16), [s.astype(np.float16) for s in states], backend="cuda")
