@@ -19,6 +19,7 @@ from ._state import (
 from ._keras_tensor import KerasTensor, is_keras_tensor, placeholder
 from ._backend import Availability, Backend
 from ._dispatch import (
+    backend_available,
     get_backend,
     list_backends,
     refresh_backends,
@@ -36,6 +37,7 @@ __all__ = [
     "Availability",
     "Backend",
     "KerasTensor",
+    "backend_available",
     "clear_session",
     "epsilon",
     "floatx",

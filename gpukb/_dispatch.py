@@ -12,7 +12,9 @@ Selection, first match wins
   1. the ``backend=`` keyword of the call;
   2. the innermost ``use_backend(name)`` block (a ``contextvars`` variable: local to the thread and
      the async task);
-  3. ``set_backend(name)``, else ``GPUKB_BACKEND`` / the config file's ``backend``;
+  3. ``set_backend(name)`` (``set_backend(None)``: automatic selection, whatever is configured),
+     else ``GPUKB_BACKEND`` / the config file's ``backend``. Those are checked at discovery, not
+     at import (which never reads entry points): an unknown name warns once and is ignored;
   4. the array type of the inputs: a built-in backend (from the ``gpukb`` distribution) that accepts
      the type always wins automatic selection for it, so installing a plugin never changes who
      handles NumPy or CuPy arrays; plugins compete, by ``priority``, for the types no built-in
@@ -21,6 +23,8 @@ Selection, first match wins
   Arrays of two libraries in one call are a TypeError naming both. A backend chosen by 1-3 must
   accept the arrays given (TypeError otherwise). Unknown names are a ValueError listing the known
   ones; a known backend that is unavailable is a RuntimeError with the reason and what to install.
+  ``backend_available(name)`` answers the same question without raising, and
+  ``get_backend(name, check_available=False)`` gives an unavailable backend (to set its options).
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any
+from typing import Any, Iterator
 
 from . import _state
 from ._backend import Availability, Backend, resolve_array_type
+from ._warn import warn_user
 
 ENTRY_POINT_GROUP = "gpukb.backends"
 BUILTIN_DISTRIBUTION = "gpukb"
@@ -58,6 +62,8 @@ class BackendRecord:
 _registry: dict[str, BackendRecord] | None = None
 _registry_lock = threading.RLock()
 _process_default: str | None = None
+# False until set_backend is called: only then does set_backend(None) override the configuration.
+_process_default_chosen = False
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "gpukb_backend", default=None
 )
@@ -74,11 +80,9 @@ def _distribution_name(entry_point) -> str:
 
 
 def _skip(entry_point, distribution: str, error: str) -> None:
-    warnings.warn(
+    warn_user(
         f"gpukb: skipping backend entry point {entry_point.name!r} = {entry_point.value!r} "
-        f"(distribution {distribution!r}): {error}",
-        RuntimeWarning,
-        stacklevel=4,
+        f"(distribution {distribution!r}): {error}"
     )
 
 
@@ -135,7 +139,25 @@ def _records() -> dict[str, BackendRecord]:
     with _registry_lock:
         if _registry is None:
             _registry = _discover()
+            _warn_if_configured_backend_unknown(_registry)
         return _registry
+
+
+def _known_names(records) -> str:
+    return ", ".join(repr(n) for n in sorted(records)) or "none"
+
+
+def _warn_if_configured_backend_unknown(records: dict[str, BackendRecord]) -> None:
+    """GPUKB_BACKEND and the config file's ``backend`` are checked here, at discovery, because
+    ``import gpukb`` never reads entry points. An unknown name is a bad configuration value: it
+    warns (once per discovery) and is ignored, as bad values of the other keys are."""
+    name = _state.configured_backend()
+    if name is not None and name not in records:
+        warn_user(
+            f"gpukb: {_state.configured_backend_origin()} names the backend {name!r}, which is "
+            f"not installed (known backends: {_known_names(records)}); it is ignored and "
+            "automatic selection applies."
+        )
 
 
 def refresh_backends() -> list[str]:
@@ -156,55 +178,79 @@ def backend_records() -> list[BackendRecord]:
     return [record for _, record in sorted(_records().items())]
 
 
-def _clear_loaded_backends() -> None:
+def _clear_loaded_backends() -> bool:
+    """Every loaded backend's ``on_clear_session``; False when none had anything to release."""
     registry = _registry
     if registry is None:
-        return
-    for record in registry.values():
-        record.backend.on_clear_session()
+        return False
+    released = [record.backend.on_clear_session() for record in registry.values()]
+    return any(result is not False for result in released)  # None: a plugin that does not say
 
 
 # --------------------------------------------------------------------------------------------
 # Names and defaults
 # --------------------------------------------------------------------------------------------
 
-def _record_for(name: Any, *, origin: str) -> BackendRecord:
+def _known_record(name: Any, *, origin: str) -> BackendRecord:
+    """The record of backend ``name``, available or not; TypeError/ValueError for bad names."""
     if isinstance(name, Backend):
         name = name.name
     if not isinstance(name, str):
         raise TypeError(f"{origin}: a backend name must be a str, got {type(name).__name__} {name!r}.")
     records = _records()
     if name not in records:
-        known = ", ".join(repr(n) for n in sorted(records)) or "none"
-        raise ValueError(f"{origin}: unknown backend {name!r}; known backends: {known}.")
-    record = records[name]
-    if not record.availability:
-        hint = record.backend.install_hint
-        raise RuntimeError(
-            f"{origin}: backend {name!r} is not available: {record.availability.reason}"
-            + (f". {hint}" if hint else "")
-        )
+        raise ValueError(f"{origin}: unknown backend {name!r}; known backends: {_known_names(records)}.")
+    return records[name]
+
+
+def _availability_with_hint(record: BackendRecord) -> Availability:
+    """The record's availability, its reason followed by what to install when it is unavailable."""
+    availability, hint = record.availability, record.backend.install_hint
+    if availability or not hint:
+        return availability
+    return Availability(False, f"{availability.reason}. {hint}")
+
+
+def _record_for(name: Any, *, origin: str) -> BackendRecord:
+    record = _known_record(name, origin=origin)
+    availability = _availability_with_hint(record)
+    if not availability:
+        raise RuntimeError(f"{origin}: backend {record.name!r} is not available: {availability.reason}")
     return record
 
 
-def get_backend(name: str | None = None) -> Backend:
+def backend_available(name: str) -> Availability:
+    """Whether backend ``name`` can run here, without raising: a truthy ``Availability``, or a
+    falsy one whose ``reason`` says why not and what to install. Checked at discovery;
+    ``refresh_backends()`` checks again. An unknown name is a ValueError listing the known ones."""
+    return _availability_with_hint(_known_record(name, origin="backend_available"))
+
+
+def get_backend(name: str | None = None, *, check_available: bool = True) -> Backend:
     """The backend instance called ``name``; with no name, the current default: the innermost
-    ``use_backend``, else ``set_backend``/``GPUKB_BACKEND``/config, else ``'cpu'``."""
+    ``use_backend``, else ``set_backend``/``GPUKB_BACKEND``/config, else ``'cpu'``.
+
+    An unavailable backend is a RuntimeError unless ``check_available=False``, which returns it
+    anyway so that its options can be read and set (running it still raises the RuntimeError)."""
+    if not isinstance(check_available, bool):
+        raise TypeError(f"get_backend: check_available must be True or False, got {check_available!r}.")
     if name is None:
         name = _explicit_default()[0] or "cpu"
-    return _record_for(name, origin="get_backend").backend
+    lookup = _record_for if check_available else _known_record
+    return lookup(name, origin="get_backend").backend
 
 
 def set_backend(name: str | None) -> None:
-    """Make ``name`` the process-wide default backend (None: back to automatic selection)."""
-    global _process_default
+    """Make ``name`` the process-wide default backend. None means automatic selection by array
+    type, overriding ``GPUKB_BACKEND`` and the config file's ``backend``."""
+    global _process_default, _process_default_chosen
     if name is not None:
-        _record_for(name, origin="set_backend")
-    _process_default = name
+        name = _record_for(name, origin="set_backend").name
+    _process_default, _process_default_chosen = name, True
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
+def use_backend(name: str) -> Iterator[Backend]:
     """Use backend ``name`` inside the block, in this thread / async task only."""
     _record_for(name, origin="use_backend")
     token = _context_backend.set(name.name if isinstance(name, Backend) else name)
@@ -219,11 +265,11 @@ def _explicit_default() -> tuple[str | None, str]:
     name = _context_backend.get()
     if name is not None:
         return name, "use_backend"
-    if _process_default is not None:
-        return _process_default, "set_backend"
+    if _process_default_chosen:
+        return _process_default, ("set_backend" if _process_default is not None else "")
     configured = _state.configured_backend()
-    if configured is not None:
-        return configured, "the configured backend (GPUKB_BACKEND or the config file)"
+    if configured is not None and configured in _records():  # an unknown one warned at discovery
+        return configured, _state.configured_backend_origin()
     return None, ""
 
 

@@ -7,19 +7,22 @@ name) without holding data, as Keras' symbolic inputs do.
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence, SupportsIndex
 
 import numpy as np
 
 from . import _state
 
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike
 
-def _standardize_shape(shape: Any) -> tuple:
+
+def _standardize_shape(shape: Any) -> tuple[int | None, ...]:
     if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
         raise TypeError(
             f"shape must be a tuple or list of ints and None, got {type(shape).__name__} {shape!r}."
         )
-    result = []
+    result: list[int | None] = []
     for axis, size in enumerate(shape):
         if size is None:
             result.append(None)
@@ -54,7 +57,8 @@ class KerasTensor:
 
     __slots__ = ("_shape", "_dtype", "_sparse", "_ragged", "_name")
 
-    def __init__(self, shape, dtype=None, sparse=False, ragged=False, name=None):
+    def __init__(self, shape: Sequence[SupportsIndex | None], dtype: DTypeLike | None = None,
+                 sparse: bool = False, ragged: bool = False, name: str | None = None) -> None:
         if not isinstance(sparse, (bool, np.bool_)):
             raise TypeError(f"sparse must be a bool, got {sparse!r}.")
         if not isinstance(ragged, (bool, np.bool_)):
@@ -70,7 +74,7 @@ class KerasTensor:
         self._name = name if name is not None else f"keras_tensor_{_state.get_uid('keras_tensor')}"
 
     @property
-    def shape(self) -> tuple:
+    def shape(self) -> tuple[int | None, ...]:
         return self._shape
 
     @property
@@ -99,16 +103,18 @@ class KerasTensor:
             f"sparse={self._sparse}, ragged={self._ragged}>"
         )
 
-    def __array__(self, *args, **kwargs):
+    def __array__(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError(
             f"{self!r} is symbolic and holds no data; it cannot be converted to an array."
         )
 
-    def __bool__(self):
+    def __bool__(self) -> NoReturn:
         raise TypeError(f"{self!r} is symbolic: it has no truth value.")
 
 
-def placeholder(shape=None, ndim=None, dtype=None, sparse=False, name=None, ragged=False) -> KerasTensor:
+def placeholder(shape: Sequence[SupportsIndex | None] | None = None,
+                ndim: SupportsIndex | None = None, dtype: DTypeLike | None = None,
+                sparse: bool = False, name: str | None = None, ragged: bool = False) -> KerasTensor:
     """Return a symbolic ``KerasTensor`` (no data).
 
     ``shape``: tuple of ints and None; when None it is ``(None,) * ndim``. ``dtype`` defaults to

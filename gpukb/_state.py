@@ -7,11 +7,14 @@ place to reset it.
   Their starting values come from the defaults, then the config file ``gpukb.json`` in
   ``$GPUKB_HOME`` (default ``~/.gpukb``), then the ``GPUKB_*`` environment variables. A bad file or
   value warns once, naming the file (or variable) and key, and the value in effect is kept: reading
-  the configuration never raises, so it can never break ``import gpukb``.
+  the configuration never raises or blocks, so it can never break ``import gpukb``. The warnings
+  point at the user's ``import gpukb`` line. The ``backend`` name is checked later, at discovery
+  (``gpukb._dispatch``): import never reads entry points.
 - uid counters are per thread (as in Keras); ``reset_uids`` clears them for every thread by bumping a
   generation number that each thread compares with its own on its next ``get_uid``.
 - ``clear_session`` resets the uids and calls the hooks that backends register with
-  ``register_clear_session_hook`` (the dispatcher registers one that reaches every loaded backend).
+  ``register_clear_session_hook`` (the dispatcher registers one that reaches every loaded backend);
+  it runs ``gc.collect()`` only when a hook released something.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ import json
 import math
 import numbers
 import os
+import reprlib
+import stat
 import threading
-import warnings
 from typing import Any, Callable
 
 import numpy as np
+
+from ._warn import warn_user
 
 FLOATX_CHOICES = ("float16", "float32", "float64")
 IMAGE_DATA_FORMAT_CHOICES = ("channels_last", "channels_first")
@@ -48,6 +54,14 @@ def _choices_text(choices) -> str:
     return ", ".join(repr(c) for c in choices)
 
 
+def _shown(value: Any) -> str:
+    """A short repr for messages: a 400-digit number or a huge config string would drown them."""
+    try:
+        return reprlib.repr(value)
+    except ValueError:  # an int past Python's int-to-str digit limit
+        return f"<{type(value).__name__} too large to print>"
+
+
 def standardize_floatx(value: Any) -> str:
     """Return the canonical floatx name of ``value`` ('float16', 'float32' or 'float64')."""
     if isinstance(value, str):
@@ -63,7 +77,7 @@ def standardize_floatx(value: Any) -> str:
         if name in FLOATX_CHOICES:
             return name
     raise ValueError(
-        f"Unknown floatx {value!r}: expected one of {_choices_text(FLOATX_CHOICES)} "
+        f"Unknown floatx {_shown(value)}: expected one of {_choices_text(FLOATX_CHOICES)} "
         "(or the equivalent NumPy dtype or type)."
     )
 
@@ -71,10 +85,13 @@ def standardize_floatx(value: Any) -> str:
 def standardize_epsilon(value: Any) -> float:
     """Return ``value`` as a float if it is a positive finite real number."""
     if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        result = float(value)
+        try:
+            result = float(value)
+        except OverflowError:  # an int too large for a float, e.g. 10**400
+            result = math.inf
         if math.isfinite(result) and result > 0:
             return result
-    raise ValueError(f"Invalid epsilon {value!r}: expected a positive finite real number.")
+    raise ValueError(f"Invalid epsilon {_shown(value)}: expected a positive finite real number.")
 
 
 def standardize_image_data_format(value: Any) -> str:
@@ -82,7 +99,7 @@ def standardize_image_data_format(value: Any) -> str:
     if isinstance(value, str) and value.lower() in IMAGE_DATA_FORMAT_CHOICES:
         return value.lower()
     raise ValueError(
-        f"Unknown image_data_format {value!r}: expected one of "
+        f"Unknown image_data_format {_shown(value)}: expected one of "
         f"{_choices_text(IMAGE_DATA_FORMAT_CHOICES)} (case-insensitive)."
     )
 
@@ -91,7 +108,7 @@ def standardize_backend_name(value: Any) -> str:
     """Backend names are checked against the installed backends later, by the dispatcher."""
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise ValueError(f"Invalid backend {value!r}: expected a backend name such as 'cpu' or 'cuda'.")
+    raise ValueError(f"Invalid backend {_shown(value)}: expected a backend name such as 'cpu' or 'cuda'.")
 
 
 _VALIDATORS: dict[str, Callable[[Any], Any]] = {
@@ -117,7 +134,7 @@ def floatx() -> str:
     return _settings["floatx"]
 
 
-def set_floatx(value: Any) -> None:
+def set_floatx(value: str | np.dtype[Any] | type) -> None:
     """Set the default float type: 'float16', 'float32' or 'float64' (or its NumPy dtype/type)."""
     _settings["floatx"] = standardize_floatx(value)
     _sources["floatx"] = "set_floatx()"
@@ -128,7 +145,7 @@ def epsilon() -> float:
     return _settings["epsilon"]
 
 
-def set_epsilon(value: Any) -> None:
+def set_epsilon(value: float | np.floating[Any] | np.integer[Any]) -> None:
     """Set the fuzz factor: a positive finite real number, stored as a float."""
     _settings["epsilon"] = standardize_epsilon(value)
     _sources["epsilon"] = "set_epsilon()"
@@ -139,7 +156,7 @@ def image_data_format() -> str:
     return _settings["image_data_format"]
 
 
-def set_image_data_format(value: Any) -> None:
+def set_image_data_format(value: str) -> None:
     """Set the default image layout (case-insensitive, stored lowercase)."""
     _settings["image_data_format"] = standardize_image_data_format(value)
     _sources["image_data_format"] = "set_image_data_format()"
@@ -148,6 +165,14 @@ def set_image_data_format(value: Any) -> None:
 def configured_backend() -> str | None:
     """The backend named by the config file or ``GPUKB_BACKEND``, or None."""
     return _settings["backend"]
+
+
+def configured_backend_origin() -> str:
+    """Where the configured backend came from, in words: the variable or the config file."""
+    source = _sources["backend"]
+    if source.startswith("$"):
+        return f"the environment variable {source[1:]}"
+    return f"the 'backend' key of the config file {source}"
 
 
 def settings_report() -> list[tuple[str, Any, str]]:
@@ -176,25 +201,58 @@ def config_file_in_use() -> str | None:
     return _config_file_used
 
 
+CONFIG_MAX_BYTES = 1 << 20  # a config file is a few lines; anything larger is a mistake
+
+
 def _warn_config(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warn_user(message)  # shown at the user's ``import gpukb``, not at this file
 
 
-def _read_config_file(path: str) -> dict[str, Any]:
+def _not_regular_file(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _read_config_file(path: str) -> tuple[dict[str, Any], bool]:
+    """(the settings in ``path``, whether a regular file is there). Never raises, never blocks."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
+        info = os.stat(path)  # the type first: reading a FIFO would wait for a writer forever
     except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as error:  # ValueError covers JSON and Unicode decode errors
-        _warn_config(f"gpukb: ignoring config file {path}: it could not be read as JSON ({error}).")
-        return {}
+        if os.path.islink(path):
+            _warn_config(f"gpukb: ignoring config file {path}: it is a broken symbolic link.")
+        return {}, False
+    except OSError as error:
+        _warn_config(f"gpukb: ignoring config file {path}: {error}.")
+        return {}, False
+    if not stat.S_ISREG(info.st_mode):
+        _warn_config(f"gpukb: ignoring config file {path}: it is {_not_regular_file(info.st_mode)}.")
+        return {}, False
+    try:
+        # O_NONBLOCK: should a FIFO replace the file after the stat, the read fails instead of waiting.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(descriptor, "rb") as handle:
+            raw = handle.read(CONFIG_MAX_BYTES + 1)
+        if len(raw) > CONFIG_MAX_BYTES:
+            _warn_config(f"gpukb: ignoring config file {path}: it is larger than "
+                         f"{CONFIG_MAX_BYTES} bytes.")
+            return {}, True
+        data = json.loads(raw.decode("utf-8"))
+    # ValueError: JSON and Unicode errors, and ints past Python's digit limit; RecursionError: deep nesting
+    except (OSError, ValueError, RecursionError) as error:
+        _warn_config(f"gpukb: ignoring config file {path}: it could not be read as JSON "
+                     f"({type(error).__name__}: {error}).")
+        return {}, True
     if not isinstance(data, dict):
         _warn_config(
             f"gpukb: ignoring config file {path}: expected a JSON object, got {type(data).__name__}."
         )
-        return {}
-    return data
+        return {}, True
+    return data, True
 
 
 def load_config() -> None:
@@ -206,12 +264,12 @@ def load_config() -> None:
     _settings.update(_DEFAULTS)
     _sources.update({key: "default" for key in _DEFAULTS})
     path = config_path()
-    _config_file_used = path if os.path.isfile(path) else None
-    data = _read_config_file(path) if _config_file_used else {}
+    data, found = _read_config_file(path)
+    _config_file_used = path if found else None
     for key, raw in data.items():
         if key not in _VALIDATORS:
             _warn_config(
-                f"gpukb: config file {path}: unknown key {key!r} ignored "
+                f"gpukb: config file {path}: unknown key {_shown(key)} ignored "
                 f"(known keys: {_choices_text(CONFIG_KEYS)})."
             )
             continue
@@ -269,11 +327,15 @@ def reset_uids() -> None:
 # clear_session
 # --------------------------------------------------------------------------------------------
 
-_clear_session_hooks: list[Callable[[], None]] = []
+ClearSessionHook = Callable[[], bool | None]
+_clear_session_hooks: list[ClearSessionHook] = []
 
 
-def register_clear_session_hook(hook: Callable[[], None]) -> Callable[[], None]:
-    """Have ``clear_session(free_memory=True)`` call ``hook()``; returns the hook (decorator use)."""
+def register_clear_session_hook(hook: ClearSessionHook) -> ClearSessionHook:
+    """Have ``clear_session(free_memory=True)`` call ``hook()``; returns the hook (decorator use).
+
+    The hook returns False when it had nothing to release; anything else (True, None) makes
+    ``clear_session`` run ``gc.collect()`` afterwards."""
     if not callable(hook):
         raise TypeError(f"register_clear_session_hook: expected a callable, got {hook!r}.")
     if hook not in _clear_session_hooks:
@@ -281,22 +343,24 @@ def register_clear_session_hook(hook: Callable[[], None]) -> Callable[[], None]:
     return hook
 
 
-def unregister_clear_session_hook(hook: Callable[[], None]) -> None:
+def unregister_clear_session_hook(hook: ClearSessionHook) -> None:
     if hook in _clear_session_hooks:
         _clear_session_hooks.remove(hook)
 
 
 def clear_session(free_memory: bool = True) -> None:
     """Reset the session: uid counters of every thread; with ``free_memory`` also ask every
-    registered hook (the loaded backends) to release its caches, then run ``gc.collect()``.
+    registered hook (the loaded backends) to release its caches, then run ``gc.collect()`` unless
+    every hook reported that it had nothing to release (a full collection costs tens of ms in a
+    large process, which adds up when clear_session runs in a loop).
 
     floatx, epsilon and image_data_format are process-wide and are not changed.
     """
     reset_uids()
     if free_memory:
-        for hook in list(_clear_session_hooks):
-            hook()
-        gc.collect()
+        released = [hook() for hook in list(_clear_session_hooks)]
+        if any(result is not False for result in released):
+            gc.collect()
 
 
 load_config()

@@ -95,3 +95,79 @@ def test_default_config_folder_is_under_home(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / ".gpukb" / "gpukb.json")
+
+
+# ---------------------------------------------------------------------- files that must not break import
+
+DEEP = 100_000
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"floatx": ' + "[" * DEEP + "]" * DEEP + "}", "RecursionError"),  # json.loads recursion
+    ("[" * DEEP + "]" * DEEP, "RecursionError"),
+    ('{"floatx": "float64"}' + " " * (1 << 20), "larger than 1048576 bytes"),  # valid, but too big
+], ids=["nested-value", "nested-top", "over-1MiB"])
+def test_a_pathological_file_warns_once_and_keeps_the_defaults(tmp_path, content, words):
+    path = write_config(tmp_path, content)
+    state, stderr = state_in_child(home=tmp_path)
+    assert state["floatx"] == "float32" and state["epsilon"] == 1e-07
+    assert stderr.count("RuntimeWarning") == 1 and str(path) in stderr and words in stderr
+
+
+def test_an_epsilon_too_large_for_a_float_warns_naming_the_key(tmp_path):
+    path = write_config(tmp_path, '{"epsilon": 1' + "0" * 400 + ', "floatx": "float64"}')
+    state, stderr = state_in_child(home=tmp_path)
+    assert state["epsilon"] == 1e-07 and state["floatx"] == "float64"
+    assert stderr.count("RuntimeWarning") == 1 and f"{path}: key 'epsilon'" in stderr
+    assert "OverflowError" not in stderr
+
+
+def _make_fifo(path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    os.mkfifo(path)
+
+
+def _make_device(path):
+    if not os.path.exists("/dev/null"):
+        pytest.skip("no /dev/null on this platform")
+    os.symlink("/dev/null", path)  # os.stat follows the link: a character device
+
+
+@pytest.mark.parametrize("make, kind", [
+    (os.mkdir, "a directory"),
+    (_make_fifo, "a FIFO"),  # reading it would wait for a writer forever; the child has a timeout
+    (_make_device, "a device"),
+], ids=["directory", "fifo", "device"])
+def test_a_config_path_that_is_not_a_regular_file_warns_and_never_blocks(tmp_path, make, kind):
+    path = tmp_path / "gpukb.json"
+    make(path)
+    state, stderr = state_in_child(home=tmp_path)
+    assert state["floatx"] == "float32" and state["epsilon"] == 1e-07
+    assert stderr.count("RuntimeWarning") == 1 and f"{path}: it is {kind}" in stderr
+
+
+# ---------------------------------------------------------------------- where the warnings point
+
+USER_SCRIPT = """\
+import json, warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import gpukb
+print(json.dumps([[w.filename, w.lineno, w.category.__name__] for w in caught]))
+"""
+
+
+@pytest.mark.parametrize("config, env", [
+    ({"floatx": "float8"}, {}),
+    ("{not json", {}),
+    ({}, {"GPUKB_EPSILON": "tiny"}),
+], ids=["bad-value", "malformed-file", "bad-variable"])
+def test_config_warnings_point_at_the_users_import_line(tmp_path, config, env):
+    write_config(tmp_path, config)
+    script = tmp_path / "user_script.py"
+    script.write_text(USER_SCRIPT)
+    result = run_python(f"import runpy; runpy.run_path({str(script)!r})", home=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    caught = json.loads(result.stdout.strip().splitlines()[-1])
+    assert caught == [[str(script), 4, "RuntimeWarning"]]

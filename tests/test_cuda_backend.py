@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -126,6 +127,64 @@ def test_cell_path_from_the_environment(monkeypatch):
     assert cuda_backend.CUDABackend().cell_path == "step"
     monkeypatch.delenv("GPUKB_CUDA_CELL_PATH")
     assert cuda_backend.CUDABackend().cell_path == "auto"
+
+
+def test_options_are_readable_and_settable_without_a_gpu(tmp_path):
+    """backend_available says why not; get_backend(check_available=False) gives the options."""
+    code = ("import sys, json, gpukb\n"
+            "available = gpukb.backend_available('cuda')\n"
+            "b = gpukb.get_backend('cuda', check_available=False)\n"
+            "before = [b.cell_path, b.allow_tf32]\n"
+            "b.cell_path, b.allow_tf32 = 'Persistent', True\n"
+            "print(json.dumps([bool(available), available.reason, before, b.cell_path, b.allow_tf32,"
+            " gpukb.get_backend('cuda', check_available=False).cell_path,"
+            " [m for m in ('cupy', 'numba', 'numba.cuda') if m in sys.modules]]))")
+    result = run_python(code, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    available, reason, before, path, tf32, path_again, heavy = json.loads(result.stdout.strip().splitlines()[-1])
+    if available:
+        pytest.skip("a usable GPU is present")
+    assert "gpukb[cuda12]" in reason and "gpukb[cuda13]" in reason
+    assert before == ["auto", False] and (path, tf32, path_again) == ("persistent", True, "persistent")
+    assert heavy == []
+
+
+@pytest.mark.parametrize("option, value, error, words", [
+    ("cell_path", "fastest", ValueError, r"cell_path must be one of \('auto', 'step', 'persistent', 'generic'\), got 'fastest'"),
+    ("cell_path", None, TypeError, r"cell_path must be a str"),
+    ("allow_tf32", 1, TypeError, r"allow_tf32 must be True or False, got int 1"),
+    ("allow_tf32", "yes", TypeError, r"allow_tf32 must be True or False"),
+])
+def test_option_values_are_checked_when_set(option, value, error, words):
+    backend = cuda_backend.CUDABackend()
+    before = getattr(backend, option)
+    with pytest.raises(error, match=words):
+        setattr(backend, option, value)
+    assert getattr(backend, option) == before
+
+
+@pytest.mark.parametrize("variable, value, option, default", [
+    ("GPUKB_CUDA_CELL_PATH", "fastest", "cell_path", "auto"),
+    ("GPUKB_CUDA_TF32", "maybe", "allow_tf32", False),
+])
+def test_a_bad_option_variable_warns_naming_it_and_keeps_the_default(monkeypatch, variable, value,
+                                                                     option, default):
+    monkeypatch.setenv(variable, value)
+    with pytest.warns(RuntimeWarning, match=f"{variable} ignored.*{value}"):
+        backend = cuda_backend.CUDABackend()
+    assert getattr(backend, option) == default
+
+
+def test_on_clear_session_reports_whether_it_had_anything_to_release(monkeypatch):
+    from gpukb.kernels.cuda import _runtime
+
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    backend = cuda_backend.CUDABackend()
+    _runtime.clear_caches()
+    assert backend.on_clear_session() is False
+    _runtime._CACHE["probe"] = object()
+    assert backend.on_clear_session() is True
+    assert "probe" not in _runtime._CACHE
 
 
 def test_clear_session_without_cupy_drops_the_kernel_cache():

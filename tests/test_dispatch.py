@@ -343,15 +343,114 @@ def test_configured_backend_from_environment(tmp_path):
     assert result.stdout.split() == ["greedy", "ran", "on", "greedy"]
 
 
-def test_configured_unknown_backend_is_reported_at_dispatch(tmp_path):
+CONFIGURED_UNKNOWN = """\
+import json, sys, warnings
+import numpy as np
+with warnings.catch_warnings(record=True) as at_import:
+    warnings.simplefilter("always")
+    import gpukb
+with warnings.catch_warnings(record=True) as at_calls:
+    warnings.simplefilter("always")
+    out = gpukb.rnn(lambda x, s: (x, s), np.zeros((1, 2, 1)), [np.zeros((1, 1))])
+    gpukb.rnn(lambda x, s: (x, s), np.zeros((1, 2, 1)), [np.zeros((1, 1))])
+print(json.dumps([len(at_import), [[str(w.message), w.category.__name__, w.filename, w.lineno]
+                                   for w in at_calls if str(w.message).startswith("gpukb")],
+                  type(out[1]).__name__, gpukb.get_backend().name]))
+"""
+
+
+@pytest.mark.parametrize("where", ["variable", "config file"])
+def test_configured_unknown_backend_warns_once_at_discovery_and_is_ignored(tmp_path, where):
+    """import never reads entry points, so the name is checked at the first discovery (here the
+    first gpukb.rnn): one warning at the user's line, then automatic selection."""
     from helpers import run_python
 
-    (tmp_path / "gpukb.json").write_text(json.dumps({"backend": "nosuch"}))
-    code = "import gpukb, numpy as np\ngpukb.rnn(lambda x, s: (x, s), np.zeros((1, 2, 1)), [np.zeros((1, 1))])"
-    result = run_python(code, home=tmp_path)
-    assert result.returncode != 0
-    assert "ValueError" in result.stderr and "unknown backend 'nosuch'" in result.stderr
-    assert "configured backend" in result.stderr
+    env = {"GPUKB_BACKEND": "nosuch"} if where == "variable" else {}
+    if where == "config file":
+        (tmp_path / "gpukb.json").write_text(json.dumps({"backend": "nosuch"}))
+    script = tmp_path / "user_script.py"
+    script.write_text(CONFIGURED_UNKNOWN)
+    result = run_python(f"import runpy; runpy.run_path({str(script)!r})", home=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    n_at_import, warned, output_type, default = json.loads(result.stdout.strip().splitlines()[-1])
+    assert n_at_import == 0
+    assert len(warned) == 1, warned
+    message, category, filename, lineno = warned[0]
+    assert (category, filename, lineno) == ("RuntimeWarning", str(script), 8)
+    origin = "GPUKB_BACKEND" if where == "variable" else f"config file {tmp_path / 'gpukb.json'}"
+    assert origin in message and "'nosuch'" in message and "known backends: 'cpu', 'cuda'" in message
+    assert (output_type, default) == ("ndarray", "cpu")
+
+
+def test_set_backend_none_overrides_the_configured_backend(tmp_path):
+    write_plugin_distribution(tmp_path)
+    from helpers import run_python
+
+    code = ("import gpukb, numpy as np\n"
+            "args = (lambda x, s: (x, s), np.zeros((1, 2, 1)), [np.zeros((1, 1))])\n"
+            "print(gpukb.get_backend().name, gpukb.rnn(*args))\n"
+            "gpukb.set_backend(None)\n"
+            "print(gpukb.get_backend().name, type(gpukb.rnn(*args)[1]).__name__)\n")
+    result = run_python(code, home=tmp_path, env={"PYTHONPATH": str(tmp_path), "GPUKB_BACKEND": "greedy"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["greedy ran on greedy", "cpu ndarray"]
+
+
+def test_set_backend_none_escapes_an_unavailable_configured_backend(tmp_path):
+    write_plugin_distribution(tmp_path)
+    from helpers import run_python
+
+    code = ("import gpukb, numpy as np\n"
+            "args = (lambda x, s: (x, s), np.zeros((1, 2, 1)), [np.zeros((1, 1))])\n"
+            "try:\n"
+            "    gpukb.rnn(*args)\n"
+            "except RuntimeError as error:\n"
+            "    print('RuntimeError', 'GPUKB_BACKEND' in str(error))\n"
+            "gpukb.set_backend(None)\n"
+            "print(type(gpukb.rnn(*args)[1]).__name__)\n")
+    result = run_python(code, home=tmp_path, env={"PYTHONPATH": str(tmp_path), "GPUKB_BACKEND": "off"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["RuntimeError True", "ndarray"]
+
+
+def test_backend_available_answers_without_raising(plugin):
+    off = gpukb.backend_available("off")
+    assert isinstance(off, gpukb.Availability) and not off
+    assert off.reason == "the off device is switched off. Install the off extra."
+    assert gpukb.backend_available("fake") and gpukb.backend_available("cpu")
+    with pytest.raises(ValueError, match=r"backend_available: unknown backend 'nope'; known backends: 'cpu'"):
+        gpukb.backend_available("nope")
+    with pytest.raises(TypeError, match="must be a str"):
+        gpukb.backend_available(None)
+
+
+def test_get_backend_without_the_availability_check_still_cannot_run(plugin):
+    module, _ = plugin
+    off = gpukb.get_backend("off", check_available=False)
+    assert off.name == "off" and type(off).__name__ == "OffBackend"
+    with pytest.raises(RuntimeError, match="not available: the off device is switched off"):
+        gpukb.get_backend("off")
+    with pytest.raises(RuntimeError, match="not available: the off device is switched off"):
+        gpukb.rnn(step, module.FakeArray(1), [module.FakeArray(0)], backend=off)
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        gpukb.get_backend("nope", check_available=False)
+    with pytest.raises(TypeError, match="check_available must be True or False"):
+        gpukb.get_backend("off", check_available="no")
+
+
+def test_clear_session_collects_only_if_a_loaded_backend_released_something(plugin, monkeypatch):
+    module, _ = plugin
+    records = dict(_dispatch._registry)
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or 0)
+    # The plugin's on_clear_session returns None (it does not say): gpukb must still collect.
+    gpukb.clear_session()
+    assert len(collections) == 1
+    # Backends that report False: nothing to free, no collection.
+    monkeypatch.setattr(_dispatch, "_registry", {"off": records["off"], "greedy": records["greedy"]})
+    collections.clear()
+    gpukb.clear_session()
+    assert collections == []
 
 
 def test_gpukb_info_lists_backends_with_availability(tmp_path):

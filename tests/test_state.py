@@ -215,3 +215,36 @@ def test_clear_session_resets_other_threads_uids():
 def test_register_clear_session_hook_rejects_non_callables():
     with pytest.raises(TypeError, match="expected a callable"):
         _state.register_clear_session_hook(42)
+
+
+def test_set_epsilon_too_large_for_a_float_is_the_documented_value_error(restore_settings):
+    for value in (10**400, -(10**400), 10**5000):  # float() overflows; the last is past repr's digit limit
+        with pytest.raises(ValueError, match="Invalid epsilon .*positive finite real number"):
+            gpukb.set_epsilon(value)
+    assert gpukb.epsilon() == 1e-07
+
+
+def test_clear_session_collects_only_when_a_hook_released_something(monkeypatch):
+    """A full gc.collect() takes tens of ms in a large process: skipped when nothing was freed."""
+    collections = []
+    monkeypatch.setattr(gc, "collect", lambda *a: collections.append(a) or 0)
+    for reports, expected in (([False, False], 0), ([False, True], 1), ([False, None], 1)):
+        monkeypatch.setattr(_state, "_clear_session_hooks", [lambda r=r: r for r in reports])
+        collections.clear()
+        gpukb.get_uid("g")
+        gpukb.clear_session()
+        assert len(collections) == expected, reports
+        assert gpukb.get_uid("g") == 1  # the uids are reset either way
+
+
+def test_clear_session_with_no_backend_loaded_does_not_collect(tmp_path):
+    from helpers import run_python
+
+    code = ("import gc, gpukb\n"
+            "calls = []\n"
+            "gc.collect = lambda *a: calls.append(a) or 0\n"
+            "gpukb.get_uid('u'); gpukb.clear_session()\n"
+            "print(len(calls), gpukb.get_uid('u'))")
+    result = run_python(code, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "1"]

@@ -10,7 +10,9 @@ What runs (see ``gpukb.kernels.cuda``):
 Everything is queued on CuPy's current stream; the time loop never waits for the GPU.
 
 Options (environment variables read when the backend is created; attributes of the instance,
-``gpukb.get_backend("cuda")``, that can be changed at any time):
+``gpukb.get_backend("cuda", check_available=False)``, that can be read and set at any time, with or
+without a GPU; a bad value set is a TypeError/ValueError naming the option, a bad variable warns
+and leaves the default):
 - ``GPUKB_CUDA_TF32=1`` / ``allow_tf32 = True``: let the float32 GEMMs of the fused cell path use
   TF32 tensor cores (about 10 mantissa bits). Off by default: gpukb's GEMMs run in full FP32 even
   when CuPy's own default is TF32 (``CUPY_TF32=1``).
@@ -30,11 +32,15 @@ import importlib.util
 import os
 import sys
 
+import numpy
+
 from .._backend import Backend, available, unavailable
+from .._warn import warn_user
 
 INSTALL_HINT = (
     "It needs an NVIDIA GPU and driver, then the CUDA extra that matches the driver: "
-    "pip install 'gpukb[cuda12]' (CUDA 12) or pip install 'gpukb[cuda13]' (CUDA 13)."
+    "pip install 'gpukb[cuda12]' (CUDA 12) or pip install 'gpukb[cuda13]' (CUDA 13); from a clone "
+    "of gpukb, pip install '.[cuda12]' or '.[cuda13]'."
 )
 
 CELL_PATHS = ("auto", "step", "persistent", "generic")
@@ -74,9 +80,42 @@ def _simulated() -> bool:
     return simulator_enabled()
 
 
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    return value in ("1", "true", "yes", "on")
+def checked_cell_path(value) -> str:
+    """``value`` as one of CELL_PATHS (case and surrounding spaces ignored), else the error."""
+    if not isinstance(value, str):
+        raise TypeError(f"cuda backend: cell_path must be a str, one of {CELL_PATHS}, "
+                        f"got {type(value).__name__} {value!r}.")
+    path = value.strip().lower()
+    if path not in CELL_PATHS:
+        raise ValueError(f"cuda backend: cell_path must be one of {CELL_PATHS}, got {value!r}.")
+    return path
+
+
+def checked_allow_tf32(value) -> bool:
+    if not isinstance(value, (bool, numpy.bool_)):
+        raise TypeError(f"cuda backend: allow_tf32 must be True or False, "
+                        f"got {type(value).__name__} {value!r}.")
+    return bool(value)
+
+
+def _tf32_from_environment() -> bool:
+    raw = os.environ.get("GPUKB_CUDA_TF32", "").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw not in ("", "0", "false", "no", "off"):
+        warn_user(f"gpukb: environment variable GPUKB_CUDA_TF32 ignored: expected 1, true, yes, on "
+                  f"or 0, false, no, off, got {raw!r}; TF32 stays off.")
+    return False
+
+
+def _cell_path_from_environment() -> str:
+    raw = os.environ.get("GPUKB_CUDA_CELL_PATH", "")
+    try:
+        return checked_cell_path(raw) if raw.strip() else "auto"
+    except ValueError as error:
+        warn_user(f"gpukb: environment variable GPUKB_CUDA_CELL_PATH ignored ({error}); "
+                  "using 'auto'.")
+        return "auto"
 
 
 def _is_cuda_dlpack(obj) -> bool:
@@ -102,8 +141,26 @@ class CUDABackend(Backend):
             # Same kernels on NumPy arrays; "cpu" keeps NumPy arrays in automatic selection.
             self.array_types = ("cupy:ndarray", "numpy:ndarray")
             self.priority = -1
-        self.allow_tf32 = _env_flag("GPUKB_CUDA_TF32")
-        self.cell_path = os.environ.get("GPUKB_CUDA_CELL_PATH", "auto").strip().lower() or "auto"
+        self.allow_tf32 = _tf32_from_environment()
+        self.cell_path = _cell_path_from_environment()
+
+    # -- options: checked when set, so that a bad value fails at the assignment, GPU or not ------
+
+    @property
+    def allow_tf32(self) -> bool:
+        return self._allow_tf32
+
+    @allow_tf32.setter
+    def allow_tf32(self, value) -> None:
+        self._allow_tf32 = checked_allow_tf32(value)
+
+    @property
+    def cell_path(self) -> str:
+        return self._cell_path
+
+    @cell_path.setter
+    def cell_path(self, value) -> None:
+        self._cell_path = checked_cell_path(value)
 
     # -- availability and arrays ---------------------------------------------------------------
 
@@ -179,25 +236,26 @@ class CUDABackend(Backend):
         from gpukb.cells import Cell
         from gpukb.kernels.cuda import _runtime, cells, generic
 
-        path = self.cell_path
-        if path not in CELL_PATHS:
-            raise ValueError(
-                f"cuda backend: cell_path (GPUKB_CUDA_CELL_PATH) must be one of {CELL_PATHS}, got {path!r}."
-            )
+        path = self.cell_path  # checked when set
         if isinstance(call.step_function, Cell) and path != "generic":
             result = cells.run_cell(call, call.step_function, path=path,
-                                    allow_tf32=bool(self.allow_tf32))
+                                    allow_tf32=self.allow_tf32)
             if result is not NotImplemented:
                 return result
         return generic.run_masked(call, _runtime.Launcher(call.xp))
 
     # -- session ---------------------------------------------------------------------------------
 
-    def on_clear_session(self) -> None:
+    def on_clear_session(self) -> bool:
+        """Drop the compiled kernels and free CuPy's pools; False when neither was there."""
+        released = False
         runtime = sys.modules.get("gpukb.kernels.cuda._runtime")
         if runtime is not None:
+            released = bool(runtime._CACHE)  # kernels compiled in this process
             runtime.clear_caches()
         cupy = sys.modules.get("cupy")
         if cupy is not None:  # only if this process ever used CuPy
             cupy.get_default_memory_pool().free_all_blocks()
             cupy.get_default_pinned_memory_pool().free_all_blocks()
+            released = True
+        return released
