@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# argparse prints this as it is: plain words, no reST markup (the module docstring has some).
+DESCRIPTION = ("The gpukb command line: 'gpukb info' prints the version, config file, session "
+               "state and backends; 'gpukb bench' times gpukb.rnn against the peers installed "
+               "here. 'gpukb COMMAND --help' explains a command.")
 
 
 def _info(args) -> int:
@@ -12,7 +18,11 @@ def _info(args) -> int:
 
     print(f"gpukb {gpukb.__version__}")
     path = _state.config_file_in_use()
-    print(f"config file: {path if path else f'none ({_state.config_path()} does not exist)'}")
+    if path is None:
+        candidate = _state.config_path()
+        why = "is not a readable file" if os.path.lexists(candidate) else "does not exist"
+        path = f"none ({candidate} {why})"
+    print(f"config file: {path}")
     print("session state:")
     for key, value, source in _state.settings_report():
         print(f"  {key:18s} {value!r:20s} (from {source})")
@@ -29,15 +39,18 @@ def _info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpukb", description=__doc__)
+    from ._version import __version__
+
+    parser = argparse.ArgumentParser(prog="gpukb", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"gpukb {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     info = commands.add_parser("info", help="print the version, config file, session state and backends")
     info.set_defaults(handler=_info)
     from .bench import command as bench_command
 
     bench = commands.add_parser(
-        "bench", help="time gpukb.rnn against PyTorch, JAX and Keras (the peers installed here)",
-        description=bench_command.DESCRIPTION,
+        "bench", help=bench_command.SUMMARY,
+        description=bench_command.description(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench_command.add_arguments(bench)

@@ -1,20 +1,30 @@
 """``gpukb bench`` and the gpukb.bench package: arguments, timing, table, JSON, plot, peers."""
 
+import dataclasses
+import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import gpukb
 from gpukb import cli
-from gpukb.bench import report, runner, workloads
+from gpukb.bench import implementations, peers, report, runner, workloads
 from gpukb.bench.workloads import Size
 
 TINY = ["--sizes", "2x3x2x3", "--repeats", "1", "--budget", "0.01", "--no-progress"]
+
+needs_onnxruntime = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="the onnxruntime peer needs onnxruntime and onnx: pip install onnx onnxruntime",
+)
 
 
 def bench(argv, capsys):
@@ -197,10 +207,10 @@ def test_quick_runs_in_under_a_minute_with_every_installed_peer(tmp_path):
         for size in workloads.QUICK_SIZES:
             assert ("gpukb[cpu]", workload, (size.B, size.T, size.D, size.H)) in ran
     skipped = {s["name"] for s in doc["skipped"]}
-    import importlib.util
-
-    for key, module in (("torch", "torch"), ("jax", "jax"), ("keras3", "keras")):
-        if importlib.util.find_spec(module) is not None:
+    for key, module in (("torch", "torch"), ("jax", "jax"), ("keras3", "keras"),
+                        ("onnxruntime", "onnxruntime")):
+        if importlib.util.find_spec(module) is not None and (
+                key != "onnxruntime" or importlib.util.find_spec("onnx") is not None):
             assert key not in skipped, doc["skipped"]
             assert len([r for r in doc["results"] if r["key"] == key]) == 6
             assert key in doc["machine"]["versions"] or module in doc["machine"]["versions"]
@@ -398,3 +408,153 @@ def test_workers_import_the_installed_gpukb_not_the_working_folder(tmp_path, mon
     assert "shadowed" not in result.stdout + result.stderr
     row = next(line for line in result.stdout.splitlines() if line.startswith("lstm"))
     assert "gpukb[cpu]" in row and float(row.split()[-1]) < 1e-5  # a measured row, not "error"
+
+
+# --------------------------------------------------------------------------------------------
+# Plugin backends that only run the generic loop
+# --------------------------------------------------------------------------------------------
+
+class _GenericOnly(gpukb.Backend):
+    name = "generic"
+    array_types = ("numpy:ndarray",)
+
+    def _load_xp(self):
+        return np
+
+
+def _record(name, backend):
+    import types
+
+    return types.SimpleNamespace(name=name, backend=backend, distribution="some-plugin",
+                                 availability=True, entry_point="some_plugin:Backend")
+
+
+def test_only_backends_with_their_own_kernels_run_by_default():
+    from gpukb import _dispatch
+
+    records = {r.name: r for r in _dispatch.backend_records()}
+    assert not implementations.runs_generic_loop_only(records["cpu"].backend)
+    assert not implementations.runs_generic_loop_only(records["cuda"].backend)
+    assert implementations.runs_generic_loop_only(_GenericOnly())
+
+    names, left_out = implementations.default_backends(
+        [records["cpu"], _record("generic", _GenericOnly())])
+    assert names == ["cpu"]
+    [(key, reason)] = left_out
+    assert key == "gpukb[generic]"
+    assert "generic Python loop" in reason and "--backends generic" in reason
+
+
+def test_a_generic_loop_backend_is_labelled_so(monkeypatch):
+    from gpukb import _dispatch
+
+    record = _record("generic", _GenericOnly())
+    monkeypatch.setattr(_dispatch, "backend_records", lambda: [record])
+    implementation = implementations.GpukbBackend("generic")
+    implementation.prepare()
+    assert implementation.label("lstm") == "gpukb[generic] generic loop"
+
+
+def test_the_torch_plugin_is_left_out_by_default_and_labelled_when_chosen(capsys):
+    """The plugin runs gpukb's Python loop on torch tensors: its time is no gpukb kernel's."""
+    pytest.importorskip("gpukb_torch", reason="needs plugins/gpukb-torch installed")
+    from gpukb import _dispatch
+
+    if not {r.name: r for r in _dispatch.backend_records()}["torch"].availability:
+        pytest.skip("the torch backend is not available here")
+    tiny = [*TINY, "--workloads", "lstm", "--peers", "none"]
+    code, out, err = bench(tiny, capsys)
+    assert code == 0, err
+    assert not [line for line in out.splitlines() if line.startswith("lstm") and "torch" in line]
+    assert "skipped: gpukb[torch]: not run by default" in out
+    code, out, err = bench([*tiny, "--backends", "torch"], capsys)
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("lstm"))
+    assert "gpukb[torch] generic loop" in row and float(row.split()[-1]) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# The peers' install line
+# --------------------------------------------------------------------------------------------
+
+def _fake_run(monkeypatch, ready):
+    def run_isolated(keys, workloads, sizes, **kwargs):
+        return [], ready, []
+
+    monkeypatch.setattr(runner, "run_isolated", run_isolated)
+
+
+@pytest.mark.parametrize("argv, ready, says_install", [
+    ([], [], True),                                        # no peer is installed
+    (["--peers", "torch"], [], True),
+    ([], [implementations.Implementation(key="torch", kind="peer")], False),
+    (["--peers", "none"], [], False),                      # peers not wanted
+])
+def test_install_line_when_no_peer_ran(argv, ready, says_install, capsys, monkeypatch):
+    _fake_run(monkeypatch, ready)
+    code, out, err = bench(["--no-progress", *argv], capsys)
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if peers.INSTALL_PEERS in line]
+    assert len(lines) == (1 if says_install else 0), out
+
+
+def test_install_line_lists_the_peers_extra():
+    """``python3 -m pip install ...`` (printed by gpukb bench) installs the ``peers`` extra."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("no pyproject.toml: running from an installed copy")
+    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    assert "peers" in extras, "pyproject.toml has no 'peers' extra"
+
+    def name(requirement):
+        return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower().replace("_", "-")
+
+    assert sorted(map(name, extras["peers"])) == sorted(peers.PEER_PACKAGES)
+    assert peers.INSTALL_PEERS == "python3 -m pip install " + " ".join(peers.PEER_PACKAGES)
+
+
+# --------------------------------------------------------------------------------------------
+# onnxruntime
+# --------------------------------------------------------------------------------------------
+
+@needs_onnxruntime
+@pytest.mark.parametrize("workload", ["lstm", "gru"])
+def test_onnxruntime_matches_the_float64_reference(workload):
+    """Gate order, transposes and biases of the ONNX model: the float32 result is within
+    float32 rounding (~1e-7) of the reference, with non-zero initial states."""
+    problem = workloads.make_problem(workload, Size(3, 9, 4, 5))
+    rng = np.random.default_rng(1)
+    states = {name: rng.standard_normal(getattr(problem, name).shape).astype(np.float32)
+              for name in ("h0", "c0") if getattr(problem, name) is not None}
+    problem = dataclasses.replace(problem, **states)
+    peer = peers.OnnxRuntimePeer()
+    peer.prepare()
+    runnable = peer.build(problem)
+    error = problem.relative_error(runnable.to_numpy(runnable.run()))
+    assert error < 2e-6, error
+
+
+@needs_onnxruntime
+def test_onnxruntime_peer_in_a_bench_run(capsys):
+    code, out, err = bench([*TINY, "--backends", "none", "--peers", "onnxruntime"], capsys)
+    assert code == 0, err
+    rows = [line for line in out.splitlines() if "B=2 T=3" in line]
+    assert [row.split()[0] for row in rows] == ["lstm", "gru"]
+    assert "onnxruntime LSTM" in rows[0] and "onnxruntime GRU" in rows[1]
+    for row in rows:
+        assert float(row.split()[-1]) < 1e-5 and row.split()[-2] == "1.00x"
+    threads = next(line for line in out.splitlines() if line.startswith("threads:"))
+    assert f"onnxruntime: {os.cpu_count()} intra-op" in threads
+    assert "intra_op_num_threads" in threads
+
+
+def test_missing_onnxruntime_is_skipped_with_what_to_install(capsys, tmp_path, monkeypatch):
+    folder = shim(tmp_path, "onnxruntime", "raise ModuleNotFoundError(\"No module named "
+                  "'onnxruntime'\", name='onnxruntime')\n")
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    code, out, err = bench([*TINY, "--workloads", "lstm", "--peers", "onnxruntime"], capsys)
+    assert code == 0, err
+    assert ("skipped: onnxruntime: onnxruntime is not installed (pip install onnx onnxruntime)"
+            in out)

@@ -6,42 +6,73 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+#: The one-line help of ``gpukb bench`` in ``gpukb --help``.
+SUMMARY = "time gpukb.rnn against PyTorch, JAX, Keras and onnxruntime (the peers installed here)"
 
 DESCRIPTION = """\
 Time gpukb.rnn (LSTM and GRU, every available gpukb backend) against the peers installed here
-(PyTorch nn.LSTM/nn.GRU, JAX lax.scan, Keras 3, tf.keras) and print a table: median ms, GFLOP/s,
-the ratio to the fastest peer and the relative error against a float64 NumPy reference. Each
-implementation runs in its own process; its first two calls (compilation, warm-up) are not timed.
-Peers that are not installed are listed as skipped."""
+(PyTorch nn.LSTM/nn.GRU, JAX lax.scan, Keras 3, tf.keras, onnxruntime) and print a table: median
+ms, GFLOP/s, the ratio to the fastest peer and the relative error against a float64 NumPy
+reference. Each implementation runs in its own process; its first two calls (compilation,
+warm-up) are not timed. Peers that are not installed are listed as skipped; to install them:
+{install}
+Plugin backends without a kernel of their own (they run gpukb's generic Python loop) only run
+when named with --backends."""
 
 # Sub-millisecond workloads need many calls for a steady median; the budget caps the slow ones.
 QUICK = {"repeats": 30, "budget": 0.5}
 FULL = {"repeats": 30, "budget": 3.0}
 
 
+def description() -> str:
+    """The long help of ``gpukb bench``."""
+    from .peers import INSTALL_PEERS
+
+    return DESCRIPTION.format(install=INSTALL_PEERS)
+
+
+def default_text(full, quick) -> str:
+    """``"default: 30"``, or ``"default: 3; --quick: 0.5"`` when --quick changes it: the help
+    states the values the run uses (tests/test_cli.py parses it back)."""
+    def shown(value) -> str:
+        return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}"
+
+    full_text, quick_text = shown(full), shown(quick)
+    if quick_text == full_text:
+        return f"default: {full_text}, also with --quick"
+    return f"default: {full_text}; --quick: {quick_text}"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import peers, workloads
+
+    sizes = default_text([s.key for s in workloads.FULL_SIZES],
+                         [s.key for s in workloads.QUICK_SIZES])
     parser.add_argument("--quick", action="store_true",
-                        help="smaller sizes and fewer repeats (under a minute on 2 cores)")
+                        help="smaller sizes and a smaller time budget (under a minute on 2 cores)")
     parser.add_argument("--json", metavar="FILE",
                         help="also save the results, with machine information, as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the results (needs matplotlib: pip install 'gpukb[plot]')")
-    parser.add_argument("--workloads", metavar="LIST", default="lstm,gru",
-                        help="comma-separated workloads among lstm, gru (default: both)")
+    parser.add_argument("--workloads", metavar="LIST", default=",".join(workloads.BENCH_WORKLOADS),
+                        help=f"comma-separated workloads among "
+                             f"{', '.join(workloads.BENCH_WORKLOADS)} (default: all)")
     parser.add_argument("--sizes", metavar="BxTxDxH", nargs="+",
-                        help="sizes to run instead of the defaults (32x100x64x128 1x1000x32x64 "
-                             "256x50x128x256; --quick: 16x50x32x64 1x200x16x32 64x20x64x128)")
+                        help=f"sizes to run instead of the defaults ({sizes})")
     parser.add_argument("--backends", metavar="LIST",
-                        help="comma-separated gpukb backends (default: every available one; "
-                             "'none': peers only)")
+                        help="comma-separated gpukb backends (default: every available one that "
+                             "has its own kernels; 'none': peers only)")
     parser.add_argument("--peers", metavar="LIST",
-                        help="comma-separated peers among torch, jax, keras3, tf.keras "
+                        help=f"comma-separated peers among {', '.join(peers.PEER_NAMES)} "
                              "(default: all that are installed; 'none': no peers)")
     parser.add_argument("--repeats", type=int, metavar="N",
-                        help="timed calls per measurement (default: 10; --quick: 7)")
+                        help="timed calls per measurement "
+                             f"({default_text(FULL['repeats'], QUICK['repeats'])})")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="stop repeating a measurement after this many seconds "
-                             "(default: 3; --quick: 0.5)")
+                             f"({default_text(FULL['budget'], QUICK['budget'])})")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar on stderr")
 
@@ -81,7 +112,7 @@ def validate(args, parser) -> dict:
 
     from . import peers, report, workloads
 
-    settings = dict(FULL if not args.quick else QUICK)
+    settings: dict[str, Any] = dict(FULL if not args.quick else QUICK)
     if args.repeats is not None:
         if args.repeats < 1:
             parser.error(f"--repeats must be at least 1, got {args.repeats}.")
@@ -134,11 +165,12 @@ def run(args, parser) -> int:
 
     from gpukb import _dispatch
 
-    from . import peers, report, runner
+    from . import implementations, peers, report, runner
 
     backends = settings["backends"]
+    left_out: list[tuple[str, str]] = []  # (key, reason): backends not run by default
     if backends is None:
-        backends = [r.name for r in _dispatch.backend_records()]
+        backends, left_out = implementations.default_backends(_dispatch.backend_records())
     keys = [f"gpukb[{name}]" for name in backends] + peers.peer_keys(settings["peers"])
     workloads, sizes = settings["workloads"], settings["sizes"]
     progress = runner.ProgressBar(len(keys) * len(workloads) * len(sizes),
@@ -148,6 +180,7 @@ def run(args, parser) -> int:
         progress=progress,
     )
     progress.close()
+    skipped += left_out
 
     machine = report.machine_info(ready)
     mode = "quick" if args.quick else "full"
@@ -156,6 +189,9 @@ def run(args, parser) -> int:
           f"{machine['cpu']}, {machine['usable_cores']} usable cores, {machine['date']}")
     threads = {i.key: i.threads for i in ready}
     print(report.format_table(results, skipped=skipped, threads=threads))
+    if settings["peers"] and not any(i.kind == "peer" for i in ready):
+        print(f"No peer ran, so there is nothing to compare with. To install the peers: "
+              f"{peers.INSTALL_PEERS}")
 
     if settings["json"] is not None:
         recorded = {"mode": mode, "repeats": settings["repeats"], "budget_s": settings["budget"],

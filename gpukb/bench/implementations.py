@@ -4,7 +4,9 @@ An implementation is prepared once (``prepare``: import its library, or raise ``
 reason) and then built per problem (``build``: a ``Runnable`` whose ``run`` does one forward pass,
 synchronised, and whose ``to_numpy`` turns the result into a NumPy array for the error check).
 Every *available* gpukb backend is an implementation (``gpukb[cpu]``, ``gpukb[cuda]``, plugins);
-the peers are in ``gpukb.bench.peers``.
+the peers are in ``gpukb.bench.peers``. A plugin backend that only runs gpukb's generic Python loop
+(no fused kernel of its own) is left out of the default run: its time is that loop's on the
+plugin's arrays, not a gpukb kernel's. ``--backends NAME`` still runs it, labelled "generic loop".
 """
 
 from __future__ import annotations
@@ -86,7 +88,11 @@ class GpukbBackend(Implementation):
     def __init__(self, name: str):
         super().__init__(key=f"gpukb[{name}]", kind="gpukb")
         self.name = name
-        self.backend = None
+        self.backend: Any = None  # the gpukb.Backend, once prepared
+        self.generic_loop = False
+
+    def label(self, workload: str) -> str:
+        return f"{self.key} generic loop" if self.generic_loop else self.key
 
     def prepare(self) -> None:
         import gpukb
@@ -102,6 +108,7 @@ class GpukbBackend(Implementation):
             raise Skipped("it runs on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): "
                           "its timings say nothing about a GPU")
         self.backend = record.backend
+        self.generic_loop = runs_generic_loop_only(record.backend)
         self.versions = {"gpukb": gpukb.__version__}
         if self.name == "cpu":
             import numba
@@ -135,13 +142,28 @@ class GpukbBackend(Implementation):
         return Runnable(run, backend.to_numpy)
 
 
-def gpukb_backends(names=None) -> list[GpukbBackend]:
-    """An implementation per discovered backend (or per name in ``names``), in name order."""
-    from gpukb import _dispatch
+def runs_generic_loop_only(backend) -> bool:
+    """True when ``backend`` neither fuses calls (``fused_rnn``) nor takes ``rnn`` over: every call
+    runs gpukb's generic Python loop on its arrays."""
+    from gpukb import Backend
 
-    if names is None:
-        names = [r.name for r in _dispatch.backend_records()]
-    return [GpukbBackend(name) for name in names]
+    cls = type(backend)
+    return cls.fused_rnn is Backend.fused_rnn and cls.rnn is Backend.rnn
+
+
+def default_backends(records) -> tuple[list[str], list[tuple[str, str]]]:
+    """The backends ``gpukb bench`` runs when ``--backends`` is not given, and the ones it leaves
+    out as ``(key, reason)``: those that only run the generic loop."""
+    names, left_out = [], []
+    for record in records:
+        if runs_generic_loop_only(record.backend):
+            left_out.append((f"gpukb[{record.name}]",
+                             f"not run by default: the {record.name!r} backend "
+                             f"({record.distribution}) has no kernel of its own, it runs gpukb's "
+                             f"generic Python loop; --backends {record.name} runs it"))
+        else:
+            names.append(record.name)
+    return names, left_out
 
 
 def make_implementation(key: str) -> Implementation:

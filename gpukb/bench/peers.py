@@ -10,11 +10,16 @@
   framework); the NumPy backend computes with NumPy's BLAS threads.
 - ``tf.keras``: ``tf_keras.layers.LSTM`` / ``GRU`` (Keras 2, ``pip install tf_keras``) inside a
   ``tf.function``; TensorFlow's default thread pools (every core).
+- ``onnxruntime``: a one-node ONNX model (the ``LSTM`` / ``GRU`` operator, the weights stored in
+  it) run by an ``onnxruntime.InferenceSession`` on the CPU, with ``SessionOptions`` defaults
+  (graph optimisations on) except ``intra_op_num_threads = os.cpu_count()``; the input is fed
+  time-major, as the operator wants it (transposed once, outside the timed call).
 
 A peer whose library is missing (or fails to import) raises ``Skipped`` from ``prepare``: it is
 listed as skipped, never an error. Weights are the same Keras-layout arrays for every peer; the
 torch adapters reorder the gates (torch LSTM i, f, g, o = Keras i, f, c, o; torch GRU r, z, n =
-Keras z, r, h, with Keras' ``reset_after=True`` being torch's formulation).
+Keras z, r, h, with Keras' ``reset_after=True`` being torch's formulation), and so does the ONNX
+one (see ``onnx_weights``).
 """
 
 from __future__ import annotations
@@ -269,8 +274,101 @@ class TfKerasPeer(Implementation):
         return Runnable(run, np.asarray)
 
 
+# --------------------------------------------------------------------------------------------
+# onnxruntime
+# --------------------------------------------------------------------------------------------
+
+#: Where each ONNX gate block comes from in the Keras layout: ONNX LSTM is i, o, f, c and Keras
+#: i, f, c, o; ONNX GRU and Keras are both z, r, h.
+ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (0, 1, 2)}
+#: opset 17 and IR version 8: readable by every onnxruntime the ``peers`` extra allows (>= 1.17).
+ONNX_OPSET, ONNX_IR_VERSION = 17, 8
+
+
+def onnx_weights(problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The problem's Keras-layout weights as the ONNX operator takes them: W ``[1, gates*H, D]``,
+    R ``[1, gates*H, H]`` (the Keras kernels transposed, gate blocks reordered) and B
+    ``[1, 2*gates*H]`` = input biases ++ recurrent biases. Keras LSTM has one bias (the recurrent
+    one is zero); Keras GRU with ``reset_after=True`` has both, its (2, 3H) rows."""
+    W, U, b = problem.weights
+    H = problem.size.H
+    order = ONNX_GATE_ORDER[problem.workload]
+
+    def reorder(a):  # the gate blocks lie along the last axis
+        return np.concatenate([a[..., g * H:(g + 1) * H] for g in order], axis=-1)
+
+    if problem.workload == "lstm":
+        biases = (reorder(b), np.zeros_like(b))
+    else:
+        biases = (reorder(b[0]), reorder(b[1]))
+    return reorder(W).T[None], reorder(U).T[None], np.concatenate(biases)[None]
+
+
+def onnx_model(onnx, problem):
+    """A checked one-node ONNX model: inputs X ``[T, B, D]`` and the initial states
+    ``[1, B, H]``, output Y ``[T, 1, B, H]``; the weights are initializers, as in a served model."""
+    from onnx import helper, numpy_helper
+
+    B, T, D, H = problem.size.B, problem.size.T, problem.size.D, problem.size.H
+    elem = helper.np_dtype_to_tensor_dtype(problem.x.dtype)
+    states = ["initial_h", "initial_c"] if problem.workload == "lstm" else ["initial_h"]
+    attributes = {"hidden_size": H}
+    if problem.workload == "gru":
+        attributes["linear_before_reset"] = 1  # Keras reset_after=True
+    node = helper.make_node(problem.workload.upper(), ["X", "W", "R", "B", "", *states], ["Y"],
+                            **attributes)
+    inputs = [helper.make_tensor_value_info("X", elem, [T, B, D])]
+    inputs += [helper.make_tensor_value_info(name, elem, [1, B, H]) for name in states]
+    weights = [numpy_helper.from_array(np.ascontiguousarray(a, problem.x.dtype), name)
+               for name, a in zip("WRB", onnx_weights(problem))]
+    graph = helper.make_graph([node], f"keras_{problem.workload}", inputs,
+                              [helper.make_tensor_value_info("Y", elem, [T, 1, B, H])],
+                              initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              ir_version=ONNX_IR_VERSION)
+    onnx.checker.check_model(model)
+    return model
+
+
+class OnnxRuntimePeer(Implementation):
+    def __init__(self):
+        super().__init__(key="onnxruntime")
+
+    def label(self, workload):
+        return f"onnxruntime {workload.upper()}"
+
+    def prepare(self):
+        install = "pip install onnx onnxruntime"
+        ort = _import("onnxruntime", install)
+        onnx = _import("onnx", install)
+        self.ort, self.onnx = ort, onnx
+        self.versions = {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
+        self.intra_op_threads = os.cpu_count() or 1
+        self.threads = (f"{self.intra_op_threads} intra-op "
+                        "(SessionOptions.intra_op_num_threads = os.cpu_count())")
+
+    def build(self, problem):
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = self.intra_op_threads
+        session = self.ort.InferenceSession(onnx_model(self.onnx, problem).SerializeToString(),
+                                            options, providers=["CPUExecutionProvider"])
+        feeds = {"X": np.ascontiguousarray(problem.x.transpose(1, 0, 2))}
+        for name, state in zip(("initial_h", "initial_c"), problem.states):
+            feeds[name] = state[None]
+
+        def run():
+            return session.run(["Y"], feeds)[0]
+
+        return Runnable(run, lambda y: y[:, 0].transpose(1, 0, 2))  # [T, 1, B, H] -> (B, T, H)
+
+
 #: Every peer ``gpukb bench`` knows, by the ``--peers`` name that selects it.
-PEER_NAMES = ("torch", "jax", "keras3", "tf.keras")
+PEER_NAMES = ("torch", "jax", "keras3", "tf.keras", "onnxruntime")
+#: What installs the peers (tf.keras aside: TensorFlow is large): the ``peers`` extra of
+#: pyproject.toml lists the same packages (tests/test_bench.py checks), and ``gpukb bench`` prints
+#: the command when no peer ran. A plain pip command, since gpukb may be installed from a clone.
+PEER_PACKAGES = ("torch", "jax", "keras", "onnx", "onnxruntime")
+INSTALL_PEERS = "python3 -m pip install " + " ".join(PEER_PACKAGES)
 
 
 def peer_keys(names=PEER_NAMES) -> list[str]:
@@ -279,7 +377,8 @@ def peer_keys(names=PEER_NAMES) -> list[str]:
 
 
 def make_peer(key: str) -> Implementation:
-    """A fresh peer from its key (``torch``, ``torch[cuda]``, ``jax``, ``keras3``, ``tf.keras``)."""
+    """A fresh peer from its key (``torch``, ``torch[cuda]``, ``jax``, ``keras3``, ``tf.keras``,
+    ``onnxruntime``)."""
     for peer in make_peers():
         if peer.key == key:
             return peer
@@ -298,6 +397,8 @@ def make_peers(names=PEER_NAMES) -> list[Implementation]:
             made.append(Keras3Peer())
         elif name == "tf.keras":
             made.append(TfKerasPeer())
+        elif name == "onnxruntime":
+            made.append(OnnxRuntimePeer())
         else:
             raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEER_NAMES)}.")
     return made

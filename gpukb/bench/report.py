@@ -119,6 +119,7 @@ def machine_info(implementations=()) -> dict:
         versions["numba"] = None
     for implementation in implementations:
         versions.update(implementation.versions)
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:

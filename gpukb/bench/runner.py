@@ -7,6 +7,10 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .workloads import Size
 
 
 @dataclass
@@ -101,7 +105,7 @@ class Result:
     """One implementation on one problem."""
 
     workload: str
-    size: object                  # workloads.Size
+    size: Size
     implementation: str           # the display label, e.g. "torch nn.LSTM"
     key: str                      # the stable name, e.g. "torch", "gpukb[cpu]"
     kind: str                     # "gpukb" or "peer"
@@ -201,6 +205,7 @@ def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progr
                 [python, "-m", "gpukb.bench.worker"], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=errors, text=True, cwd=tempfile.gettempdir(),
             )
+            assert process.stdin is not None and process.stdout is not None  # both PIPEs
             process.stdin.write(json.dumps(dict(spec, key=key)))
             process.stdin.close()
             for line in process.stdout:

@@ -194,8 +194,26 @@ def _format(row):
             f"cuDNN {ms('cudnn_tf32_ms')}  [ms]")
 
 
+def cuda_problem():
+    """None when gpukb's cuda backend can run here (on a GPU, or in the simulator), else one
+    sentence saying why not and what to install."""
+    from gpukb import _dispatch
+
+    record = {r.name: r for r in _dispatch.backend_records()}.get("cuda")
+    if record is None:  # pragma: no cover - the backend ships with gpukb
+        return "gpukb's cuda backend is not registered: reinstall gpukb."
+    if record.availability:
+        return None
+    hint = record.backend.install_hint
+    return f"the cuda backend is not available: {record.availability.reason}" + (
+        f". {hint}" if hint else "")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m gpukb.kernels.cuda.benchmark",
+        description="Time gpukb's cuda backend against PyTorch's cuDNN LSTM/GRU (needs an "
+                    "NVIDIA GPU, or NUMBA_ENABLE_CUDASIM=1 for a slow smoke run).")
     parser.add_argument("--cells", default="lstm,gru")
     parser.add_argument("--shapes", default=DEFAULT_SHAPES, help="comma-separated BxH, e.g. 1x256,64x1024")
     parser.add_argument("--steps", type=int, default=100)
@@ -205,6 +223,10 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", help="write every figure and the versions to this file")
     args = parser.parse_args(argv)
+    problem = cuda_problem()
+    if problem is not None:  # an expected situation on a machine without a GPU: no traceback
+        print(f"{parser.prog}: {problem}", file=sys.stderr)
+        return 1
     result = run(cells=args.cells.split(","), shapes=_parse_shapes(args.shapes), steps=args.steps,
                  repeat=args.repeat, warmup=args.warmup, masks=args.masks.split(","),
                  torch_too=not args.no_torch)
