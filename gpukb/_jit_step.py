@@ -16,11 +16,13 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-import warnings
+from typing import Any, Callable, overload
 
 import numpy as np
 
-__all__ = ["JitStep", "jit_step", "fused_step"]
+from ._warn import warn_user
+
+__all__ = ["JitStep", "jit_step", "fused_step", "compile_error_recorder"]
 
 MAX_FUSED_STATES = 8
 MAX_FUSED_CONSTANTS = 8
@@ -30,19 +32,23 @@ class JitStep:
     """A Python step function compiled lazily with ``numba.njit(**options)``.
 
     ``py_func`` is the original function, ``options`` the njit options, ``dispatcher`` the Numba
-    dispatcher (created on first access). If Numba cannot compile the function for the arguments
-    it is given (a ``numba.core.errors.TypingError``), the step warns once and from then on runs
-    ``py_func`` (results are the same; only speed is lost).
+    dispatcher (created on first access). When Numba cannot compile the function for the array
+    types it is given (a typing error, a missing SciPy for ``@``, any other compile failure), the
+    step warns once for those types and runs ``py_func`` for them from then on (same results,
+    slower); other types still run compiled. ``compile_errors`` maps each such signature
+    (a tuple of ``"dtype[ndim]"`` strings, one per array) to Numba's error.
     """
 
-    def __init__(self, py_func, options=None):
+    __name__: str  # with the rest of py_func's attributes, by functools.update_wrapper
+
+    def __init__(self, py_func: Callable[..., Any], options: dict[str, Any] | None = None) -> None:
         if not callable(py_func):
             raise TypeError(f"jit_step: expected a function, got {type(py_func).__name__}.")
         self.py_func = py_func
         self.options = dict(options or {})
         self._dispatcher = None
         self._lock = threading.Lock()
-        self.compile_error = None  # the TypingError that made this step fall back to py_func
+        self.compile_errors: dict = {}
         functools.update_wrapper(self, py_func)
 
     @property
@@ -57,23 +63,33 @@ class JitStep:
         return self._dispatcher
 
     @property
-    def compiled(self) -> bool:
-        """False once Numba failed to compile the step (it then runs as plain Python)."""
-        return self.compile_error is None
+    def compile_error(self):
+        """The most recent compile failure (see ``compile_errors``), or None."""
+        return next(reversed(self.compile_errors.values()), None)
 
-    def __call__(self, *args, **kwargs):
-        if self.compile_error is None and not kwargs and _numba_friendly(args):
+    @property
+    def compiled(self) -> bool:
+        """False once Numba failed to compile the step for some array types."""
+        return not self.compile_errors
+
+    def falls_back(self, signature) -> bool:
+        """Whether calls with this ``signature`` (see ``array_signature``) run as plain Python."""
+        return signature in self.compile_errors
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        signature = array_signature(args) if not kwargs and _numba_friendly(args) else None
+        if signature is not None and signature not in self.compile_errors:
             try:
                 dispatcher = self.dispatcher
             except ImportError as err:  # no Numba: plain Python it is
-                self._give_up(err)
+                self.record_compile_error(signature, err)
             else:
                 try:
                     return dispatcher(*args)
                 except Exception as err:
                     if self._has_compiled(dispatcher, args):
                         raise  # an error of the compiled step itself, at run time
-                    self._give_up(err)  # Numba could not compile it for these arguments
+                    self.record_compile_error(signature, err)  # Numba could not compile it
         return self.py_func(*args, **kwargs)
 
     @staticmethod
@@ -85,17 +101,35 @@ class JitStep:
         except Exception:
             return False
 
-    def _give_up(self, err):
-        self.compile_error = err
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        warnings.warn(
-            f"gpukb.jit_step: Numba could not compile step function {self.__name__!r} "
-            f"({first}); it runs as plain Python from now on (same results, slower). "
-            "The full Numba error is in its .compile_error.",
-            RuntimeWarning, stacklevel=3)
+    def record_compile_error(self, signature, err) -> None:
+        """Run ``signature``'s calls as plain Python from now on; warn once for it."""
+        if signature in self.compile_errors:
+            return
+        self.compile_errors[signature] = err
+        text = str(err).strip()
+        reason = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+        warn_user(
+            f"gpukb.jit_step: Numba could not compile step function {self.__name__!r} for arrays "
+            f"of dtype {', '.join(signature)} ({reason}); calls with these dtypes run as plain "
+            "Python from now on (same results, slower). The full Numba error is in "
+            ".compile_errors.")
 
     def __repr__(self) -> str:
         return f"<gpukb.jit_step {getattr(self.py_func, '__qualname__', self.py_func)!r}>"
+
+
+def array_signature(args) -> tuple:
+    """The dtype and rank of every array (and the type of every number) in ``args``, in order:
+    what decides whether Numba can compile a step for them."""
+    signature: list = []
+    for a in args:
+        if isinstance(a, (tuple, list)):
+            signature.extend(array_signature(a))
+        elif isinstance(a, np.ndarray):
+            signature.append(f"{a.dtype}[{a.ndim}d]")
+        else:
+            signature.append(type(a).__name__)
+    return tuple(signature)
 
 
 def _numba_friendly(args) -> bool:
@@ -109,7 +143,14 @@ def _numba_friendly(args) -> bool:
     return True
 
 
-def jit_step(func=None, **options):
+@overload
+def jit_step(func: Callable[..., Any], **options: Any) -> JitStep: ...
+@overload
+def jit_step(func: None = None, **options: Any) -> Callable[[Callable[..., Any]], JitStep]: ...
+
+
+def jit_step(func: Callable[..., Any] | None = None,
+             **options: Any) -> JitStep | Callable[[Callable[..., Any]], JitStep]:
     """Mark a step function for Numba: ``@jit_step`` or ``@jit_step(cache=True, fastmath=...)``.
 
     The options are ``numba.njit``'s. Nothing is compiled (or imported) until the first call.
@@ -124,8 +165,6 @@ def jit_step(func=None, **options):
 def numba_dispatcher(step_function):
     """The Numba CPU dispatcher of a step function, or None if it is not Numba-compiled."""
     if isinstance(step_function, JitStep):
-        if not step_function.compiled:
-            return None
         try:
             return step_function.dispatcher
         except ImportError:  # no Numba: the generic loop runs its Python function
@@ -164,7 +203,28 @@ def fused_step(call):
         return None
     if len(call.constants) > MAX_FUSED_CONSTANTS or not all(_plain(c) for c in call.constants):
         return None
-    return numba_dispatcher(call.step_function)  # last: it may import Numba
+    step = call.step_function
+    if isinstance(step, JitStep) and step.falls_back(step_signature(call)):
+        return None
+    return numba_dispatcher(step)  # last: it may import Numba
+
+
+def step_signature(call) -> tuple:
+    """``array_signature`` of the arguments each step of ``call`` gets (a slice of its input,
+    then its states and constants)."""
+    x = call.input_leaves[0]
+    step_input = f"{x.dtype}[{x.ndim - 1}d]"
+    return (step_input,) + array_signature((list(call.state_leaves), list(call.constants)))
+
+
+def compile_error_recorder(call):
+    """For the fused loop: where a compile failure of ``call``'s step goes (None: nowhere, the
+    generic loop will raise it, as for a plain ``numba.njit`` function)."""
+    step = call.step_function
+    if not isinstance(step, JitStep):
+        return None
+    signature = step_signature(call)
+    return lambda err: step.record_compile_error(signature, err)
 
 
 def _plain(a) -> bool:

@@ -15,7 +15,7 @@ import numpy
 
 from .._backend import Backend, available, unavailable
 from .._fused import cell_kernel_options, fused_cell
-from .._jit_step import fused_step
+from .._jit_step import compile_error_recorder, fused_step
 
 
 class CPUBackend(Backend):
@@ -37,7 +37,8 @@ class CPUBackend(Backend):
         if step is not None:
             from gpukb.kernels.cpu import jit_loop
 
-            return jit_loop.run(call, step)  # or NotImplemented: the generic loop runs it
+            # NotImplemented: the generic loop runs it
+            return jit_loop.run(call, step, compile_error_recorder(call))
         cell = fused_cell(call)
         if cell is None:
             return NotImplemented

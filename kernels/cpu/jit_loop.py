@@ -11,10 +11,16 @@ generic loop then runs the call and raises the step's own errors.
 
 How it works
 - The loop source is generated per (number of states, number of constants) from ``_TEMPLATE`` and
-  compiled with ``numba.njit`` on first use; it takes the step dispatcher as an argument, so Numba
-  compiles it once per step function and argument types, in memory (a function typed on a
-  dispatcher cannot be cached on disk; expect about a second per new step function and dtype).
-  The helpers it calls for masking and copying are ``cache=True``. Nothing compiles at import.
+  compiled with ``numba.njit`` once per process for each set of argument types. The step comes in
+  as a function pointer (a Numba ``FunctionType``), so a new step function costs only its own
+  compile (about a second), never a new loop. The helpers the loop calls for masking and copying
+  are ``cache=True``. Nothing compiles at import.
+- Once compiled, nothing here takes Numba's global compiler lock: compiled signatures are looked
+  up, not compiled again, so a call never waits for another thread's compile, and a process
+  forked while another thread compiles can still run its compiled steps.
+- The loop runs ``nogil`` in blocks of steps of about ``_BLOCK_SECONDS`` each, returning to Python
+  in between: Ctrl-C (delivered only while Python runs) arrives as KeyboardInterrupt within one
+  block, and other Python threads run meanwhile.
 - Every one of the T step calls happens inside the compiled loop, so the step always gets the
   same argument types (one specialization). The input is read time-major: a batch-major input is
   copied once to (T, B, ...) C order, so each step input is a C-contiguous slice. The step
@@ -37,6 +43,8 @@ How it works
 from __future__ import annotations
 
 import threading
+import time
+import warnings
 
 import numba
 import numpy as np
@@ -44,26 +52,27 @@ import numpy as np
 MAX_STATES = 8
 MAX_CONSTANTS = 8
 # info: [0] status, [1] state index or count, [2] step, [3] output ndim, [4:36] the first output's
-# shape, [36] ndim of the offending array, [37:69] its shape (Numba arrays have at most 32 dims).
+# shape, [36] ndim of the offending array, [37:69] its shape (Numba arrays have at most 32 dims),
+# [70] the step running now (where an exception of the step was raised).
 _INFO_SIZE = 72
-_SHAPE0, _BAD_NDIM, _BAD_SHAPE = 4, 36, 37
+_SHAPE0, _BAD_NDIM, _BAD_SHAPE, _RUNNING = 4, 36, 37, 70
 
 _OK, _BAD_BATCH, _OUTPUT_CHANGED, _STATE_COUNT, _STATE_SHAPE = 0, 1, 2, 3, 4
 
 _lock = threading.Lock()
+_functions: dict = {}
 _loops: dict = {}
 _failed: set = set()
 
 _TEMPLATE = '''
-def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_major, proto,
-               {params}info):
+def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_major, out, prev,
+               i_begin, i_end, {params}info):
     T = x.shape[0]
     B = x.shape[1]
     tout = T if return_all else 1
-    out = np.empty((0, 0, 0), proto.dtype)
-    prev = np.empty(0, proto.dtype)
-    for i in range(T):
+    for i in range(i_begin, i_end):
         t = T - 1 - i if backwards else i
+        info[{running}] = i
         res = step(x[t], ({step_states}))
         o = res[0]
         new = res[1]
@@ -75,8 +84,8 @@ def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_ma
                 info[0] = {bad_batch}
                 break
             K = o.size // B
-            out = np.empty((tout, B, K) if time_major else (B, tout, K), proto.dtype)
-            prev = np.zeros(B * K, proto.dtype)
+            out = np.empty((tout, B, K) if time_major else (B, tout, K), out.dtype)
+            prev = np.zeros(B * K, out.dtype)
         elif _shape_changed(o, info):
             info[0] = {output_changed}
             info[2] = i
@@ -91,7 +100,7 @@ def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_ma
         _commit_output(o, prev, out, mask, t, has_mask, zero_out, i if return_all else 0,
                        return_all or i == T - 1, time_major)
 {swap_states}
-    return out, ({final_states})
+    return out, prev, ({final_states})
 '''
 
 _COMMIT_STATE = '''
@@ -118,11 +127,11 @@ def _source(n_states: int, n_constants: int) -> str:
     return _TEMPLATE.format(
         params=_tuple(s + r + c),
         step_states=_tuple(s + c),
-        final_states=_tuple(s),
+        final_states=_tuple(s + r),
         n_states=n_states,
         commit_states=commit or "        pass",
         swap_states=swap or "        pass",
-        bad_batch=_BAD_BATCH, state_count=_STATE_COUNT, output_changed=_OUTPUT_CHANGED,
+        running=_RUNNING, bad_batch=_BAD_BATCH, state_count=_STATE_COUNT, output_changed=_OUTPUT_CHANGED,
     )
 
 
@@ -185,21 +194,48 @@ def _record_shape(a, info):
         info[37 + d] = a.shape[d]
 
 
-def _loop(n_states: int, n_constants: int):
-    """The compiled-on-demand loop dispatcher for this arity (generated once per process)."""
+def _loop_function(n_states: int, n_constants: int):
+    """The Python source of the loop for this arity, as a function (generated once per process)."""
     key = (n_states, n_constants)
-    loop = _loops.get(key)
-    if loop is None:
-        with _lock:
-            loop = _loops.get(key)
-            if loop is None:
-                namespace = {"np": np, "_commit_state": _commit_state, "_commit_output": _commit_output,
-                             "_shape_changed": _shape_changed, "_record_shape": _record_shape}
-                source = _source(*key)
-                code = compile(source, f"<gpukb fused loop {key}>", "exec")
-                exec(code, namespace)
-                loop = _loops[key] = numba.njit(namespace["fused_loop"])
-    return loop
+    function = _functions.get(key)
+    if function is None:
+        namespace = {"np": np, "_commit_state": _commit_state, "_commit_output": _commit_output,
+                     "_shape_changed": _shape_changed, "_record_shape": _record_shape}
+        exec(compile(_source(*key), f"<gpukb fused loop {key}>", "exec"), namespace)
+        function = _functions[key] = namespace["fused_loop"]
+    return function
+
+
+def _compiled_loop(n_states: int, n_constants: int, arg_types, step):
+    """The loop compiled for exactly ``arg_types`` (its first, the step's FunctionType), or None
+    when it cannot compile (warned once).
+
+    The step comes in as a function pointer, not as its dispatcher: a dispatcher argument would
+    make Numba compile (and keep in memory) a new loop for every step function, doubling what a
+    new step costs. Compiling is then disabled, so a call with a new step function reuses this
+    machine code (Numba converts the dispatcher to the pointer) instead of specialising again.
+    """
+    key = (n_states, n_constants, arg_types)
+    loop = _loops.get(key)  # no lock on the common path: see run
+    if loop is not None or key in _failed:
+        return loop
+    with _lock:
+        if key in _loops or key in _failed:
+            return _loops.get(key)
+        try:
+            loop = numba.njit(nogil=True)(_loop_function(n_states, n_constants))  # nogil: other threads run
+            loop.compile(arg_types)
+            loop.disable_compile()
+        except Exception as err:  # a limitation of this loop, not of the step: the generic loop runs it
+            _failed.add(key)
+            warnings.warn(
+                f"gpukb.rnn: the fused time loop did not compile for step function "
+                f"{getattr(step, '__name__', step)!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0]}); running the generic loop, with identical results.",
+                RuntimeWarning, stacklevel=5)
+            return None
+        _loops[key] = loop
+        return loop
 
 
 def _result_fits(return_type, n_states: int) -> bool:
@@ -263,8 +299,20 @@ def _raise_like_generic(call, info, out_dtype, state_dtypes, container):
     raise AssertionError(f"gpukb fused loop: unexpected status {status}")  # pragma: no cover
 
 
-def run(call, step):
-    """Run ``call`` with the Numba dispatcher ``step`` in one compiled loop, or NotImplemented."""
+# Steps per compiled call are chosen so that one call takes about this long: the time loop returns
+# to Python between blocks, where Ctrl-C is delivered (a compiled loop cannot see signals).
+_BLOCK_SECONDS = 0.05
+_FIRST_BLOCK_STEPS = 16
+
+
+def run(call, step, on_compile_error=None):
+    """Run ``call`` with the Numba dispatcher ``step`` in one compiled loop, or NotImplemented.
+
+    ``on_compile_error(err)`` is called when Numba cannot compile the step itself for this call's
+    types (a ``gpukb.jit_step`` records it and falls back to Python); the generic loop then runs
+    the call. Without it, such a call also returns NotImplemented and the generic loop raises
+    the step's own error.
+    """
     from numba.core import types
     from numba.core.errors import NumbaError
     from numba.np.numpy_support import as_dtype
@@ -291,45 +339,82 @@ def run(call, step):
 
     # Type the step alone first: a step that does not compile, or whose result does not fit the
     # fused loop, goes to the generic loop before it runs even once (which raises its errors).
+    # A compiled signature is looked up without Dispatcher.compile, which takes Numba's global
+    # compiler lock: held by another thread's compile, that lock would stall this call (and
+    # hang a process forked meanwhile).
     step_sig = (_slice_type(x_type), types.Tuple(state_types + const_types))
-    try:
-        step.compile(step_sig)
-        return_type = step.overloads[step_sig].signature.return_type
-    except (NumbaError, KeyError, TypeError, ValueError, RuntimeError):
-        return NotImplemented
+    compiled = step.overloads.get(step_sig)
+    if compiled is None:
+        try:
+            step.compile(step_sig)
+            compiled = step.overloads[step_sig]
+        except Exception as err:  # any compile failure (typing, lowering, SciPy missing for `@`)
+            if on_compile_error is not None:
+                on_compile_error(err)
+            return NotImplemented
+    return_type = compiled.signature.return_type
     if not _result_fits(return_type, n_states) or not _states_fit(return_type, state_types):
         return NotImplemented
     try:
-        proto = np.empty(0, as_dtype(return_type[0].dtype))  # carries the output dtype
+        out = np.empty((0, 0, 0), as_dtype(return_type[0].dtype))  # replaced at step 0
     except (NumbaError, NotImplementedError, TypeError):
         return NotImplemented
+    prev = np.empty(0, out.dtype)
 
-    args = (step, x, mask, has_mask, call.go_backwards, call.zero_output_for_mask,
-            call.return_all_outputs, call.time_major, proto, *cur, *nxt, *call.constants, info)
-    loop = _loop(n_states, n_constants)
-    arg_types = tuple(numba.typeof(a) for a in args)
-    key = (id(loop), arg_types)
-    if key in _failed:
-        return NotImplemented
-    try:
-        loop.compile(arg_types)
-    except Exception as err:  # a limitation of this loop, not of the step: the generic loop runs it
-        _failed.add(key)
-        import warnings
-
-        warnings.warn(
-            f"gpukb.rnn: the fused time loop did not compile for step function "
-            f"{getattr(step, '__name__', step)!r} ({type(err).__name__}: {str(err).splitlines()[0]}); "
-            "running the generic loop, with identical results.",
-            RuntimeWarning, stacklevel=4)
+    head = (step, x, mask, has_mask, call.go_backwards, call.zero_output_for_mask,
+            call.return_all_outputs, call.time_major)
+    fn_type = types.FunctionType(return_type(*step_sig))
+    arg_types = (fn_type,) + tuple(numba.typeof(a) for a in (*head[1:], out, prev, 0, 0, *cur, *nxt,
+                                                              *call.constants, info))
+    loop = _compiled_loop(n_states, n_constants, arg_types, step)
+    if loop is None:
         return NotImplemented
 
-    out, final = loop(*args)
-    if info[0] != _OK:
-        container = list if isinstance(return_type[1], types.List) else tuple
-        _raise_like_generic(call, info, proto.dtype, [s.dtype for s in cur], container)
+    T = x.shape[0]
+    i, block = 0, min(T, _FIRST_BLOCK_STEPS)
+    while i < T:
+        end = min(T, i + block)
+        started = time.perf_counter()
+        try:
+            out, prev, buffers = _interruptible(loop, *head, out, prev, i, end, *cur, *nxt,
+                                                *call.constants, info)
+        except Exception as err:  # raised by the step: say where, as the generic loop does
+            from gpukb._rnn import note_step_error
+
+            running = int(info[_RUNNING])
+            note_step_error(err, call, running, T - 1 - running if call.go_backwards else running)
+            raise
+        if info[0] != _OK:
+            container = list if isinstance(return_type[1], types.List) else tuple
+            _raise_like_generic(call, info, out.dtype, [s.dtype for s in cur], container)
+        cur, nxt = list(buffers[:n_states]), list(buffers[n_states:])
+        block = _next_block(block, end - i, time.perf_counter() - started)
+        i = end
 
     rest = tuple(int(s) for s in info[_SHAPE0 + 1:_SHAPE0 + int(info[3])])
     outputs = out.reshape(out.shape[:2] + rest)
     last = outputs[-1] if call.time_major else outputs[:, -1]
-    return last, outputs, call.pack_states(list(final))
+    return last, outputs, call.pack_states(cur)
+
+
+def _next_block(block: int, steps: int, seconds: float) -> int:
+    """Steps for the next compiled call: about _BLOCK_SECONDS of work, growing at most 8x a time."""
+    if seconds <= 0:
+        return block * 8
+    return max(1, min(block * 8, int(steps * _BLOCK_SECONDS / seconds)))
+
+
+def _interruptible(loop, *args):
+    """loop(*args), turning Numba's report of a Ctrl-C that arrived during the call into a plain
+    KeyboardInterrupt: Python runs the signal handler inside a helper Numba calls while boxing
+    the results, and Numba then raises SystemError("... returned a result with an exception
+    set") with the KeyboardInterrupt only as its cause."""
+    try:
+        return loop(*args)
+    except SystemError as err:
+        seen = err
+        while seen is not None:
+            if isinstance(seen, KeyboardInterrupt):
+                raise KeyboardInterrupt() from None
+            seen = seen.__cause__ or seen.__context__
+        raise
