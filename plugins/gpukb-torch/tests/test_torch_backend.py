@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -38,6 +39,28 @@ def test_torch_tensors_select_the_plugin_automatically():
     assert isinstance(outputs, torch.Tensor)
     assert outputs[:, :, 0].tolist() == [[1, 2, 3], [1, 2, 3]]
     assert gpukb.get_backend("torch") is not gpukb.get_backend("cpu")
+
+
+def test_discovery_and_numpy_calls_do_not_import_torch(tmp_path):
+    """gpukb loads the entry point in every process that finds backends; importing torch takes
+    seconds, so it must wait until a tensor is dispatched to this backend."""
+    code = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import gpukb
+
+        assert "torch" in gpukb.list_backends()
+        assert gpukb.get_backend("torch").is_available()
+        gpukb.rnn(lambda x, s: (x + s[0], [x + s[0]]), np.ones((2, 3, 1)), [np.zeros((2, 1))])
+        gpukb.clear_session()
+        assert "torch" not in sys.modules, "torch was imported"
+
+        from gpukb_torch import TorchNamespace  # still importable by name: now torch loads
+        assert "torch" in sys.modules
+    """)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, GPUKB_HOME=str(tmp_path)))
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_numpy_inputs_still_go_to_cpu():
@@ -80,3 +103,9 @@ def test_documented_conformance_command_passes(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "4 passed" in result.stdout
+
+
+def test_clear_session_hook_says_whether_it_freed_anything():
+    backend = gpukb.get_backend("torch")
+    # gpukb.clear_session skips its gc.collect() only when every backend answers False
+    assert backend.on_clear_session() is torch.cuda.is_available()
