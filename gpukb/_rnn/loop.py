@@ -5,7 +5,7 @@ adapters (torch) can all run it: ``xp.zeros(shape, dtype=)``, ``xp.empty(shape, 
 ``xp.where(cond, a, b)``, and on arrays ``.shape``, ``.dtype``, ``.ndim``, ``.reshape``, basic
 indexing ``a[t]`` / ``a[:, t]`` and slice assignment into those.
 
-Semantics (see the spec, section "rnn"): the step is called exactly T times, outputs go into a
+Semantics (docs/semantics.md, section "rnn"): the step is called exactly T times, outputs go into a
 preallocated buffer in processing order, and at a masked (sample, step) the states keep their
 previous value and the output is zeros or the previous masked output (zeros before the first step).
 ``unroll`` is only a hint: both modes run this same loop, so results are bitwise identical.
