@@ -6,6 +6,8 @@ The reference below is written from the Keras formulas and the spec's masking ru
 is zeros before the first processed step.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -352,6 +354,138 @@ def test_input_projection_in_time_blocks(B, go_backwards, monkeypatch):
                  reset_after=ra, use_bias=True, mask_kind="random", layout="c", seed=B)
         got, want = _run(cell, p)
         _check(got, want, np.float64, B, H, T, B == 1, ns)
+
+
+@contextlib.contextmanager
+def _recorded_time_blocks(block_seconds=None):
+    """Record the time block (s0, s1) of every compiled kernel call; block_seconds=0.0 makes
+    every block a single step."""
+    blocks = []
+    saved = (_common._BLOCK_SECONDS, _common.run_chunks)
+
+    def spy(fn, args, chunks, *rest):
+        def fn_spy(*a):
+            blocks.append(a[-2:])
+            return fn(*a)
+        return saved[1](fn_spy, args, chunks, *rest)
+
+    _common.run_chunks = spy
+    if block_seconds is not None:
+        _common._BLOCK_SECONDS = block_seconds
+    try:
+        yield blocks
+    finally:
+        _common._BLOCK_SECONDS, _common.run_chunks = saved
+
+
+@CELL_SETTINGS
+@given(st.sampled_from(["lstm", "gru", "rnn"]).flatmap(lambda c: st.tuples(st.just(c), problems(c))))
+def test_results_do_not_depend_on_time_blocks(cell_p):
+    """Bitwise: one compiled call per step (Ctrl-C lands between calls) or one for all steps."""
+    cell, p = cell_p
+    whole, want = _run(cell, p)
+    with _recorded_time_blocks(0.0) as blocks:
+        stepwise, _ = _run(cell, p)
+    assert sorted(set(blocks)) == [(s, s + 1) for s in range(p["T"])]
+    for got, ref in zip([stepwise[0], stepwise[1], *stepwise[2]], [whole[0], whole[1], *whole[2]]):
+        np.testing.assert_array_equal(got, ref)
+    T_out = p["T"] if p["flags"]["return_all_outputs"] else 1
+    _check(stepwise, want, p["dtype"], p["B"], p["H"], T_out, p["flags"]["time_major"],
+           2 if cell == "lstm" else 1)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_before", "rnn"])
+def test_time_blocks_across_threads_and_projection_blocks(cell, monkeypatch):
+    """Row chunks over threads, input projection in blocks of 3 steps, time blocks of 1 step:
+    the same bits as one call per chunk."""
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    monkeypatch.setattr(_common, "max_threads", lambda: 3)
+    monkeypatch.setattr(_common, "_XP_BLOCK_BYTES", 3 * 10 * 80 * 8)
+    name = "gru" if cell.startswith("gru") else cell
+    p = dict(B=37, T=11, D=5, H=19, dtype=np.float64,
+             flags=dict(go_backwards=True, zero_output_for_mask=True, return_all_outputs=True,
+                        time_major=False),
+             acts=dict(activation="tanh") if cell == "rnn"
+             else dict(activation="tanh", recurrent_activation="hard_sigmoid"),
+             reset_after=(cell == "gru"), use_bias=True, mask_kind="random", layout="c", seed=11)
+    whole, want = _run(name, p)
+    with _recorded_time_blocks(0.0) as blocks:
+        stepwise, _ = _run(name, p)
+    assert len(blocks) == 4 * 11   # 4 row chunks, 11 steps each
+    for got, ref in zip([stepwise[1], *stepwise[2]], [whole[1], *whole[2]]):
+        np.testing.assert_array_equal(got, ref)
+    _check(stepwise, want, np.float64, 37, 19, 11, False, 2 if cell == "lstm" else 1)
+
+
+def test_long_sequences_return_to_python_between_time_blocks(monkeypatch):
+    """A call estimated to take longer than _BLOCK_SECONDS runs as several compiled calls, each
+    sized from the previous one's measured time; a short call stays one compiled call."""
+    rng = np.random.default_rng(2)
+    B, T, D, H = 2, 400, 3, 8
+    x = rng.standard_normal((B, T, D))
+    W, U = rng.standard_normal((D, H)) * 0.3, rng.standard_normal((H, H)) * 0.3
+    kw = dict(go_backwards=False, zero_output_for_mask=False, return_all_outputs=True,
+              time_major=False, activation="tanh")
+    with _recorded_time_blocks() as calls:
+        want = simple_rnn(x, W, U, None, np.zeros((B, H)), None, **kw)[1]
+    assert calls == [(0, T)]
+    # estimated at 50 ms per step: a first block of 10 steps, which takes far less than 0.5 s,
+    # so the next ones grow (at most 4x each)
+    monkeypatch.setattr(_common, "_STEP_SECONDS", 0.05)
+    monkeypatch.setattr(_common, "_ROW_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(_common, "_FLOPS_PER_SECOND", np.inf)
+    with _recorded_time_blocks(0.5) as calls:
+        got = simple_rnn(x, W, U, None, np.zeros((B, H)), None, **kw)[1]
+    np.testing.assert_array_equal(got, want)
+    assert calls[0] == (0, 10) and calls[1][1] - calls[1][0] > 10 and len(calls) >= 3
+    assert [c[0] for c in calls[1:]] == [c[1] for c in calls[:-1]] and calls[-1][1] == T
+
+
+def test_interrupted_call_stops_every_thread(monkeypatch):
+    """KeyboardInterrupt in the calling thread between two blocks: the pool threads finish their
+    current block and take no other; nothing runs once it propagates; the next call is exact."""
+    import threading
+    import time
+
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    monkeypatch.setattr(_common, "max_threads", lambda: 3)
+    monkeypatch.setattr(_common, "_BLOCK_SECONDS", 0.0)   # one step per compiled call
+    rng = np.random.default_rng(4)
+    B, T, D, H = 40, 30, 3, 8
+    x = rng.standard_normal((B, T, D))
+    W, U = rng.standard_normal((D, 4 * H)) * 0.3, rng.standard_normal((H, 4 * H)) * 0.3
+    z = np.zeros((B, H))
+    kw = dict(go_backwards=False, zero_output_for_mask=False, return_all_outputs=True,
+              time_major=False, activation="tanh", recurrent_activation="sigmoid")
+    want = lstm(x, W, U, None, z, z, None, **kw)
+    main = threading.get_ident()
+    running, done, at_interrupt = [], [], []
+    saved = _common.run_chunks
+
+    def spy(fn, args, chunks, *rest):
+        def fn_spy(*a):
+            if threading.get_ident() == main and len(done) >= 3:
+                at_interrupt.append(len(done))
+                raise KeyboardInterrupt   # as a signal handler would, between two blocks
+            running.append(1)
+            time.sleep(0.002)             # let the pool threads run blocks meanwhile
+            fn(*a)
+            running.pop()
+            done.append(threading.get_ident())
+        return saved(fn_spy, args, chunks, *rest)
+
+    monkeypatch.setattr(_common, "run_chunks", spy)
+    with pytest.raises(KeyboardInterrupt):
+        lstm(x, W, U, None, z, z, None, **kw)
+    assert not running                       # every pool thread had stopped,
+    assert len(done) <= at_interrupt[0] + 2  # each after the block it was running
+    n = len(done)
+    time.sleep(0.05)
+    assert len(done) == n                    # and none started later
+    monkeypatch.setattr(_common, "run_chunks", saved)
+    got = lstm(x, W, U, None, z, z, None, **kw)
+    for g, w in zip([got[1], *got[2]], [want[1], *want[2]]):
+        np.testing.assert_array_equal(g, w)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

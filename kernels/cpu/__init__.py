@@ -10,7 +10,8 @@
         go_backwards, zero_output_for_mask, return_all_outputs, time_major, activation)
 
 Importing compiles nothing: every kernel compiles lazily on its first call (and is cached on
-disk by Numba's ``cache=True``).
+disk by Numba when it can: see ``_numba_cache``). Each call runs its time loop as compiled blocks
+of steps, returning to Python in between, so Ctrl-C interrupts it (see ``_common.run_chunks``).
 """
 
 from .activations import SUPPORTED_ACTIVATIONS

@@ -3,16 +3,20 @@
 - dtype checks (cheap asserts: the caller validated shapes),
 - weight packing and the buffer of input projections (computed a block of steps ahead),
 - output/state buffers,
-- splitting the batch over threads: each thread runs the whole jitted time loop on its own rows
-  (the kernels release the GIL), so threads never synchronise per step.
+- splitting the batch over threads: each thread runs the jitted time loop on its own rows (the
+  kernels release the GIL), so threads never synchronise per step;
+- splitting each chunk's time loop into blocks of steps, one compiled call each, so that Ctrl-C
+  stops a long call quickly (see run_chunks).
 """
 
-import hashlib
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
+
+from ._numba_cache import ensure_fresh_cache
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -23,57 +27,23 @@ _MIN_ROWS = 8    # rows per chunk, at least
 _CHUNKS_PER_THREAD = 4
 _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per chunk) ahead
 
+# One compiled call runs one block of time steps of one row chunk, sized to take about this long:
+# Python delivers Ctrl-C to the calling thread only between compiled calls.
+_BLOCK_SECONDS = 0.1
+# A chunk's first block is sized from a deliberately slow estimate (each later block from the
+# previous one's measured time): float32 flops per second and thread (float64: half), plus what
+# the flop count misses (gates, masking, loop and call overhead) per row and step and per step.
+# Too slow an estimate only costs a few more calls on long sequences; the README's benchmark
+# sizes fit in one block.
+_FLOPS_PER_SECOND = 4.0e9
+_ROW_STEP_SECONDS = 1.0e-6
+_STEP_SECONDS = 1.0e-6
+_MAX_GROWTH = 4  # a block at most this many times longer than the previous one
+
 _pool = None
 _pool_size = 0
 _pool_pid = None
 _pool_lock = threading.Lock()
-_cache_checked = False
-_MODULES = ("activations", "_gemm", "lstm", "gru", "simple_rnn")
-_STAMP = "gpukb-kernels-cpu.sources"
-
-
-def ensure_fresh_cache():
-    """Drop this package's Numba disk cache when any of its sources changed.
-
-    Numba keys a cached function on its own file only; the kernels inline the activations and
-    the GEMM from other files, so an edit there would otherwise keep serving stale machine code.
-    Runs once per process, on the first kernel call (never at import).
-    """
-    global _cache_checked
-    if _cache_checked:
-        return
-    with _pool_lock:
-        if _cache_checked:
-            return
-        _cache_checked = True
-        here = os.path.dirname(os.path.abspath(__file__))
-        try:
-            digest = hashlib.sha256()
-            for m in _MODULES:
-                with open(os.path.join(here, m + ".py"), "rb") as f:
-                    digest.update(f.read())
-            digest = digest.hexdigest()
-            from .lstm import _lstm_rows
-
-            cache_dir = _lstm_rows._cache._cache_path
-            stamp = os.path.join(cache_dir, _STAMP)
-            try:
-                with open(stamp) as f:
-                    if f.read().strip() == digest:
-                        return
-            except OSError:
-                pass
-            for name in os.listdir(cache_dir):
-                if name.endswith((".nbi", ".nbc")) and name.split(".")[0] in _MODULES:
-                    try:
-                        os.remove(os.path.join(cache_dir, name))
-                    except OSError:
-                        pass
-            os.makedirs(cache_dir, exist_ok=True)
-            with open(stamp, "w") as f:
-                f.write(digest + "\n")
-        except Exception:  # a read-only or odd cache location: keep Numba's own behaviour
-            pass
 
 
 def check_dtypes(x, *arrays):
@@ -175,28 +145,72 @@ def row_chunks(B, flops):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def run_chunks(fn, args, chunks):
-    """fn(*args, n0, n1) over row chunks: the calling thread and up to max_threads() - 1 pool
-    threads take chunks from a shared list until none is left."""
+def row_step_seconds(row_flops, dtype):
+    """Slow estimate of the seconds one thread needs per row and step, for row_flops flops."""
+    return row_flops * dtype.itemsize / (4 * _FLOPS_PER_SECOND) + _ROW_STEP_SECONDS
+
+
+def _run_time_blocks(fn, args, n0, n1, steps, row_seconds, align, stop):
+    """fn(*args, n0, n1, s0, s1) over consecutive blocks [s0, s1) of range(steps): the first sized
+    from row_seconds, each next one from the last one's measured time; returns early once
+    ``stop`` is non-empty. Blocks are whole multiples of ``align`` steps (the kernel's projection
+    blocks) where possible; the results do not depend on the blocks."""
+    step_seconds = (n1 - n0) * row_seconds + _STEP_SECONDS
+    if steps * step_seconds <= _BLOCK_SECONDS:
+        fn(*args, n0, n1, 0, steps)   # a short call: one block, nothing to time
+        return
+    n = int(_BLOCK_SECONDS / step_seconds)
+    s0 = 0
+    while True:
+        n = max(1, n // align * align if n >= align else n)
+        if steps - s0 <= n + n // 2:   # the last block (no short one after it)
+            fn(*args, n0, n1, s0, steps)
+            return
+        start = time.perf_counter()
+        fn(*args, n0, n1, s0, s0 + n)
+        elapsed = time.perf_counter() - start
+        s0 += n
+        if stop:
+            return
+        n = int(min(_MAX_GROWTH * n, n * _BLOCK_SECONDS / max(elapsed, 1e-9)))
+
+
+def run_chunks(fn, args, chunks, steps, row_seconds, align):
+    """fn(*args, n0, n1, s0, s1) over row chunks [n0, n1) and, for each chunk in order, blocks
+    [s0, s1) of range(steps) (see _run_time_blocks; ``row_seconds`` from row_step_seconds,
+    ``align``: the kernel's projection block). The calling thread and up to max_threads() - 1
+    pool threads take chunks from a shared list until none is left.
+
+    Ctrl-C: Python runs signal handlers in the main thread only, between bytecodes, never inside
+    a compiled call; so the calling thread returns to Python after each of its blocks. When it
+    raises (KeyboardInterrupt or anything else), the pool threads stop after their current block,
+    and the exception propagates once they have: nothing keeps running after the call.
+    """
+    stop = []   # non-empty: the calling thread gave up, the others stop too
     if len(chunks) == 1:
-        fn(*args, *chunks[0])
+        _run_time_blocks(fn, args, *chunks[0], steps, row_seconds, align, stop)
         return
     nworkers = min(max_threads(), len(chunks)) - 1
     todo = list(reversed(chunks))
     lock = threading.Lock()
 
     def work():
-        while True:
+        while not stop:
             with lock:
                 if not todo:
                     return
                 n0, n1 = todo.pop()
-            fn(*args, n0, n1)
+            _run_time_blocks(fn, args, n0, n1, steps, row_seconds, align, stop)
 
-    pool = _get_pool(nworkers)
-    futures = [pool.submit(work) for _ in range(nworkers)]
+    futures = []
     try:
+        pool = _get_pool(nworkers)
+        for _ in range(nworkers):
+            futures.append(pool.submit(work))
         work()
-    finally:
         for f in futures:
             f.result()
+    except BaseException:
+        stop.append(True)
+        wait(futures)
+        raise

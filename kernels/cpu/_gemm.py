@@ -33,9 +33,11 @@ All pointers are integer addresses of C-contiguous arrays that the caller keeps 
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._numba_cache import cached_njit
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -176,7 +178,7 @@ _tile1 = _make_tile(1, 1, 2)
 _tile1w = _make_tile(1, 1, 8)
 
 
-@njit(error_model="numpy", cache=True)
+@cached_njit(error_model="numpy")
 def pack(u, c0, ncols, NR):
     """Columns [c0, c0+ncols) of u (K, N) as zero-padded panels (ceil(ncols/NR), K, NR)."""
     K = u.shape[0]
@@ -191,7 +193,7 @@ def pack(u, c0, ncols, NR):
     return P
 
 
-@njit(error_model="numpy", cache=True, nogil=True)
+@cached_njit(error_model="numpy", nogil=True)
 def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
     """Z[n] = INIT[n] + A[n] @ P for rows n0 <= n < n1, over the first npan panels of P.
 
@@ -259,13 +261,13 @@ def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
                 n += 1
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@cached_njit(error_model="numpy", inline="always")
 def ad(a):
     """Address of a C-contiguous array's data as int64 (one integer type for all pointers)."""
     return np.int64(a.ctypes.data)
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@cached_njit(error_model="numpy", inline="always")
 def masked_output(orow, hr, zero_out, seen):
     """Output row of a masked step: zeros, or the previous output (= h) once a step was seen."""
     if zero_out or not seen:
@@ -276,7 +278,7 @@ def masked_output(orow, hr, zero_out, seen):
             orow[j] = hr[j]
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@cached_njit(error_model="numpy", inline="always")
 def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
     """Input projection of processing steps [s0, s1) for rows [n0, n1):
 

@@ -23,6 +23,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from ._numba_cache import cached_njit
+
 SUPPORTED_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
 TANH, SIGMOID, HARD_SIGMOID, RELU, LINEAR = range(5)
 _CODES = {name: i for i, name in enumerate(SUPPORTED_ACTIVATIONS)}
@@ -296,7 +298,7 @@ _make_overload(relu_, _relu32, _relu64)
 # Row loops. The branch on the code sits outside each loop, so every loop body is branch-free.
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+@cached_njit(fastmath={"contract"}, error_model="numpy")
 def act_inplace(code, v):
     """v[j] = act(v[j]) for a contiguous row v."""
     n = v.shape[0]
@@ -314,7 +316,7 @@ def act_inplace(code, v):
             v[j] = relu_(v[j])
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True)
+@cached_njit(fastmath={"contract"}, error_model="numpy")
 def act_into(code, dst, src):
     """dst[j] = act(src[j]); dst and src must not overlap."""
     n = dst.shape[0]
@@ -335,7 +337,7 @@ def act_into(code, dst, src):
             dst[j] = src[j]
 
 
-@njit(error_model="numpy", cache=True)
+@cached_njit(error_model="numpy")
 def _apply_flat(code, x):
     out = np.empty_like(x)
     act_into(code, out, x)
@@ -344,7 +346,7 @@ def _apply_flat(code, x):
 
 def apply_activation(name, x):
     """Apply the kernels' activation ``name`` to a NumPy float32/float64 array (for tests)."""
-    from ._common import ensure_fresh_cache
+    from ._numba_cache import ensure_fresh_cache
 
     ensure_fresh_cache()
     x = np.asarray(x)

@@ -9,16 +9,16 @@ h' = z * h + (1 - z) * hh. (x_* includes the input bias.)
 """
 
 import numpy as np
-from numba import njit
 
 from . import _common as C
 from ._gemm import I0, ad, fused_rows, masked_output, pack, project_block
+from ._numba_cache import cached_njit
 from .activations import SIGMOID, TANH, act_inplace, activation_code, sigmoid_, tanh_
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
+@cached_njit(fastmath={"contract"}, error_model="numpy", nogil=True)
 def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, mask, has_mask,
-                    seen, go_back, zero_out, act, ract, n0, n1):
+                    seen, go_back, zero_out, act, ract, n0, n1, s_begin, s_end):
     T = x.shape[0] if x_tm else x.shape[1]
     H = h.shape[1]
     es = x.itemsize
@@ -26,8 +26,8 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
     tau = xpb.shape[0]
     ldh = zh.shape[1]
     one = np.ones(1, xpb.dtype)[0]
-    for s0 in range(0, T, tau):
-        s1 = min(s0 + tau, T)
+    for s0 in range(s_begin, s_end, tau):   # steps [s_begin, s_end) of T, see run_chunks
+        s1 = min(s0 + tau, s_end)
         project_block(x, x_tm, go_back, PW, bx, xpb, s0, s1, n0, n1)   # bx + x_t @ W
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
@@ -77,9 +77,9 @@ def _gru_after_rows(x, x_tm, PW, PU, bx, bh, h, xpb, zh, out, out_tm, ret_all, m
                     orow[j] = hr[j]
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
+@cached_njit(fastmath={"contract"}, error_model="numpy", nogil=True)
 def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret_all, mask,
-                     has_mask, seen, go_back, zero_out, act, ract, n0, n1):
+                     has_mask, seen, go_back, zero_out, act, ract, n0, n1, s_begin, s_end):
     T = x.shape[0] if x_tm else x.shape[1]
     B = h.shape[0]
     H = h.shape[1]
@@ -89,8 +89,8 @@ def _gru_before_rows(x, x_tm, PW, PUzr, PUh, b, h, xpb, zc, rh, out, out_tm, ret
     Gp = xpb.shape[2]
     ldc = zc.shape[1]
     one = np.ones(1, xpb.dtype)[0]
-    for s0 in range(0, T, tau):
-        s1 = min(s0 + tau, T)
+    for s0 in range(s_begin, s_end, tau):   # steps [s_begin, s_end) of T, see run_chunks
+        s1 = min(s0 + tau, s_end)
         project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
@@ -140,7 +140,8 @@ def gru(x, kernel, recurrent_kernel, bias, h0, step_mask, *, reset_after=True,
     H = recurrent_kernel.shape[0]
     G = 3 * H
     xc, B, T = C.input_c(x, time_major)
-    chunks = C.row_chunks(B, 6.0 * T * B * H * (H + xc.shape[2]))
+    row_flops = 6.0 * H * (H + xc.shape[2])   # per row and step
+    chunks = C.row_chunks(B, row_flops * B * T)
     h = np.array(h0, dtype=dt, order="C", copy=True)
     mask, has_mask = C.mask_arg(step_mask, T, B)
     out = C.out_buffer(B, T, H, dt, return_all_outputs, time_major)
@@ -155,7 +156,8 @@ def gru(x, kernel, recurrent_kernel, bias, h0, step_mask, *, reset_after=True,
         xpb = C.projection_buffer(T, B, Gp, dt, chunks)
         zh = np.empty((B, Gp), dt)
         args = (xc, bool(time_major), PW, PU, bx, bh, h, xpb, zh, out) + flags
-        C.run_chunks(_gru_after_rows, args, chunks)
+        C.run_chunks(_gru_after_rows, args, chunks, T, C.row_step_seconds(row_flops, dt),
+                     xpb.shape[0])
     else:
         PW, PUzr, Gp = C.pack_weights(kernel, recurrent_kernel[:, :2 * H], G, dt, chunks,
                                       recurrent_cols=2 * H)
@@ -167,6 +169,7 @@ def gru(x, kernel, recurrent_kernel, bias, h0, step_mask, *, reset_after=True,
         zc = np.empty((B, Hp), dt)
         rh = np.empty((B, H), dt)
         args = (xc, bool(time_major), PW, PUzr, PUh, b, h, xpb, zc, rh, out) + flags
-        C.run_chunks(_gru_before_rows, args, chunks)
+        C.run_chunks(_gru_before_rows, args, chunks, T, C.row_step_seconds(row_flops, dt),
+                     xpb.shape[0])
     last = (out[-1] if time_major else out[:, -1]).copy()
     return last, out, (h,)

@@ -14,7 +14,7 @@ How it works
   compiled with ``numba.njit`` once per process for each set of argument types. The step comes in
   as a function pointer (a Numba ``FunctionType``), so a new step function costs only its own
   compile (about a second), never a new loop. The helpers the loop calls for masking and copying
-  are ``cache=True``. Nothing compiles at import.
+  are cached on disk through ``_numba_cache.cached_njit``. Nothing compiles at import.
 - Once compiled, nothing here takes Numba's global compiler lock: compiled signatures are looked
   up, not compiled again, so a call never waits for another thread's compile, and a process
   forked while another thread compiles can still run its compiled steps.
@@ -48,6 +48,8 @@ import warnings
 
 import numba
 import numpy as np
+
+from ._numba_cache import cached_njit
 
 MAX_STATES = 8
 MAX_CONSTANTS = 8
@@ -135,7 +137,7 @@ def _source(n_states: int, n_constants: int) -> str:
     )
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _commit_state(n, cur, nxt, mask, t, has_mask):
     """nxt = where(mask[t] (per sample), n, cur); nxt and cur are private C buffers."""
     nf = n.ravel()  # a view when n is C-contiguous, else a copy
@@ -153,7 +155,7 @@ def _commit_state(n, cur, nxt, mask, t, has_mask):
             xf[j] = src[j]
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _commit_output(o, prev, out, mask, t, has_mask, zero_out, slot, write, time_major):
     """Mask the step output (prev holds the previous masked output) and write its slot."""
     of = o.ravel()
@@ -179,7 +181,7 @@ def _commit_output(o, prev, out, mask, t, has_mask, zero_out, slot, write, time_
                     out[b, slot, k] = src[b * K + k]
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _shape_changed(o, info):
     for d in range(o.ndim):
         if o.shape[d] != info[4 + d]:
@@ -187,7 +189,7 @@ def _shape_changed(o, info):
     return False
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _record_shape(a, info):
     info[36] = a.ndim
     for d in range(a.ndim):

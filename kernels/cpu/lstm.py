@@ -5,16 +5,16 @@ c' = f*c + i*act(zc); h' = o*act(c'); i, f, o use recurrent_activation.
 """
 
 import numpy as np
-from numba import njit
 
 from . import _common as C
 from ._gemm import ad, fused_rows, masked_output, project_block
+from ._numba_cache import cached_njit
 from .activations import SIGMOID, TANH, act_inplace, act_into, activation_code, sigmoid_, tanh_
 
 
-@njit(fastmath={"contract"}, error_model="numpy", cache=True, nogil=True)
+@cached_njit(fastmath={"contract"}, error_model="numpy", nogil=True)
 def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_mask, seen,
-               go_back, zero_out, act, ract, n0, n1):
+               go_back, zero_out, act, ract, n0, n1, s_begin, s_end):
     T = x.shape[0] if x_tm else x.shape[1]
     B = h.shape[0]
     H = h.shape[1]
@@ -23,8 +23,8 @@ def _lstm_rows(x, x_tm, PW, PU, b, h, c, xpb, out, out_tm, ret_all, mask, has_ma
     nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
     tau = xpb.shape[0]
     Gp = xpb.shape[2]
-    for s0 in range(0, T, tau):
-        s1 = min(s0 + tau, T)
+    for s0 in range(s_begin, s_end, tau):   # steps [s_begin, s_end) of T, see run_chunks
+        s1 = min(s0 + tau, s_end)
         project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
@@ -79,7 +79,8 @@ def lstm(x, kernel, recurrent_kernel, bias, h0, c0, step_mask, *, go_backwards=F
     H = recurrent_kernel.shape[0]
     G = 4 * H
     xc, B, T = C.input_c(x, time_major)
-    chunks = C.row_chunks(B, 8.0 * T * B * H * (H + xc.shape[2]))
+    row_flops = 8.0 * H * (H + xc.shape[2])   # per row and step
+    chunks = C.row_chunks(B, row_flops * B * T)
     PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, chunks)
     b = C.padded_bias(bias, G, Gp, dt)
     xpb = C.projection_buffer(T, B, Gp, dt, chunks)
@@ -91,6 +92,7 @@ def lstm(x, kernel, recurrent_kernel, bias, h0, c0, step_mask, *, go_backwards=F
     args = (xc, bool(time_major), PW, PU, b, h, c, xpb, out, bool(time_major),
             bool(return_all_outputs), mask, has_mask, seen, bool(go_backwards),
             bool(zero_output_for_mask), act, ract)
-    C.run_chunks(_lstm_rows, args, chunks)
+    C.run_chunks(_lstm_rows, args, chunks, T, C.row_step_seconds(row_flops, dt),
+                 xpb.shape[0])
     last = (out[-1] if time_major else out[:, -1]).copy()
     return last, out, (h, c)
