@@ -5,6 +5,9 @@ library it imports; Numba, CuPy and numba.cuda load when a backend first needs t
 """
 
 from ._version import __version__
+from ._checkout import map_clone_kernels as _map_clone_kernels
+
+_map_clone_kernels(__path__[0])  # a clone's root: its kernels/ folder is gpukb.kernels
 from ._state import (
     clear_session,
     epsilon,
