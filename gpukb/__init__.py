@@ -31,12 +31,13 @@ from ._dispatch import (
 )
 from ._frontend import rnn
 from ._jit_step import jit_step
-from . import activations, cells
+from . import activations, cells, keras
 
 __all__ = [
     "__version__",
     "activations",
     "cells",
+    "keras",
     "Availability",
     "Backend",
     "KerasTensor",
