@@ -18,7 +18,9 @@ import numpy as np
 @dataclass(frozen=True)
 class TensorRef:
     """Output ``tensor_index`` of the ``node_index``-th call of layer ``layer`` (Keras's
-    ``keras_history``); for an ``InputLayer``, node 0, tensor 0 is the model input."""
+    ``keras_history``); for an ``InputLayer``, node 0, tensor 0 is the model input.
+    ``node_index`` is the position of the call among that layer's ``NodeSpec``s (the readers
+    remove the unsaved first call that files count for a nested model)."""
 
     layer: str
     node_index: int = 0
@@ -28,6 +30,10 @@ class TensorRef:
 @dataclass(frozen=True)
 class LayerSpec:
     """One layer as saved.
+
+    Keras 3 also records the ``keras.ops`` calls of a functional model (mask arithmetic:
+    ``NotEqual``, ``Any``, ...) as graph nodes; the readers give them a ``class_name`` prefixed
+    with ``"ops."`` (``"ops.NotEqual"``), so they can never be taken for a layer class.
 
     ``config`` is the layer's Keras config as stored in the file (a dict, nested layers' configs
     inside it, e.g. ``config["layer"]`` of a ``Bidirectional``), with the dialect differences that
