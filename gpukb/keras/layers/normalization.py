@@ -77,15 +77,10 @@ class LayerNormalization(Layer):
         axes = tuple(self.axes)
         mean = xp.mean(x, axis=axes, keepdims=True)
         variance = xp.mean(xp.square(x - mean), axis=axes, keepdims=True)
-        inv = 1.0 / xp.sqrt(variance + self.epsilon)
         if self.rms_scaling:  # Keras 3's deprecated option: scales by the variance, no centring
+            inv = 1.0 / xp.sqrt(variance + self.epsilon)
             return x * inv * gamma if gamma is not None else x * inv
-        if gamma is not None:
-            inv = inv * gamma
-        offset = -mean * inv
-        if beta is not None:
-            offset = offset + beta
-        return x * inv + offset
+        return _normalize(xp, x, mean, variance, self.epsilon, gamma, beta)
 
 
 class BatchNormalization(Layer):
@@ -127,10 +122,17 @@ class BatchNormalization(Layer):
         gamma = weights.pop(0) if self.scale else None
         beta = weights.pop(0) if self.center else None
         mean, variance = weights
-        inv = 1.0 / run.xp.sqrt(variance + self.epsilon)
-        if gamma is not None:
-            inv = inv * gamma
-        offset = -mean * inv
-        if beta is not None:
-            offset = offset + beta
-        return inputs * inv + offset
+        return _normalize(run.xp, inputs, mean, variance, self.epsilon, gamma, beta)
+
+
+def _normalize(xp: Any, x: Any, mean: Any, variance: Any, epsilon: float, gamma: Any,
+               beta: Any) -> Any:
+    """(x - mean) / sqrt(variance + epsilon) * gamma + beta, as Keras's ``batch_normalization``
+    op computes it (one scale and one offset, each folded from the statistics first)."""
+    inv = 1.0 / xp.sqrt(variance + epsilon)
+    if gamma is not None:
+        inv = inv * gamma
+    offset = -mean * inv
+    if beta is not None:
+        offset = offset + beta
+    return x * inv + offset
