@@ -9,7 +9,8 @@ import sys
 # argparse prints this as it is: plain words, no reST markup (the module docstring has some).
 DESCRIPTION = ("The gpukb command line: 'gpukb info' prints the version, config file, session "
                "state and backends; 'gpukb bench' times gpukb.rnn against the peers installed "
-               "here. 'gpukb COMMAND --help' explains a command.")
+               "here, or with --model a saved Keras model against Keras itself. 'gpukb COMMAND "
+               "--help' explains a command.")
 
 
 def _info(args) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 import gpukb
 from gpukb import cli
-from gpukb.bench import implementations, peers, report, runner, workloads
+from gpukb.bench import implementations, model_peers, models, peers, report, runner, workloads
 from gpukb.bench.workloads import Size
 
 TINY = ["--sizes", "2x3x2x3", "--repeats", "1", "--budget", "0.01", "--no-progress"]
@@ -558,3 +558,297 @@ def test_missing_onnxruntime_is_skipped_with_what_to_install(capsys, tmp_path, m
     assert code == 0, err
     assert ("skipped: onnxruntime: onnxruntime is not installed (pip install onnx onnxruntime)"
             in out)
+
+
+# --------------------------------------------------------------------------------------------
+# gpukb bench --model: a saved Keras model against Keras itself
+# --------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "keras_models"
+EMBEDDING_MODEL = FIXTURES / "embedding_mask_lstm.keras3.keras"   # tokens (B, 7), vocabulary 12
+QUICK_MODEL = ["--quick", "--repeats", "1", "--budget", "0.01", "--no-progress"]
+#: Every library the --model peers import, hidden from the worker processes by ``missing``.
+PEER_MODULES = ("keras", "jax", "torch", "tensorflow", "tf_keras")
+
+
+def missing(tmp_path, modules):
+    """A PYTHONPATH folder in which importing each of ``modules`` fails as if not installed."""
+    folder = tmp_path / "missing"
+    for module in modules:
+        (folder / module).mkdir(parents=True)
+        (folder / module / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
+    return folder
+
+
+def fake_keras(tmp_path, predict_body):
+    """A PYTHONPATH folder holding a fake Keras 3 whose loaded model's ``predict(x)`` (and
+    ``model(x)``) returns ``predict_body`` evaluated with ``x`` and ``np`` in scope."""
+    return shim(tmp_path, "keras", f"""
+import os
+import types
+
+import numpy as np
+
+__version__ = "3.99.0"
+backend = types.SimpleNamespace(backend=lambda: os.environ["KERAS_BACKEND"])
+ops = types.SimpleNamespace(convert_to_numpy=np.asarray)
+
+
+class _Model:
+    def predict(self, x, batch_size=None, verbose=0):
+        return {predict_body}
+
+    def __call__(self, x, training=False):
+        return self.predict(x)
+
+
+saving = types.SimpleNamespace(load_model=lambda path, compile=False: _Model())
+""")
+
+
+def model_rows(out):
+    """The table rows of a --model run: (batch, call, implementation, rest of the cells)."""
+    rows = []
+    for line in out.splitlines():
+        match = re.match(r"\s*(\d+)\s+(predict|model\(x\))\s+(\S+)\s*(.*)$", line)
+        if match:
+            rows.append((int(match.group(1)), match.group(2), match.group(3),
+                         match.group(4).split()))
+    return rows
+
+
+def test_model_quick_times_gpukb_and_lists_the_missing_peers(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(missing(tmp_path, PEER_MODULES)))
+    path = tmp_path / "model.json"
+    code, out, err = bench(["--model", str(EMBEDDING_MODEL), *QUICK_MODEL, "--json", str(path)],
+                           capsys)
+    assert code == 0, err
+    assert "model: " in out and "'embedding_mask_lstm'" in out
+    assert "tokens (B, 7) int32 ids in [0, 11], zero-padded" in out
+    rows = model_rows(out)
+    assert [(b, call, impl) for b, call, impl, _ in rows] == [
+        (1, "predict", "gpukb[cpu]"), (1, "model(x)", "gpukb[cpu]"),
+        (8, "predict", "gpukb[cpu]"), (8, "model(x)", "gpukb[cpu]")]
+    for *_, cells in rows:
+        assert float(cells[0]) > 0 and float(cells[-1]) == 0.0   # ms, max rel. diff
+    for line in ("skipped: keras3[jax]: jax is not installed (pip install keras jax)",
+                 "skipped: keras3[torch]: torch is not installed (pip install keras torch)",
+                 "skipped: keras3[numpy]: keras is not installed (pip install keras)",
+                 "skipped: keras3[tensorflow]: tensorflow is not installed "
+                 "(pip install keras tensorflow)",
+                 "skipped: tf.keras: tensorflow is not installed (pip install tensorflow tf_keras)",
+                 f"To install the peers: {model_peers.INSTALL_MODEL_PEERS}"):
+        assert line in out, out
+
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == report.MODEL_SCHEMA
+    assert doc["settings"]["batch_sizes"] == [1, 8]
+    assert doc["settings"]["inputs"] == [{"name": "tokens", "shape": ["B", 7], "dtype": "int32",
+                                          "vocabulary": 12, "mask_zero": True}]
+    assert {r["key"] for r in doc["results"]} == {"gpukb[cpu]"}
+    for r in doc["results"]:
+        assert r["status"] == "ok" and r["median_ms"] > 0 and r["max_rel_diff"] == 0.0
+    assert {s["name"] for s in doc["skipped"]} >= set(model_peers.MODEL_PEER_NAMES)
+
+
+def test_model_inputs_respect_the_embedding_range_and_mask_zero():
+    model = gpukb.keras.load_model(EMBEDDING_MODEL)
+    [plan] = models.plan_inputs(model)
+    assert (plan.shape, plan.dtype, plan.vocabulary, plan.mask_zero) == ((7,), "int32", 12, True)
+    [ids] = models.make_inputs([plan], 200)
+    assert ids.shape == (200, 7) and ids.dtype == np.int32
+    assert ids.min() == 0 and ids.max() == 11
+    valid = ids != 0
+    lengths = valid.sum(axis=1)
+    # zero only as right padding, at least half of each row kept, some rows padded
+    assert (valid == (np.arange(7) < lengths[:, None])).all()
+    assert lengths.min() >= 3 and (lengths < 7).any() and (lengths == 7).any()
+    np.testing.assert_array_equal(ids, models.make_inputs([plan], 200)[0])  # seeded
+
+    no_mask = gpukb.keras.load_model(FIXTURES / "embedding_no_mask.keras3.keras")
+    [plan] = models.plan_inputs(no_mask)
+    assert not plan.mask_zero and plan.vocabulary == no_mask.get_layer("embedding").input_dim
+    [ids] = models.make_inputs([plan], 200)
+    assert ids.min() == 0 and ids.max() == plan.vocabulary - 1   # 0 is an ordinary id here
+
+    floats = gpukb.keras.load_model(FIXTURES / "functional_two_in_two_out.keras3.keras")
+    x, tokens = models.make_inputs(models.plan_inputs(floats), 5)
+    assert x.shape == (5, 7, 2) and x.dtype == np.float32 and x.std() > 0.5
+    assert tokens.shape == (5, 7) and tokens.max() < floats.get_layer("embedding").input_dim
+
+
+def _open_time_axis_copy(tmp_path) -> Path:
+    """seq_lstm's Keras 3 file with its input's time axis left open: (None, None, 3)."""
+    import zipfile
+
+    source, target = FIXTURES / "seq_lstm.keras3.keras", tmp_path / "open_t.keras"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            data = old.read(item)
+            if item.filename == "config.json":
+                data = data.replace(b'"batch_shape": [null, 7, 3]', b'"batch_shape": [null, null, 3]')
+                assert b"[null, null, 3]" in data
+            new.writestr(item, data)
+    return target
+
+
+def test_model_time_steps_from_the_file_or_steps(capsys, tmp_path, monkeypatch):
+    open_t = gpukb.keras.load_model(_open_time_axis_copy(tmp_path))
+    assert [p.shape for p in models.plan_inputs(open_t)] == [(models.DEFAULT_STEPS, 3)]
+    assert [p.shape for p in models.plan_inputs(open_t, 40)] == [(40, 3)]
+    fixed = gpukb.keras.load_model(FIXTURES / "seq_lstm.keras3.keras")
+    assert [p.shape for p in models.plan_inputs(fixed)] == [(7, 3)]
+    assert [p.shape for p in models.plan_inputs(fixed, 7)] == [(7, 3)]
+
+    monkeypatch.setenv("PYTHONPATH", str(missing(tmp_path, PEER_MODULES)))
+    path = tmp_path / "open.json"
+    code, out, err = bench(["--model", str(tmp_path / "open_t.keras"), *QUICK_MODEL,
+                            "--steps", "40", "--batch-sizes", "3", "--json", str(path)], capsys)
+    assert code == 0, err
+    doc = json.loads(path.read_text())
+    assert doc["settings"]["inputs"][0]["shape"] == ["B", 40, 3]
+    assert [(r["batch"], r["status"]) for r in doc["results"]] == [(3, "ok"), (3, "ok")]
+
+
+def test_a_peer_whose_outputs_disagree_is_wrong_and_never_the_fastest(capsys, tmp_path,
+                                                                       monkeypatch):
+    """A fake Keras 3 that answers instantly with constant outputs: faster than gpukb, wrong."""
+    folder = fake_keras(tmp_path, "np.full((len(x), 3), 1 / 3, np.float32)")
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    path = tmp_path / "wrong.json"
+    code, out, err = bench(["--model", str(EMBEDDING_MODEL), *QUICK_MODEL, "--batch-sizes", "4",
+                            "--peers", "keras3[numpy]", "--json", str(path)], capsys)
+    assert code == 0, err
+    rows = {(call, impl): cells for _, call, impl, cells in model_rows(out)}
+    for call in ("predict", "model(x)"):
+        peer = rows[(call, "keras3[numpy]")]
+        assert peer[-1] == "WRONG" and float(peer[-2]) > models.TOLERANCE
+        assert len(rows[(call, "gpukb[cpu]")]) == 2   # ms and diff: no ratio, no peer counts
+    assert ("wrong: keras3[numpy], B=4 predict: its outputs differ from gpukb's: max rel. diff"
+            in out)
+    doc = json.loads(path.read_text())
+    peer = [r for r in doc["results"] if r["key"] == "keras3[numpy]"]
+    assert [r["status"] for r in peer] == ["wrong", "wrong"]
+    assert all(r["ratio_to_fastest_peer"] is None for r in doc["results"])
+
+
+def test_a_peer_with_the_right_outputs_is_compared(capsys, tmp_path, monkeypatch):
+    """The same fake Keras, answering with gpukb's own outputs: a correct peer gets a ratio."""
+    model = gpukb.keras.load_model(EMBEDDING_MODEL)
+    np.save(tmp_path / "ref.npy", model.predict(models.make_inputs(models.plan_inputs(model), 4)[0]))
+    folder = fake_keras(tmp_path, f"np.load({str(tmp_path / 'ref.npy')!r})")
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    code, out, err = bench(["--model", str(EMBEDDING_MODEL), *QUICK_MODEL, "--batch-sizes", "4",
+                            "--peers", "keras3[numpy]"], capsys)
+    assert code == 0, err
+    rows = {(call, impl): cells for _, call, impl, cells in model_rows(out)}
+    assert rows[("predict", "keras3[numpy]")][1:] == ["1.00x", "0.0e+00"]
+    assert rows[("predict", "gpukb[cpu]")][1].endswith("x")
+
+
+def test_a_peer_that_dies_while_timing_is_an_error_row(capsys, tmp_path, monkeypatch):
+    folder = fake_keras(tmp_path, "os._exit(3)")
+    monkeypatch.setenv("PYTHONPATH", str(folder))
+    code, out, err = bench(["--model", str(EMBEDDING_MODEL), *QUICK_MODEL, "--batch-sizes", "2",
+                            "--peers", "keras3[numpy]"], capsys)
+    assert code == 0, err
+    assert "error: keras3[numpy], B=2 predict: worker process exited with code 3" in out
+    assert [impl for _, _, impl, _ in model_rows(out)] == ["gpukb[cpu]", "keras3[numpy]",
+                                                            "gpukb[cpu]"]
+
+
+def test_ratios_skip_wrong_peers():
+    def row(key, kind, median, status="ok"):
+        return models.ModelResult(8, "predict", key, key, kind, status=status, median_s=median)
+
+    rows = [row("gpukb[cpu]", "gpukb", 2.0), row("fast", "peer", 1.0, status="wrong"),
+            row("slow", "peer", 4.0)]
+    runner.add_ratios(rows)
+    assert [r.ratio_to_fastest_peer for r in rows] == [0.5, None, 1.0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no/such.keras"], "--model: "),
+    (["--model", str(FIXTURES / "bad_lambda.keras3.keras")], "Lambda"),
+    (["--model", str(FIXTURES / "stateful_lstm_gru.keras3.keras")], "are stateful"),
+    (["--model", str(EMBEDDING_MODEL), "--steps", "256"],
+     "input 'tokens' of the model has a fixed number of time steps, 7"),
+    (["--model", str(EMBEDDING_MODEL), "--steps", "0"], "--steps must be a positive integer"),
+    (["--model", str(EMBEDDING_MODEL), "--batch-sizes", "1,0"], "positive integers"),
+    (["--model", str(EMBEDDING_MODEL), "--peers", "torch"],
+     "--peers: unknown 'torch'; known: keras3, keras3[jax]"),
+    (["--model", str(EMBEDDING_MODEL), "--sizes", "1x2x3x4"], "--sizes does not apply with --model"),
+    (["--model", str(EMBEDDING_MODEL), "--plot", "x.png"], "--plot does not apply with --model"),
+    (["--model", str(EMBEDDING_MODEL), "--backends", "none", "--peers", "none"],
+     "leaves nothing to run"),
+    (["--steps", "10"], "--steps only applies with --model"),
+    (["--batch-sizes", "1"], "--batch-sizes only applies with --model"),
+])
+def test_model_argument_errors(argv, message, capsys, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("benchmarking started despite an argument error")
+
+    monkeypatch.setattr(runner, "run_workers", refuse)
+    monkeypatch.setattr(runner, "run_isolated", refuse)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = bench(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert out == ""
+
+
+def test_model_with_a_fixed_batch_size_defaults_to_it():
+    model = gpukb.keras.load_model(FIXTURES / "stateful_lstm_gru.keras3.keras")
+    plans = models.plan_inputs(model)
+    assert plans[0].batch == 4
+    models.check_batch_sizes(plans, [4])
+    with pytest.raises(ValueError, match="fixed batch size, 4; got 1, 8"):
+        models.check_batch_sizes(plans, [1, 4, 8])
+
+
+def test_max_relative_difference():
+    ref = [np.array([[1.0, -2.0]]), np.array([0.5])]
+    assert models.max_relative_difference(ref, ref) == 0.0
+    assert models.max_relative_difference([np.array([[1.0, -2.2]]), np.array([0.5])],
+                                          ref) == pytest.approx(0.1)
+    assert models.max_relative_difference([np.array([[np.nan, -2.0]]), ref[1]], ref) == np.inf
+    with pytest.raises(ValueError, match="1 output"):
+        models.max_relative_difference(ref[:1], ref)
+    with pytest.raises(ValueError, match="shape"):
+        models.max_relative_difference([ref[0].T, ref[1]], ref)
+
+
+needs_keras3 = pytest.mark.skipif(
+    importlib.util.find_spec("keras") is None,
+    reason="the Keras 3 peer needs keras: pip install keras (or: "
+           f"{model_peers.INSTALL_MODEL_PEERS})")
+needs_tf_keras = pytest.mark.skipif(
+    importlib.util.find_spec("tf_keras") is None or importlib.util.find_spec("tensorflow") is None,
+    reason="the tf.keras peer needs tensorflow and tf_keras: pip install tensorflow tf_keras")
+
+
+@needs_keras3
+def test_keras3_numpy_backend_runs_the_same_model(capsys):
+    code, out, err = bench(["--model", str(EMBEDDING_MODEL), *QUICK_MODEL, "--batch-sizes", "4",
+                            "--peers", "keras3[numpy]", "--backends", "cpu"], capsys)
+    assert code == 0, err
+    rows = {(call, impl): cells for _, call, impl, cells in model_rows(out)}
+    assert set(rows) == {(c, i) for c in ("predict", "model(x)")
+                         for i in ("gpukb[cpu]", "keras3[numpy]")}
+    for call in ("predict", "model(x)"):
+        ms, ratio, diff = rows[(call, "keras3[numpy]")]
+        assert ratio == "1.00x" and float(diff) < 1e-5
+
+
+@pytest.mark.slow   # importing TensorFlow takes most of its ~20 s
+@needs_tf_keras
+def test_tf_keras_runs_a_tf_keras_file_and_keras3_is_skipped_on_it(capsys):
+    code, out, err = bench(["--model", str(FIXTURES / "embedding_mask_lstm.tf_keras.h5"),
+                            *QUICK_MODEL, "--batch-sizes", "4", "--peers", "tf.keras,keras3[numpy]",
+                            "--backends", "cpu"], capsys)
+    assert code == 0, err
+    rows = {(call, impl): cells for _, call, impl, cells in model_rows(out)}
+    assert float(rows[("predict", "tf.keras")][-1]) < 1e-5
+    if importlib.util.find_spec("keras") is not None:
+        assert "skipped: keras3[numpy]: Keras 3." in out and "cannot load this file" in out

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,28 @@ def test_bench_help_lists_every_peer(capsys):
     assert f"comma-separated peers among {', '.join(peers.PEER_NAMES)} " in text
     assert "onnxruntime" in peers.PEER_NAMES
     assert peers.INSTALL_PEERS in text
+
+
+EMBEDDING_MODEL = (Path(__file__).resolve().parent / "fixtures" / "keras_models"
+                   / "embedding_mask_lstm.keras3.keras")
+
+
+def test_bench_help_describes_the_model_options(capsys):
+    """--model, --steps and --batch-sizes are listed, with the defaults the run uses."""
+    from gpukb.bench import model_command, model_peers, models
+
+    text = _bench_help(capsys)
+    for option in ("--model PATH", "--steps T", "--batch-sizes LIST"):
+        assert option in text
+    assert model_peers.INSTALL_MODEL_PEERS in text
+    assert f"with --model: among keras3 (every backend), {', '.join(model_peers.MODEL_PEER_NAMES)}" \
+        in text
+    full, quick = _stated_defaults(text, "--batch-sizes")
+    parser = cli.build_parser()
+    for argv, stated in (([], full), (["--quick"], quick)):
+        args = parser.parse_args(["bench", "--model", str(EMBEDDING_MODEL), *argv])
+        assert model_command.validate(args, parser)["batch_sizes"] == [int(b) for b in stated.split()]
+    assert _stated_defaults(text, "--steps") == (str(models.DEFAULT_STEPS),) * 2
 
 
 def _cuda_available() -> bool:

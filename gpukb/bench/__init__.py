@@ -1,4 +1,5 @@
-"""Benchmarks of ``gpukb.rnn`` against the libraries a user would pick instead (``gpukb bench``).
+"""Benchmarks of ``gpukb.rnn`` (and of saved Keras models run by ``gpukb.keras``) against the
+libraries a user would pick instead (``gpukb bench``).
 
 One job per module:
 
@@ -12,7 +13,16 @@ One job per module:
 - ``runner``: timing (warm-up/compile outside the timed region, median of repeats, a time budget)
   and the progress bar;
 - ``report``: the table, the JSON document (with machine information) and the plot;
-- ``command``: the ``gpukb bench`` arguments, their validation, and the run.
+- ``command``: the ``gpukb bench`` arguments, their validation, and the run;
+- ``worker``: the process that runs one implementation and reports to the parent.
+
+``gpukb bench --model PATH`` times a saved Keras model instead, with its own three modules:
+
+- ``models``: the inputs made from the model's input shapes, gpukb's reference outputs, the
+  output check (a peer that disagrees is "wrong"), and the result rows;
+- ``model_peers``: gpukb.keras on each backend, Keras 3 on each of its backends (jax, torch,
+  numpy, tensorflow), tf.keras; each loads the same file;
+- ``model_command``: the run's validation (model, time steps, batch sizes) and the run.
 
 Importing this package imports nothing heavy; the peers' libraries load when a run needs them.
 """

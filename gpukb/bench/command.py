@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 #: The one-line help of ``gpukb bench`` in ``gpukb --help``.
-SUMMARY = "time gpukb.rnn against PyTorch, JAX, Keras and onnxruntime (the peers installed here)"
+SUMMARY = ("time gpukb.rnn against PyTorch, JAX, Keras and onnxruntime (the peers installed "
+           "here), or with --model a saved Keras model against Keras itself")
 
 DESCRIPTION = """\
 Time gpukb.rnn (LSTM and GRU, every available gpukb backend) against the peers installed here
@@ -19,18 +20,32 @@ reference. Each implementation runs in its own process; its first two calls (com
 warm-up) are not timed. Peers that are not installed are listed as skipped; to install them:
 {install}
 Plugin backends without a kernel of their own (they run gpukb's generic Python loop) only run
-when named with --backends."""
+when named with --backends.
+
+With --model PATH: time a saved Keras model (.keras or .h5) run by gpukb.keras against Keras
+itself loading the same file: Keras 3 with each backend (jax, torch, numpy, tensorflow; one
+process each) and tf.keras (tf_keras), at a few batch sizes, both model.predict(x) and model(x).
+Inputs are made from the model's input shapes (token ids within each Embedding's range, zero
+padding where it has mask_zero); every implementation's outputs are checked against gpukb's and
+a peer that disagrees is marked wrong. To install those peers:
+{install_models}"""
 
 # Sub-millisecond workloads need many calls for a steady median; the budget caps the slow ones.
 QUICK = {"repeats": 30, "budget": 0.5}
 FULL = {"repeats": 30, "budget": 3.0}
+#: ``--model``: batch sizes timed when ``--batch-sizes`` is not given.
+MODEL_BATCH_SIZES = {"full": (1, 8, 64), "quick": (1, 8)}
+#: Options of one mode only: (option, its argparse attribute).
+MODEL_ONLY = (("--steps", "steps"), ("--batch-sizes", "batch_sizes"))
+WORKLOADS_ONLY = (("--workloads", "workloads"), ("--sizes", "sizes"), ("--plot", "plot"))
 
 
 def description() -> str:
     """The long help of ``gpukb bench``."""
+    from .model_peers import INSTALL_MODEL_PEERS
     from .peers import INSTALL_PEERS
 
-    return DESCRIPTION.format(install=INSTALL_PEERS)
+    return DESCRIPTION.format(install=INSTALL_PEERS, install_models=INSTALL_MODEL_PEERS)
 
 
 def default_text(full, quick) -> str:
@@ -46,7 +61,7 @@ def default_text(full, quick) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from . import peers, workloads
+    from . import model_peers, models, peers, workloads
 
     sizes = default_text([s.key for s in workloads.FULL_SIZES],
                          [s.key for s in workloads.QUICK_SIZES])
@@ -56,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also save the results, with machine information, as JSON")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the results (needs matplotlib: pip install 'gpukb[plot]')")
-    parser.add_argument("--workloads", metavar="LIST", default=",".join(workloads.BENCH_WORKLOADS),
+    parser.add_argument("--workloads", metavar="LIST",
                         help=f"comma-separated workloads among "
                              f"{', '.join(workloads.BENCH_WORKLOADS)} (default: all)")
     parser.add_argument("--sizes", metavar="BxTxDxH", nargs="+",
@@ -66,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "has its own kernels; 'none': peers only)")
     parser.add_argument("--peers", metavar="LIST",
                         help=f"comma-separated peers among {', '.join(peers.PEER_NAMES)} "
-                             "(default: all that are installed; 'none': no peers)")
+                             "(default: all that are installed; 'none': no peers); with --model: "
+                             f"among keras3 (every backend), "
+                             f"{', '.join(model_peers.MODEL_PEER_NAMES)}")
     parser.add_argument("--repeats", type=int, metavar="N",
                         help="timed calls per measurement "
                              f"({default_text(FULL['repeats'], QUICK['repeats'])})")
@@ -75,6 +92,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"({default_text(FULL['budget'], QUICK['budget'])})")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar on stderr")
+    parser.add_argument("--model", metavar="PATH",
+                        help="time this saved Keras model (.keras or .h5) with gpukb.keras "
+                             "against Keras 3 and tf.keras instead of the gpukb.rnn workloads")
+    parser.add_argument("--steps", type=int, metavar="T",
+                        help="with --model: time steps of the inputs whose length the file "
+                             "leaves open; a length the file fixes is used as it is "
+                             f"({default_text(models.DEFAULT_STEPS, models.DEFAULT_STEPS)})")
+    parser.add_argument("--batch-sizes", metavar="LIST",
+                        help="with --model: comma-separated batch sizes; a model whose file "
+                             "fixes the batch size gets that one ("
+                             + default_text(MODEL_BATCH_SIZES["full"], MODEL_BATCH_SIZES["quick"])
+                             + ")")
 
 
 def _list(text: str | None, known, what: str, parser) -> list | None:
@@ -106,11 +135,10 @@ def _output_path(text: str, option: str, parser) -> Path:
     return path
 
 
-def validate(args, parser) -> dict:
-    """Check every argument before anything runs; returns the run's settings."""
+def common_settings(args, parser) -> dict:
+    """``--quick``, ``--repeats``, ``--budget``, ``--backends`` and ``--json``, checked: the
+    settings both modes share."""
     from gpukb import _dispatch
-
-    from . import peers, report, workloads
 
     settings: dict[str, Any] = dict(FULL if not args.quick else QUICK)
     if args.repeats is not None:
@@ -121,7 +149,34 @@ def validate(args, parser) -> dict:
         if not args.budget > 0:
             parser.error(f"--budget must be a positive number of seconds, got {args.budget}.")
         settings["budget"] = args.budget
-    settings["workloads"] = _list(args.workloads, workloads.BENCH_WORKLOADS, "workloads", parser)
+    records = {r.name: r for r in _dispatch.backend_records()}
+    backends = _list(args.backends, sorted(records), "backends", parser)
+    if backends:
+        for name in backends:
+            if not records[name].availability:
+                hint = records[name].backend.install_hint
+                parser.error(f"--backends: backend {name!r} is not available here: "
+                             f"{records[name].availability.reason}" + (f". {hint}" if hint else ""))
+    settings["backends"] = backends  # None: every discovered one (unavailable ones: skipped)
+    settings["json"] = _output_path(args.json, "--json", parser) if args.json else None
+    return settings
+
+
+def refuse_options(args, parser, options, why: str) -> None:
+    """A parser error for the first of ``options`` ((option, attribute) pairs) that was given."""
+    for option, attribute in options:
+        if getattr(args, attribute) is not None:
+            parser.error(f"{option} {why}.")
+
+
+def validate(args, parser) -> dict:
+    """Check every argument before anything runs; returns the run's settings."""
+    from . import peers, report, workloads
+
+    refuse_options(args, parser, MODEL_ONLY, "only applies with --model")
+    settings = common_settings(args, parser)
+    given = args.workloads if args.workloads is not None else ",".join(workloads.BENCH_WORKLOADS)
+    settings["workloads"] = _list(given, workloads.BENCH_WORKLOADS, "workloads", parser)
     if not settings["workloads"]:
         parser.error("--workloads: give at least one of lstm, gru.")
     if args.sizes:
@@ -134,18 +189,8 @@ def validate(args, parser) -> dict:
     settings["peers"] = _list(args.peers, peers.PEER_NAMES, "peers", parser)
     if settings["peers"] is None:
         settings["peers"] = list(peers.PEER_NAMES)
-    records = {r.name: r for r in _dispatch.backend_records()}
-    backends = _list(args.backends, sorted(records), "backends", parser)
-    if backends:
-        for name in backends:
-            if not records[name].availability:
-                hint = records[name].backend.install_hint
-                parser.error(f"--backends: backend {name!r} is not available here: "
-                             f"{records[name].availability.reason}" + (f". {hint}" if hint else ""))
-    settings["backends"] = backends  # None: every discovered one (unavailable ones: skipped)
-    if backends == [] and settings["peers"] == []:
+    if settings["backends"] == [] and settings["peers"] == []:
         parser.error("--backends none with --peers none leaves nothing to run.")
-    settings["json"] = _output_path(args.json, "--json", parser) if args.json else None
     settings["plot"] = None
     if args.plot:
         path = _output_path(args.plot, "--plot", parser)
@@ -160,18 +205,41 @@ def validate(args, parser) -> dict:
     return settings
 
 
-def run(args, parser) -> int:
-    settings = validate(args, parser)
-
+def gpukb_keys(settings) -> tuple[list[str], list[tuple[str, str]]]:
+    """The gpukb implementations to run (``gpukb[NAME]``) and the backends left out by default
+    as (key, reason)."""
     from gpukb import _dispatch
 
-    from . import implementations, peers, report, runner
+    from . import implementations
 
     backends = settings["backends"]
-    left_out: list[tuple[str, str]] = []  # (key, reason): backends not run by default
+    left_out: list[tuple[str, str]] = []
     if backends is None:
         backends, left_out = implementations.default_backends(_dispatch.backend_records())
-    keys = [f"gpukb[{name}]" for name in backends] + peers.peer_keys(settings["peers"])
+    return [f"gpukb[{name}]" for name in backends], left_out
+
+
+def failed_gpukb(results) -> int:
+    """Exit status: 1 (with a message on stderr) when a gpukb measurement failed."""
+    failed = [r for r in results if r.kind == "gpukb" and r.status != "ok"]
+    if failed:
+        print(f"gpukb bench: {len(failed)} gpukb measurement(s) failed (see the table).",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args, parser) -> int:
+    if args.model is not None:
+        from . import model_command
+
+        return model_command.run(args, parser)
+    settings = validate(args, parser)
+
+    from . import peers, report, runner
+
+    keys, left_out = gpukb_keys(settings)
+    keys += peers.peer_keys(settings["peers"])
     workloads, sizes = settings["workloads"], settings["sizes"]
     progress = runner.ProgressBar(len(keys) * len(workloads) * len(sizes),
                                   enabled=not args.no_progress)
@@ -184,9 +252,7 @@ def run(args, parser) -> int:
 
     machine = report.machine_info(ready)
     mode = "quick" if args.quick else "full"
-    commit = f" ({machine['gpukb_commit']})" if machine["gpukb_commit"] else ""
-    print(f"gpukb bench ({mode}): gpukb {machine['versions']['gpukb']}{commit}, "
-          f"{machine['cpu']}, {machine['usable_cores']} usable cores, {machine['date']}")
+    print(report.title(mode, machine))
     threads = {i.key: i.threads for i in ready}
     print(report.format_table(results, skipped=skipped, threads=threads))
     if settings["peers"] and not any(i.kind == "peer" for i in ready):
@@ -209,9 +275,4 @@ def run(args, parser) -> int:
             print(f"gpukb bench: no plot: {error}", file=sys.stderr)
             return 1
         print(f"saved {settings['plot']}", file=sys.stderr)
-    failed = [r for r in results if r.kind == "gpukb" and r.status != "ok"]
-    if failed:
-        print(f"gpukb bench: {len(failed)} gpukb measurement(s) failed (see the table).",
-              file=sys.stderr)
-        return 1
-    return 0
+    return failed_gpukb(results)

@@ -27,7 +27,8 @@ class Runnable:
     """One implementation built for one problem."""
 
     run: Callable[[], Any]                                   # one synchronised forward pass
-    to_numpy: Callable[[Any], np.ndarray] = np.asarray     # run()'s result -> (B, T, H) NumPy
+    # run()'s result -> NumPy: (B, T, H) for a workload, the list of outputs for a saved model
+    to_numpy: Callable[[Any], Any] = np.asarray
 
 
 @dataclass

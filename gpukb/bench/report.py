@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 SCHEMA = "gpukb-bench/1"
+MODEL_SCHEMA = "gpukb-bench-model/1"
 COLUMNS = ("workload", "size", "implementation", "median ms", "GFLOP/s", "vs fastest peer",
            "rel. error")
 LEGEND = (
@@ -36,9 +37,17 @@ def _row(r) -> tuple:
 def format_table(results, *, skipped=(), threads=None, legend: bool = True) -> str:
     """The results as an aligned text table, followed by the skipped implementations (with the
     reason), the threads each implementation used, and a legend."""
-    rows = [COLUMNS] + [_row(r) for r in results]
-    widths = [max(len(str(row[i])) for row in rows) for i in range(len(COLUMNS))]
-    numeric = {3, 4, 5, 6}
+    lines = aligned(COLUMNS, results, [_row(r) for r in results], numeric={3, 4, 5, 6})
+    lines += [f"error: {r.implementation}, {r.workload} {r.size.label}: {r.error}"
+              for r in results if r.status != "ok"]
+    return "\n".join(lines + trailer(skipped, threads, LEGEND if legend else None))
+
+
+def aligned(columns, results, rows, *, numeric) -> list[str]:
+    """Header, rule and one line per row (``numeric`` columns right-aligned), a blank line
+    between rows of different ``group``s; "(no results)" when there are none."""
+    rows = [tuple(columns)] + [tuple(row) for row in rows]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
 
     def fmt(row):
         cells = [str(c).rjust(w) if i in numeric else str(c).ljust(w)
@@ -48,23 +57,71 @@ def format_table(results, *, skipped=(), threads=None, legend: bool = True) -> s
     lines = [fmt(rows[0]), "  ".join("-" * w for w in widths)]
     previous = None
     for r, row in zip(results, rows[1:]):
-        group = (r.workload, r.size)
-        if previous is not None and group != previous:
+        if previous is not None and r.group != previous:
             lines.append("")
-        previous = group
+        previous = r.group
         lines.append(fmt(row))
     if not results:
         lines.append("(no results)")
-    for r in results:
-        if r.status != "ok":
-            lines.append(f"error: {r.implementation}, {r.workload} {r.size.label}: {r.error}")
-    for name, reason in skipped:
-        lines.append(f"skipped: {name}: {reason}")
+    return lines
+
+
+def trailer(skipped=(), threads=None, legend: str | None = None) -> list[str]:
+    """The lines below a table: skipped implementations with the reason, threads, legend."""
+    lines = [f"skipped: {name}: {reason}" for name, reason in skipped]
     if threads:
         lines.append("threads: " + "; ".join(f"{k}: {v}" for k, v in threads.items()))
     if legend:
-        lines.append(LEGEND)
-    return "\n".join(lines)
+        lines.append(legend)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Saved-model table (gpukb bench --model)
+# --------------------------------------------------------------------------------------------
+
+MODEL_COLUMNS = ("batch", "call", "implementation", "median ms", "vs fastest peer",
+                 "max rel. diff")
+MODEL_LEGEND = (
+    "call: predict = Keras model.predict(x, batch_size=B, verbose=0), gpukb model.predict(x); "
+    "model(x) = model(x, training=False) converted to NumPy (Keras: eager), gpukb model(x). "
+    "median ms: median wall time of one call on the whole batch (two warm-up calls, the first "
+    "with compilation, not timed); vs fastest peer: median / the fastest peer's median for the "
+    "same batch and call (below 1.00x: faster than every peer); max rel. diff: "
+    "max |out - ref| / max |ref| over the outputs, ref = gpukb[cpu]'s predict; above {tolerance:g} "
+    "the row is marked wrong and never counts as the fastest peer."
+)
+
+
+def _model_row(r) -> tuple:
+    from .models import CALL_LABELS
+
+    call = CALL_LABELS[r.call]
+    if r.status == "error":
+        return (r.batch, call, r.implementation, "error", "", "")
+    ratio = "" if r.ratio_to_fastest_peer is None else f"{r.ratio_to_fastest_peer:.2f}x"
+    diff = f"{r.max_rel_diff:.1e}" + (" WRONG" if r.status == "wrong" else "")
+    return (r.batch, call, r.implementation, f"{r.median_s * 1e3:.3f}", ratio, diff)
+
+
+def format_model_table(results, *, skipped=(), threads=None, legend: bool = True) -> str:
+    """``gpukb bench --model``'s results as a table, with the rows that failed or are wrong
+    below it, then the skipped implementations, threads and legend."""
+    from .models import CALL_LABELS, TOLERANCE
+
+    lines = aligned(MODEL_COLUMNS, results, [_model_row(r) for r in results],
+                    numeric={0, 3, 4, 5})
+    lines += [f"{r.status}: {r.implementation}, B={r.batch} {CALL_LABELS[r.call]}: {r.error}"
+              for r in results if r.status != "ok"]
+    legend_text = MODEL_LEGEND.format(tolerance=TOLERANCE) if legend else None
+    return "\n".join(lines + trailer(skipped, threads, legend_text))
+
+
+def title(mode: str, machine: dict) -> str:
+    """The first line ``gpukb bench`` prints: mode, gpukb version and commit, CPU, cores, date."""
+    commit = f" ({machine['gpukb_commit']})" if machine["gpukb_commit"] else ""
+    return (f"gpukb bench ({mode}): gpukb {machine['versions']['gpukb']}{commit}, "
+            f"{machine['cpu']}, {machine['usable_cores']} usable cores, {machine['date']}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,10 +212,11 @@ def result_dict(r) -> dict:
     }
 
 
-def document(results, *, machine: dict, settings: dict, implementations=(), skipped=()) -> dict:
-    """The JSON document ``--json`` writes."""
+def document(results, *, machine: dict, settings: dict, implementations=(), skipped=(),
+             schema: str = SCHEMA, as_dict=result_dict) -> dict:
+    """The JSON document ``--json`` writes (``as_dict``: one result as JSON data)."""
     return {
-        "schema": SCHEMA,
+        "schema": schema,
         "machine": machine,
         "settings": settings,
         "implementations": [
@@ -166,7 +224,7 @@ def document(results, *, machine: dict, settings: dict, implementations=(), skip
             for i in implementations
         ],
         "skipped": [{"name": name, "reason": reason} for name, reason in skipped],
-        "results": [result_dict(r) for r in results],
+        "results": [as_dict(r) for r in results],
     }
 
 

@@ -120,6 +120,11 @@ class Result:
     ratio_to_fastest_peer: float | None = None   # median / the fastest peer's median
 
     @property
+    def group(self) -> tuple:
+        """The problem this row measures: rows of one group are compared with each other."""
+        return (self.workload, self.size)
+
+    @property
     def gflops(self) -> float | None:
         if self.median_s is None or self.median_s <= 0:
             return None
@@ -127,14 +132,25 @@ class Result:
 
 
 def run_one(implementation, problem, *, repeats: int, budget_s: float) -> Result:
-    """Build, warm up, check against the reference and time one implementation on one problem.
-    Any exception becomes an ``error`` row (one broken peer never stops the run)."""
+    """Build, warm up, check against the reference and time one implementation on one problem."""
     result = Result(problem.workload, problem.size, implementation.label(problem.workload),
                     implementation.key, implementation.kind, problem.flops)
+
+    def check(outputs):
+        result.relative_error = problem.relative_error(outputs)
+
+    return timed(result, lambda: implementation.build(problem), check, repeats=repeats,
+                 budget_s=budget_s)
+
+
+def timed(result, build, check, *, repeats: int, budget_s: float):
+    """Fill ``result`` (a ``Result`` or a ``models.ModelResult``): ``build()`` a ``Runnable``,
+    time it (``measure``), and ``check`` the NumPy form of its first call's outputs. Any exception
+    becomes an ``error`` row (one broken peer never stops the run). Returns ``result``."""
     try:
-        runnable = implementation.build(problem)
+        runnable = build()
         first, timing = measure(runnable.run, repeats=repeats, budget_s=budget_s)
-        result.relative_error = problem.relative_error(runnable.to_numpy(first))
+        check(runnable.to_numpy(first))
     except Exception as error:  # noqa: BLE001 - reported in the table
         result.status = "error"
         result.error = f"{type(error).__name__}: {error}".splitlines()[0][:200]
@@ -145,14 +161,14 @@ def run_one(implementation, problem, *, repeats: int, budget_s: float) -> Result
 
 
 def add_ratios(results) -> None:
-    """Fill ``ratio_to_fastest_peer`` for every successful row (None where no peer ran)."""
+    """Fill ``ratio_to_fastest_peer`` for every successful row (None where no peer ran); rows
+    are compared within their ``group`` (one problem: workload and size, or batch and call)."""
     best: dict = {}
     for r in results:
         if r.kind == "peer" and r.status == "ok":
-            key = (r.workload, r.size)
-            best[key] = min(best.get(key, r.median_s), r.median_s)
+            best[r.group] = min(best.get(r.group, r.median_s), r.median_s)
     for r in results:
-        fastest = best.get((r.workload, r.size))
+        fastest = best.get(r.group)
         if r.status == "ok" and fastest:
             r.ratio_to_fastest_peer = r.median_s / fastest
 
@@ -178,10 +194,38 @@ WORKER_MARK = "@@gpukb-bench@@ "
 def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progress=None,
                  python: str | None = None):
     """Run each implementation (by key) in a fresh worker process, one after the other, on every
-    workload x size. Separate processes keep the libraries' thread pools (OpenMP, OpenBLAS,
-    XLA, Numba) from competing with each other for the cores, and a crashing peer from ending the
-    run. Returns (results in table order, the prepared implementations as records, skipped as
-    [(key, reason)])."""
+    workload x size (see ``run_workers``). Returns (results in table order, the prepared
+    implementations as records, skipped as [(key, reason)])."""
+    from .workloads import Size, flops
+
+    spec = {"workloads": list(workloads), "sizes": [s.as_dict() for s in sizes],
+            "repeats": repeats, "budget_s": budget_s}
+
+    def crashed(key: str, started: dict, why: str) -> Result:
+        size = Size(**started["size"])
+        return Result(started["workload"], size, started["label"], key, started["kind"],
+                      flops(started["workload"], size), status="error", error=why)
+
+    results, ready, skipped = run_workers(keys, spec, per_key=len(workloads) * len(sizes),
+                                          from_wire=result_from_wire, crashed=crashed,
+                                          progress=progress, python=python)
+    order_w = {w: i for i, w in enumerate(workloads)}
+    order_s = {s: i for i, s in enumerate(sizes)}
+    order_k = {k: i for i, k in enumerate(keys)}
+    results.sort(key=lambda r: (order_w[r.workload], order_s[r.size], order_k[r.key]))
+    add_ratios(results)
+    return results, ready, skipped
+
+
+def run_workers(keys, spec: dict, *, per_key: int, from_wire, crashed, progress=None,
+                python: str | None = None):
+    """Run each implementation (by key) in a fresh ``gpukb.bench.worker`` process, one after the
+    other, handing it ``spec`` (plus its key). Separate processes keep the libraries' thread
+    pools (OpenMP, OpenBLAS, XLA, Numba) from competing with each other for the cores, and a
+    crashing peer from ending the run. ``per_key``: the results one worker makes (for the
+    progress bar); ``from_wire(data)``: a result event's data as a result; ``crashed(key, start
+    event, why)``: the error result of the problem a worker died on. Returns (results in run
+    order, the prepared implementations as records, skipped as [(key, reason)])."""
     import json
     import subprocess
     import tempfile
@@ -189,9 +233,6 @@ def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progr
     from .implementations import Implementation
 
     python = python or sys.executable
-    spec = {"workloads": list(workloads), "sizes": [s.as_dict() for s in sizes],
-            "repeats": repeats, "budget_s": budget_s}
-    per_key = len(workloads) * len(sizes)
     results, ready, skipped = [], [], []
     for key in keys:
         finished, started, done = 0, None, False
@@ -222,9 +263,9 @@ def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progr
                 elif kind == "start":
                     started = event
                     if progress is not None:
-                        progress.show(f"{event['workload']} {event['size_label']} {event['label']}")
+                        progress.show(event["title"])
                 elif kind == "result":
-                    results.append(result_from_wire(event["result"]))
+                    results.append(from_wire(event["result"]))
                     started = None
                     finished += 1
                     if progress is not None:
@@ -240,20 +281,10 @@ def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progr
                 if tail:
                     why += f": {tail[-300:]}"
                 if started is not None:
-                    from .workloads import Size, flops
-
-                    size = Size(**started["size"])
-                    results.append(Result(started["workload"], size, started["label"], key,
-                                          started["kind"], flops(started["workload"], size),
-                                          status="error", error=why))
+                    results.append(crashed(key, started, why))
                     finished += 1
                 else:
                     skipped.append((key, why))
         if progress is not None:
             progress.advance(per_key - finished)
-    order_w = {w: i for i, w in enumerate(workloads)}
-    order_s = {s: i for i, s in enumerate(sizes)}
-    order_k = {k: i for i, k in enumerate(keys)}
-    results.sort(key=lambda r: (order_w[r.workload], order_s[r.size], order_k[r.key]))
-    add_ratios(results)
     return results, ready, skipped

@@ -1,8 +1,12 @@
 """``python -m gpukb.bench.worker``: runs ONE implementation in this process, for ``gpukb bench``.
 
-Reads a JSON spec on stdin (``key``, ``workloads``, ``sizes``, ``repeats``, ``budget_s``) and
-writes events as JSON lines prefixed with ``runner.WORKER_MARK`` on stdout: ``skipped`` (with the
-reason) or ``ready`` (threads, versions), then ``start``/``result`` per problem, then ``done``.
+Reads a JSON spec on stdin and writes events as JSON lines prefixed with ``runner.WORKER_MARK``
+on stdout: ``skipped`` (with the reason) or ``ready`` (threads, versions), then ``start`` (with a
+``title`` for the progress bar) and ``result`` per problem, then ``done``. Two kinds of spec:
+
+- ``gpukb.rnn`` workloads: ``key``, ``workloads``, ``sizes``, ``repeats``, ``budget_s``;
+- a saved model (``gpukb bench --model``): ``key``, ``model`` (the file), ``problems`` (batch
+  size -> the ``.npz`` of its inputs and reference outputs), ``calls``, ``repeats``, ``budget_s``.
 """
 
 from __future__ import annotations
@@ -18,38 +22,74 @@ def _emit(event: dict) -> None:
     sys.stdout.flush()
 
 
-def main() -> int:
-    from .implementations import Skipped, make_implementation
+def _prepared(implementation, *steps) -> bool:
+    """Run the preparation ``steps``; on ``Skipped`` (or a broken library) emit the skip and
+    ``done`` and return False."""
+    from .implementations import Skipped
+
+    try:
+        for step in steps:
+            step()
+    except Skipped as why:
+        _emit({"event": "skipped", "reason": str(why)})
+    except Exception as error:  # noqa: BLE001 - a broken peer is skipped, with the error
+        _emit({"event": "skipped", "reason": f"failed to load: {type(error).__name__}: {error}"})
+    else:
+        _emit({"event": "ready", "kind": implementation.kind, "threads": implementation.threads,
+               "versions": implementation.versions})
+        return True
+    _emit({"event": "done"})
+    return False
+
+
+def run_workloads(spec: dict) -> None:
+    from .implementations import make_implementation
     from .runner import result_to_wire, run_one
     from .workloads import Size, make_problem
 
-    spec = json.loads(sys.stdin.read())
     implementation = make_implementation(spec["key"])
-    try:
-        implementation.prepare()
-    except Skipped as why:
-        _emit({"event": "skipped", "reason": str(why)})
-        _emit({"event": "done"})
-        return 0
-    except Exception as error:  # noqa: BLE001 - a broken peer is skipped, with the error
-        _emit({"event": "skipped", "reason": f"failed to load: {type(error).__name__}: {error}"})
-        _emit({"event": "done"})
-        return 0
-    _emit({"event": "ready", "kind": implementation.kind, "threads": implementation.threads,
-           "versions": implementation.versions})
+    if not _prepared(implementation, implementation.prepare):
+        return
     for workload in spec["workloads"]:
         if workload not in implementation.workloads:
             continue
         for size_dict in spec["sizes"]:
             size = Size(**size_dict)
+            label = implementation.label(workload)
             _emit({"event": "start", "workload": workload, "size": size_dict,
-                   "size_label": size.label, "label": implementation.label(workload),
+                   "title": f"{workload} {size.label} {label}", "label": label,
                    "kind": implementation.kind})
             problem = make_problem(workload, size)
             result = run_one(implementation, problem, repeats=spec["repeats"],
                              budget_s=spec["budget_s"])
             _emit({"event": "result", "result": result_to_wire(result)})
     _emit({"event": "done"})
+
+
+def run_model(spec: dict) -> None:
+    from .model_peers import make_model_implementation
+    from .models import CALL_LABELS, ModelProblem, run_one
+
+    implementation = make_model_implementation(spec["key"])
+    if not _prepared(implementation, implementation.prepare,
+                     lambda: implementation.load(spec["model"])):
+        return
+    for batch, path in spec["problems"]:
+        problem = ModelProblem.load(batch, path)
+        for call in spec["calls"]:
+            label = implementation.label(call)
+            _emit({"event": "start", "batch": batch, "call": call, "label": label,
+                   "title": f"B={batch} {CALL_LABELS[call]} {label}",
+                   "kind": implementation.kind})
+            result = run_one(implementation, problem, call, repeats=spec["repeats"],
+                             budget_s=spec["budget_s"])
+            _emit({"event": "result", "result": result.to_wire()})
+    _emit({"event": "done"})
+
+
+def main() -> int:
+    spec = json.loads(sys.stdin.read())
+    (run_model if "model" in spec else run_workloads)(spec)
     return 0
 
 
