@@ -280,13 +280,12 @@ def test_return_state_outputs_and_their_masks(kind):
 def test_hard_sigmoid_recurrent_activation_by_version(keras_major):
     weights = rnn_weights("LSTM", 2, 3)
     config = {"units": 3, "recurrent_activation": "hard_sigmoid"}
-    if keras_major == 3:
-        with pytest.raises(UnsupportedLayerError, match="relu6"):
-            chain((None, 4, 2), [L("r", "LSTM", config, weights)], keras_major=3)
-        return
-    model = chain((None, 4, 2), [L("r", "LSTM", config, weights)], keras_major=2)
-    x = rand(3, 4, 2, scale=2.0)
-    expected, _ = ref_rnn("LSTM", x, weights, 3, rec=HARD_SIGMOID[2])
+    model = chain((None, 4, 2), [L("r", "LSTM", config, weights)], keras_major=keras_major)
+    # scale 4: many gate pre-activations lie where the two versions differ (|x| between 2.5 and 3)
+    x = rand(3, 4, 2, scale=4.0)
+    expected, _ = ref_rnn("LSTM", x, weights, 3, rec=HARD_SIGMOID[keras_major])
+    other, _ = ref_rnn("LSTM", x, weights, 3, rec=HARD_SIGMOID[5 - keras_major])
+    assert np.abs(expected - other).max() > 1e-3   # the test tells the two versions apart
     np.testing.assert_allclose(model.predict(x), expected, **TOL)
 
 

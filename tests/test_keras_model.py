@@ -21,7 +21,6 @@ import gpukb
 import gpukb.keras
 from gpukb.keras import Model, ModelFileError, UnsupportedLayerError, load_model
 from gpukb.keras._summary import trainable_counts
-from gpukb.keras.layers.recurrent import KERAS3_HARD_SIGMOID
 from helpers import run_python
 from test_keras_layers import L, MASK, R, TOL, build, chain, masked_input, rand, ref_rnn, rnn_weights
 
@@ -30,13 +29,6 @@ MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())
 CASES = [(case, writer) for case, info in MANIFEST["cases"].items() for writer in info["files"]]
 # gpukb's target for a saved model: float32 outputs within 1e-5 relative error of Keras's.
 MAX_RELATIVE_ERROR = 1e-5
-
-
-def _keras3_hard_sigmoid_in_a_cell(case, writer):
-    """Keras 3 files with hard_sigmoid in a recurrent cell load only once gpukb's cells have
-    Keras 3's hard_sigmoid (see gpukb.keras.layers.recurrent.KERAS3_HARD_SIGMOID)."""
-    return (writer == "keras3" and case in ("activations_hard_sigmoid", "hard_sigmoid_gates")
-            and KERAS3_HARD_SIGMOID not in gpukb.activations.SUPPORTED)
 
 
 def _recorded_model(info, writer):
@@ -78,10 +70,6 @@ def test_fixture_predictions_match_keras(case, writer):
         # The message names the file and the layer (its class and position).
         assert path.name in str(caught.value) and "position" in str(caught.value), str(caught.value)
         return
-    if _keras3_hard_sigmoid_in_a_cell(case, writer):
-        with pytest.raises(UnsupportedLayerError, match="hard_sigmoid"):
-            load_model(path)
-        return
     npz = np.load(FIXTURES / info["npz"])
     model = load_model(path)
     x = _inputs(npz)
@@ -101,7 +89,7 @@ def test_fixture_predictions_match_keras(case, writer):
 def test_fixture_layers_params_and_shapes_match_keras(case, writer):
     info = MANIFEST["cases"][case]
     recorded = _recorded_model(info, writer)
-    if info["expect_error"] or _keras3_hard_sigmoid_in_a_cell(case, writer):
+    if info["expect_error"]:
         pytest.skip("the model does not load (checked in test_fixture_predictions_match_keras)")
     model = load_model(FIXTURES / info["files"][writer]["file"])
     assert [(layer.name, layer.class_name) for layer in model.layers] == [

@@ -26,7 +26,7 @@ from ..._frontend import rnn
 from .base import Layer, Run, Sym, flatten, shape_text
 
 _GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
-# The name gpukb.activations would give Keras 3's hard_sigmoid (relu6(x + 3) / 6), if it has it.
+# gpukb's name for Keras 3's hard_sigmoid (relu6(x + 3) / 6); plain hard_sigmoid is tf.keras 2's.
 KERAS3_HARD_SIGMOID = "hard_sigmoid_keras3"
 
 
@@ -66,10 +66,7 @@ class Recurrent(Layer):
         value = self.option(key, default)
         name = activation_name(value)
         if name == "hard_sigmoid" and self.keras_major >= 3:
-            if KERAS3_HARD_SIGMOID in cell_activations.SUPPORTED:
-                return KERAS3_HARD_SIGMOID
-            raise self.unsupported(key, value, "Keras 3's hard_sigmoid is relu6(x + 3) / 6, and gpukb's "
-                                   "recurrent cells implement only tf.keras 2's clip(0.2 x + 0.5, 0, 1)")
+            return KERAS3_HARD_SIGMOID
         if name not in cell_activations.SUPPORTED:
             names = ", ".join(n for n in cell_activations.SUPPORTED if n != KERAS3_HARD_SIGMOID)
             raise self.unsupported(key, value, f"gpukb's recurrent cells implement {names}")
