@@ -2,8 +2,10 @@
 
 A backend says which array types it accepts (as ``"module:QualName"`` strings, so matching needs no
 import), whether it can run here (``is_available``), and gives its array namespace ``xp``. Its
-``rnn`` runs the one shared rnn semantics core (``gpukb._rnn``) and offers each call to
-``fused_rnn`` first: a backend adds speed there, never its own reading of the semantics.
+``rnn`` runs the one shared rnn semantics core (``gpukb._rnn``): it validates the call, makes a
+plan for it (``plan``: which path and why, logged; see ``gpukb._plan``), then runs the plan
+(``run_plan``). A backend adds speed in those two (or, for a plugin, in ``fused_rnn``), never its
+own reading of the semantics.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from ._plan import Plan
     from ._rnn import RnnCall
 
 
@@ -60,8 +63,9 @@ class Backend:
       ``install_hint``: what to install when it is unavailable (shown in the error).
     Override ``is_available`` (cheap: no heavy imports), ``_load_xp`` (the array namespace),
     ``asarray``/``to_numpy`` when NumPy conversion needs more than ``xp.asarray``/``numpy.asarray``,
-    optionally ``namespace`` (per-call namespace, e.g. bound to a device), ``fused_rnn`` (speed)
-    or ``rnn`` (to take over completely), and ``on_clear_session``.
+    optionally ``namespace`` (per-call namespace, e.g. bound to a device), ``fused_rnn`` (speed;
+    or ``plan`` and ``run_plan`` to choose among several kernels and say why) or ``rnn`` (to take
+    over completely), and ``on_clear_session``.
     """
 
     name: str = ""
@@ -112,6 +116,7 @@ class Backend:
         import optree
 
         from . import _rnn
+        from ._plan import log_plan
         from .cells import Cell
 
         xp = self.namespace(optree.tree_leaves(inputs))
@@ -119,10 +124,35 @@ class Backend:
             step_function = step_function.converted(xp.asarray)
             inputs, initial_states = step_function.cast_rnn_arguments(inputs, initial_states)
         call = _rnn.prepare(step_function, inputs, initial_states, xp=xp, backend=self.name, **options)
-        result = self.fused_rnn(call)
-        if result is NotImplemented:
-            result = _rnn.run_generic(call)
-        return result
+        plan = self.plan(call)
+        log_plan(plan, call)
+        return self.run_plan(plan, call)
+
+    def plan(self, call: RnnCall) -> Plan:
+        """Decide how to run a validated ``gpukb._rnn.RnnCall``: a ``gpukb._plan.Plan`` naming the
+        path and why. The default offers the call to ``fused_rnn`` when the backend overrides
+        it, else runs the generic loop. Deciding must not change a result or raise for a call
+        the generic loop can run."""
+        from ._plan import FUSED_RNN, GENERIC, Plan
+
+        if type(self).fused_rnn is not Backend.fused_rnn:
+            return Plan(self.name, FUSED_RNN, "offered to the backend's fused_rnn (the generic "
+                                              "loop runs it if that returns NotImplemented)")
+        return Plan(self.name, GENERIC, "the backend has no fused kernels")
+
+    def run_plan(self, plan: Plan, call: RnnCall) -> tuple[Any, Any, Any]:
+        """Run ``call`` as ``plan`` says. The default: the generic loop for a ``generic`` plan;
+        otherwise ``fused_rnn``, and the generic loop (logged as a new plan) when that returns
+        NotImplemented."""
+        from ._plan import GENERIC, Plan, log_plan
+        from ._rnn import run_generic
+
+        if plan.path != GENERIC:
+            result = self.fused_rnn(call)
+            if result is not NotImplemented:
+                return result
+            log_plan(Plan(self.name, GENERIC, "fused_rnn returned NotImplemented", plan.path), call)
+        return run_generic(call)
 
     def fused_rnn(self, call: RnnCall) -> Any:
         """Run a validated ``gpukb._rnn.RnnCall`` with a fused kernel, or return NotImplemented

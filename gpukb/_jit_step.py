@@ -1,11 +1,12 @@
-"""Step functions compiled by Numba: ``gpukb.jit_step`` and the rule for the fused time loop.
+"""Step functions compiled by Numba: ``gpukb.jit_step``.
 
 ``@gpukb.jit_step`` (bare, or with ``numba.njit`` options: ``@gpukb.jit_step(cache=True)``)
 marks a Python step function and compiles it with ``numba.njit`` on first use. On the ``cpu``
 backend, ``gpukb.rnn`` runs such a step (or any ``numba.njit`` dispatcher passed as step
-function) inside one compiled time loop (``gpukb.kernels.cpu.jit_loop``). Everywhere else it is
-an ordinary step function: called with NumPy arrays it runs the compiled code, called with
-anything else (CuPy, torch, nested dicts) it runs the original Python function, ``.py_func``.
+function) inside one compiled time loop (``gpukb/backends/_jit_loop.py`` decides which calls).
+Everywhere else it is an ordinary step function: called with NumPy arrays it runs the compiled
+code, called with anything else (CuPy, torch, nested dicts) it runs the original Python
+function, ``.py_func``.
 
 Numba is imported only when a ``jit_step`` is first called or an rnn call is checked for the
 fused loop, never by ``import gpukb``.
@@ -22,10 +23,7 @@ import numpy as np
 
 from ._warn import warn_user
 
-__all__ = ["JitStep", "jit_step", "fused_step", "compile_error_recorder"]
-
-MAX_FUSED_STATES = 8
-MAX_FUSED_CONSTANTS = 8
+__all__ = ["JitStep", "jit_step"]
 
 
 class JitStep:
@@ -178,56 +176,3 @@ def numba_dispatcher(step_function):
     if isinstance(step_function, CPUDispatcher) and not step_function.targetoptions.get("forceobj"):
         return step_function
     return None
-
-
-def fused_step(call):
-    """The Numba dispatcher the fused time loop may run ``call`` (an ``RnnCall``) with, else None.
-
-    Eligible: a Numba-compiled step; NumPy arrays only; one input array (a bare array, not a
-    pytree); ``initial_states`` a flat list/tuple of at most 8 arrays of rank >= 1; ``constants``
-    at most 8 arrays; B >= 1. Whether the step's result fits (an array and a list/tuple of the
-    states) is checked on its Numba type, before any step runs, by the loop itself.
-    """
-    if call.xp is not np or not isinstance(call.step_function, JitStep) and "numba" not in sys.modules:
-        return None
-    if len(call.input_leaves) != 1 or call.input_treespec.num_nodes != 1:
-        return None
-    if call.batch_size < 1 or not _plain(call.input_leaves[0]):
-        return None
-    states = call.initial_states
-    if not isinstance(states, (list, tuple)) or len(states) > MAX_FUSED_STATES:
-        return None
-    if len(call.state_leaves) != len(states):
-        return None
-    if not all(_plain(s) and s.ndim >= 1 for s in states):
-        return None
-    if len(call.constants) > MAX_FUSED_CONSTANTS or not all(_plain(c) for c in call.constants):
-        return None
-    step = call.step_function
-    if isinstance(step, JitStep) and step.falls_back(step_signature(call)):
-        return None
-    return numba_dispatcher(step)  # last: it may import Numba
-
-
-def step_signature(call) -> tuple:
-    """``array_signature`` of the arguments each step of ``call`` gets (a slice of its input,
-    then its states and constants)."""
-    x = call.input_leaves[0]
-    step_input = f"{x.dtype}[{x.ndim - 1}d]"
-    return (step_input,) + array_signature((list(call.state_leaves), list(call.constants)))
-
-
-def compile_error_recorder(call):
-    """For the fused loop: where a compile failure of ``call``'s step goes (None: nowhere, the
-    generic loop will raise it, as for a plain ``numba.njit`` function)."""
-    step = call.step_function
-    if not isinstance(step, JitStep):
-        return None
-    signature = step_signature(call)
-    return lambda err: step.record_compile_error(signature, err)
-
-
-def _plain(a) -> bool:
-    """A NumPy array of a dtype Numba handles natively (bool, integers, float32/64, complex)."""
-    return (isinstance(a, np.ndarray) and a.dtype.kind in "biufc" and a.dtype != np.float16
-            and a.dtype.isnative)

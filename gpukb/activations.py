@@ -1,16 +1,20 @@
 """Activations by Keras name: the few elementwise functions that recurrent cells use.
 
 Cells and fused kernels name their activations instead of holding callables, so that a kernel can
-pick its own compiled version by name; this module is the one place that lists the names and gives
-the reference (NumPy or CuPy) implementation of each. Semantics follow tf.keras 2.
+pick its own compiled version by name. The names are the kernels' table
+(``gpukb.kernels.cells.activations.NAMES``, which imports nothing heavy); this module gives the
+reference (NumPy, CuPy or any backend namespace) implementation of each. Semantics follow
+tf.keras 2; ``hard_sigmoid_keras3`` is Keras 3's ``hard_sigmoid``.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
+from .kernels.cells.activations import NAMES as _KERNEL_NAMES
+
 # Fixed order: error messages and fused kernels list the names in this order.
-SUPPORTED = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
+SUPPORTED: tuple[str, ...] = tuple(_KERNEL_NAMES)
 
 
 def _supported_text() -> str:
@@ -56,6 +60,14 @@ def _hard_sigmoid(xp):
     return hard_sigmoid
 
 
+def _hard_sigmoid_keras3(xp):
+    def hard_sigmoid_keras3(x):
+        # Keras 3 (keras/src/backend/{jax,tensorflow}/nn.py): relu6(x + 3) / 6.
+        return xp.clip(x + 3.0, 0.0, 6.0) / 6.0
+
+    return hard_sigmoid_keras3
+
+
 def _relu(xp):
     def relu(x):
         # where(x < 0, 0, x) rather than maximum(x, 0): torch's maximum takes no scalars, and
@@ -78,7 +90,9 @@ _FACTORIES = {
     "hard_sigmoid": _hard_sigmoid,
     "relu": _relu,
     "linear": _linear,
+    "hard_sigmoid_keras3": _hard_sigmoid_keras3,
 }
+assert tuple(_FACTORIES) == SUPPORTED, "every kernel activation needs its reference here"
 
 
 def get(name: Any, xp) -> Callable:

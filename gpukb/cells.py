@@ -22,6 +22,7 @@ import numpy as np
 from ._dtypes import dtype_kind, numpy_dtype
 
 from . import activations as _activations
+from .kernels import cells as _kernel_cells  # the layouts every kernel uses (no heavy imports)
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,6 +91,7 @@ def _check_rank2(kind: str, name: str, value: Any, what: str) -> None:
 class Cell:
     """Base class: weights, activation names, and the step-function call protocol."""
 
+    layout: Any = None  # the kernels' Layout of this cell (gpukb.kernels.cells): names, gates, states
     kind = ""
     gates = 1  # kernel columns per unit
     n_states = 1
@@ -121,8 +123,13 @@ class Cell:
         self.input_dim = int(input_dim)
 
     # Subclasses override these.
+    @property
+    def kernel_layout(self) -> Any:
+        """The kernels' Layout of this cell as configured (its ``kind`` selects the kernel)."""
+        return self.layout
+
     def _bias_shape(self, units: int) -> tuple:
-        return (self.gates * units,)
+        return self.kernel_layout.bias_shape(units)
 
     def _step(self, x, states):
         raise NotImplementedError
@@ -220,7 +227,7 @@ class Cell:
         return self._in_cell_dtype(name, value)
 
     def _state_names(self) -> str:
-        return "[h, c]" if self.n_states == 2 else "[h]"
+        return f"[{', '.join(self.layout.state_names)}]"
 
     def converted(self, asarray: Callable) -> "Cell":
         """A new cell of the same kind with every weight passed through ``asarray``."""
@@ -243,9 +250,8 @@ def _shape_text(value: Any) -> str:
 
 
 class LSTMCell(Cell):
-    kind = "lstm"
-    gates = 4
-    n_states = 2
+    layout = _kernel_cells.lstm.LAYOUT
+    kind, gates, n_states = layout.name, layout.gates, layout.n_states
 
     def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None,
                  activation: str | None = "tanh",
@@ -274,9 +280,8 @@ class LSTMCell(Cell):
 
 
 class GRUCell(Cell):
-    kind = "gru"
-    gates = 3
-    n_states = 1
+    layout = _kernel_cells.gru.LAYOUT
+    kind, gates, n_states = layout.name, layout.gates, layout.n_states
 
     def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None,
                  reset_after: bool = True, activation: str | None = "tanh",
@@ -292,8 +297,10 @@ class GRUCell(Cell):
         self._f_act = self._act(self.activation)
         self._f_rec = self._act(self.recurrent_activation)
 
-    def _bias_shape(self, units: int) -> tuple:
-        return (2, 3 * units) if self.reset_after else (3 * units,)
+    @property
+    def kernel_layout(self) -> Any:
+        gru = _kernel_cells.gru
+        return gru.LAYOUT if self.reset_after else gru.LAYOUT_RESET_BEFORE
 
     def _config(self) -> dict:
         return {
@@ -333,9 +340,8 @@ class GRUCell(Cell):
 
 
 class SimpleRNNCell(Cell):
-    kind = "simple_rnn"
-    gates = 1
-    n_states = 1
+    layout = _kernel_cells.simple_rnn.LAYOUT
+    kind, gates, n_states = layout.name, layout.gates, layout.n_states
 
     def __init__(self, kernel: Any, recurrent_kernel: Any, bias: Any = None,
                  activation: str | None = "tanh") -> None:

@@ -1,4 +1,5 @@
-"""gpukb.activations: names, errors, and each function against a float64 formula."""
+"""gpukb.activations: names, errors, and each function against a float64 formula; the kernels'
+one table of activations (gpukb.kernels.cells.activations) on the CPU and the CUDA simulator."""
 
 import math
 import warnings
@@ -11,7 +12,7 @@ from hypothesis.extra import numpy as hnp
 
 from gpukb import activations
 
-NAMES = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
+NAMES = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear", "hard_sigmoid_keras3")
 
 
 def reference(name, x):
@@ -26,6 +27,8 @@ def reference(name, x):
         return np.minimum(1.0, np.maximum(0.0, 0.2 * x + 0.5))
     if name == "relu":
         return np.where(x > 0, x, 0.0)
+    if name == "hard_sigmoid_keras3":  # Keras 3: relu6(x + 3) / 6
+        return np.minimum(np.maximum(x + 3.0, 0.0), 6.0) / 6.0
     return x
 
 
@@ -95,6 +98,13 @@ def test_hard_sigmoid_is_tf_keras_2_not_keras_3():
     np.testing.assert_allclose(slope, 0.2, rtol=1e-4)
 
 
+def test_hard_sigmoid_keras3_is_relu6_of_x_plus_3_over_6():
+    hs = activations.get("hard_sigmoid_keras3", np)
+    x = np.array([-4.0, -3.0, -1.5, 0.0, 1.0, 3.0, 4.0], np.float32)
+    np.testing.assert_allclose(hs(x), [0.0, 0.0, 0.25, 0.5, 2.0 / 3.0, 1.0, 1.0], rtol=1e-6)
+    assert hs(x).dtype == np.float32
+
+
 def test_relu_and_linear():
     x = np.array([-1.5, -0.0, 0.0, 2.0], np.float64)
     np.testing.assert_array_equal(activations.get("relu", np)(x), [0.0, 0.0, 0.0, 2.0])
@@ -112,7 +122,7 @@ def test_no_floating_point_warnings_on_extreme_inputs(name, dtype):
                                                 under="ignore"):
         warnings.simplefilter("error")
         got = activations.get(name, np)(x)
-    if name in ("tanh", "sigmoid", "hard_sigmoid"):
+    if name in ("tanh", "sigmoid", "hard_sigmoid", "hard_sigmoid_keras3"):
         assert np.all((got >= 0) | (name == "tanh")) and np.all(np.abs(got) <= 1)
         assert not np.any(np.isnan(got))
     if name == "sigmoid":
@@ -131,3 +141,73 @@ def test_nan_propagates():
     x = np.array([np.nan], np.float32)
     for name in NAMES:
         assert np.isnan(activations.get(name, np)(x)[0]), name
+
+
+# --------------------------------------------------------------------------------------------
+# The kernels' table: one list of names, one definition for every target and dtype
+# --------------------------------------------------------------------------------------------
+
+def test_gpukb_names_are_the_kernel_table():
+    from gpukb.kernels.cells import activations as table
+
+    assert activations.SUPPORTED is table.NAMES or activations.SUPPORTED == table.NAMES
+    assert [table.code(name) for name in NAMES] == list(range(len(NAMES)))
+    with pytest.raises(ValueError, match="'swish'.*'hard_sigmoid_keras3'"):
+        table.code("swish")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_table_functions_in_python_match_the_float64_formulas(dtype):
+    """The table's functions as plain Python (what the CUDA simulator runs) on NumPy scalars."""
+    from gpukb.kernels.cells import activations as table
+
+    x = np.linspace(-12, 12, 97).astype(dtype)
+    for name in NAMES:
+        got = np.array([table.activate(table.code(name), v) for v in x])
+        if name != "tanh":  # math.tanh gives a Python float in Python (compiled: x's type)
+            assert got.dtype == np.dtype(dtype), name  # constants in x's type: no float64 creep
+        tol = {"float32": 2e-7, "float64": 1e-15}[dtype]
+        np.testing.assert_allclose(got, reference(name, x), rtol=tol * 4, atol=tol, err_msg=name)
+
+
+SIMULATED = """
+import json, numpy as np
+from numba import cuda
+from gpukb.kernels.cells import activations as table
+from gpukb.kernels.cuda.activations import code, device_activation
+
+act = device_activation(np.float32)
+
+@cuda.jit
+def apply(out, x, codes):
+    i = cuda.grid(1)
+    if i < x.size:
+        for k in range(codes.size):
+            out[k, i] = act(codes[k], x[i])
+
+x = np.linspace(-12, 12, 97).astype(np.float32)
+codes = np.array([code(n) for n in table.NAMES], np.int64)
+out = np.zeros((codes.size, x.size), np.float32)
+apply[1, 128](out, x, codes)
+print(json.dumps(dict(shared=act is device_activation(np.float64) is table.activate,
+                      names=list(table.NAMES), out=out.astype(float).tolist())))
+"""
+
+
+def test_cuda_activations_are_the_shared_table_under_the_simulator(tmp_path):
+    """The CUDA kernels' activate is the table's function itself, for both dtypes, and a
+    simulated kernel computes every activation as the float64 formulas say."""
+    import importlib.util
+    import json
+
+    from helpers import run_python
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (the test extra installs it)")
+    result = run_python(SIMULATED, home=tmp_path, env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["shared"] and tuple(got["names"]) == NAMES
+    x = np.linspace(-12, 12, 97).astype(np.float32)
+    for name, row in zip(NAMES, got["out"]):
+        np.testing.assert_allclose(row, reference(name, x), rtol=1e-6, atol=2e-7, err_msg=name)

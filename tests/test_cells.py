@@ -380,20 +380,31 @@ def _random_cell(kind, dtype, rng):
 
 @pytest.fixture
 def cpu_paths(monkeypatch):
-    """Records the path (fused or generic) of each cpu-backend call in ``taken``; setting
-    ``generic_only`` turns the fused kernels off."""
+    """Records the path of each cpu-backend call from the plans gpukb.rnn logs (gpukb._plan) in
+    ``taken``; setting ``generic_only`` makes the backend plan the generic loop."""
+    from gpukb._plan import GENERIC, Plan, recorded_plans
     from gpukb.backends import cpu as cpu_backend
 
     paths = types.SimpleNamespace(taken=[], generic_only=False)
-    original = cpu_backend.CPUBackend.fused_rnn
+    original = cpu_backend.CPUBackend.plan
 
-    def spy(self, call):
-        result = NotImplemented if paths.generic_only else original(self, call)
-        paths.taken.append("generic" if result is NotImplemented else "fused")
-        return result
+    def plan(self, call):
+        return Plan(self.name, GENERIC, "test") if paths.generic_only else original(self, call)
 
-    monkeypatch.setattr(cpu_backend.CPUBackend, "fused_rnn", spy)
-    return paths
+    monkeypatch.setattr(cpu_backend.CPUBackend, "plan", plan)
+    with recorded_plans() as logged:
+        paths.taken = _PlanPaths(logged)
+        yield paths
+
+
+class _PlanPaths:
+    """The live list of logged plans, compared by path."""
+
+    def __init__(self, plans):
+        self.plans = plans
+
+    def __eq__(self, other):
+        return [plan.path for plan in self.plans] == other
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "simple_rnn"])
@@ -409,7 +420,7 @@ def test_rnn_casts_float32_arguments_for_a_float64_cell_once(kind, cpu_paths):
     fused = gpukb.rnn(cell, x, states, mask=mask)
     cpu_paths.generic_only = True
     generic = gpukb.rnn(cell, x, states, mask=mask)
-    assert cpu_paths.taken == ["fused", "generic"]
+    assert cpu_paths.taken == ["fused_cell", "generic"]
     expected = rnn_reference(cell, x, states, mask=mask)
     for result in (fused, generic):
         got = [result[0], result[1], *result[2]]
@@ -429,7 +440,7 @@ def test_rnn_rejects_integer_arguments_of_a_cell_before_any_step(cpu_paths):
         gpukb.rnn(cell, np.ones((2, 5, D), np.int64), [h, h])
     with pytest.raises(ValueError, match=r"LSTMCell: initial_states\[1\] has dtype int32, expected float32"):
         gpukb.rnn(cell, np.ones((2, 5, D), np.float32), (h, h.astype(np.int32)))
-    assert cpu_paths.taken == []  # no path was even offered the call
+    assert cpu_paths.taken == []  # rejected before any plan was made
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,3 +575,152 @@ def test_cells_module_never_imports_cupy_itself():
     source = open(cells.__file__).read()
     assert "import cupy" not in source
     assert sys.modules.get("gpukb.cells") is cells
+
+
+# --------------------------------------------------------------------------------------------
+# The kernels' cell definitions (gpukb.kernels.cells) from numba.cuda.jit code
+# --------------------------------------------------------------------------------------------
+
+CUDA_CELLS = """
+import json, numpy as np, gpukb
+from numba import cuda
+from gpukb.kernels.cells import gru, lstm, simple_rnn
+from gpukb.kernels.cells.activations import code
+from gpukb.kernels.cuda import activations  # noqa: F401  (the CUDA side of the table)
+
+
+@cuda.jit
+def lstm_step(z, c, h_out, c_out, act, ract):
+    n, j = cuda.grid(2)
+    H = c.shape[1]
+    if n < c.shape[0] and j < H:
+        h_out[n, j], c_out[n, j] = lstm.update(z[n, j], z[n, H + j], z[n, 2 * H + j],
+                                               z[n, 3 * H + j], c[n, j], act, ract)
+
+
+@cuda.jit
+def gru_step(x, rec, h, out, act, ract):
+    n, j = cuda.grid(2)
+    H = h.shape[1]
+    if n < h.shape[0] and j < H:
+        out[n, j] = gru.update(x[n, j] + rec[n, j], x[n, H + j] + rec[n, H + j], x[n, 2 * H + j],
+                               rec[n, 2 * H + j], h[n, j], act, ract)
+
+
+@cuda.jit
+def gru_gates(x, rec, h, z, rh, ract):
+    n, j = cuda.grid(2)
+    H = h.shape[1]
+    if n < h.shape[0] and j < H:
+        z[n, j], rh[n, j] = gru.gates_reset_before(x[n, j] + rec[n, j], x[n, H + j] + rec[n, H + j],
+                                                   h[n, j], ract)
+
+
+@cuda.jit
+def gru_finish(z, h, candidate, out, act):
+    n, j = cuda.grid(2)
+    if n < h.shape[0] and j < h.shape[1]:
+        out[n, j] = gru.update_reset_before(z[n, j], h[n, j], candidate[n, j], act)
+
+
+@cuda.jit
+def simple_step(z, out, act):
+    n, j = cuda.grid(2)
+    if n < out.shape[0] and j < out.shape[1]:
+        out[n, j] = simple_rnn.update(z[n, j], act)
+
+
+rng = np.random.default_rng(0)
+B, D, H = 3, 4, 5
+grid = ((1, 1), (8, 8))
+errors = {}
+for act, ract in (("tanh", "sigmoid"), ("relu", "hard_sigmoid_keras3")):
+    x = rng.standard_normal((B, D))
+    h = rng.standard_normal((B, H))
+    c = rng.standard_normal((B, H))
+    def weights(gates):
+        return [rng.standard_normal(s) * 0.5 for s in ((D, gates * H), (H, gates * H))]
+    W, U = weights(4)
+    b = rng.standard_normal(4 * H)
+    h_new, c_new = np.zeros((B, H)), np.zeros((B, H))
+    lstm_step[grid](x @ W + h @ U + b, c, h_new, c_new, code(act), code(ract))
+    want, (_, want_c) = gpukb.cells.lstm(W, U, b, act, ract)(x, (h, c))
+    errors["lstm", act] = max(abs(h_new - want).max(), abs(c_new - want_c).max())
+
+    W, U = weights(3)
+    b = rng.standard_normal((2, 3 * H))
+    out = np.zeros((B, H))
+    gru_step[grid](x @ W + b[0], h @ U + b[1], h, out, code(act), code(ract))
+    want, _ = gpukb.cells.gru(W, U, b, True, act, ract)(x, (h,))
+    errors["gru", act] = abs(out - want).max()
+
+    b = b[0]
+    z, rh = np.zeros((B, H)), np.zeros((B, H))
+    xw = x @ W + b
+    gru_gates[grid](xw, h @ U[:, :2 * H], h, z, rh, code(ract))
+    gru_finish[grid](z, h, xw[:, 2 * H:] + rh @ U[:, 2 * H:], out, code(act))
+    want, _ = gpukb.cells.gru(W, U, b, False, act, ract)(x, (h,))
+    errors["gru_before", act] = abs(out - want).max()
+
+    W, U = weights(1)
+    b = rng.standard_normal(H)
+    simple_step[grid](x @ W + h @ U + b, out, code(act))
+    want, _ = gpukb.cells.simple_rnn(W, U, b, act)(x, (h,))
+    errors["simple_rnn", act] = abs(out - want).max()
+print(json.dumps({f"{kind} {act}": float(e) for (kind, act), e in errors.items()}))
+"""
+
+
+def test_cell_definitions_run_in_cuda_kernels_under_the_simulator(tmp_path):
+    """Kernels written with numba.cuda.jit call the one definition of each cell (LSTM, GRU in
+    both reset_after modes, SimpleRNN) and match gpukb.cells, the reference, in float64."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (the test extra installs it)")
+    result = run_python(CUDA_CELLS, home=tmp_path, env={"NUMBA_ENABLE_CUDASIM": "1"})
+    assert result.returncode == 0, result.stderr
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(errors) == 8
+    assert all(e < 1e-12 for e in errors.values()), errors
+
+
+PTX_CELLS = """
+import json, re
+import numba.cuda.dispatcher as dispatcher
+from numba import cuda, float32, float64, int64
+from gpukb.kernels.cuda import ptx_check
+
+if ptx_check.compiler_problem() is not None:
+    print(json.dumps(None))
+    raise SystemExit
+dispatcher.get_current_device = lambda: ptx_check._TargetDevice((9, 0))
+""" + CUDA_CELLS.split("rng = np.random")[0] + """
+found = {}
+for dtype in (float32, float64):
+    a = dtype[:, ::1]
+    for kernel, args in ((lstm_step, (a, a, a, a, int64, int64)), (gru_step, (a, a, a, a, int64, int64)),
+                         (gru_gates, (a, a, a, a, a, int64)), (gru_finish, (a, a, a, a, int64)),
+                         (simple_step, (a, a, int64))):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, args, cc=(9, 0))
+        doubles = len(re.findall(r"^\\s*[a-z][a-z0-9.]*\\.f64\\b", ptx, re.MULTILINE))
+        found[f"{kernel.py_func.__name__} {dtype}"] = doubles
+print(json.dumps(found))
+"""
+
+
+def test_cell_definitions_compile_for_the_gpu_in_one_precision(tmp_path):
+    """The same kernels compile to PTX for sm_90 (no GPU needed; the ptx-check extra), and the
+    float32 ones hold no float64 instruction: constants take the values' type."""
+    import importlib.util
+
+    if importlib.util.find_spec("numba_cuda") is None:
+        pytest.skip("numba-cuda is not installed (the test extra installs it)")
+    result = run_python(PTX_CELLS, home=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    if found is None:
+        pytest.skip("no CUDA compiler here (pip install 'gpukb[ptx-check]')")
+    assert len(found) == 10
+    assert all(n == 0 for name, n in found.items() if name.endswith("float32")), found
+    assert all(n > 0 for name, n in found.items() if name.endswith("float64")), found

@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 import gpukb
 from gpukb import _rnn
-from gpukb.backends import cpu as cpu_backend
+from gpukb._plan import recorded_plans
 
 
 def weights(kind, D, H, dtype, rng, reset_after=True):
@@ -24,18 +24,10 @@ def make_cell(kind, W, U, b, reset_after=True):
 
 
 @pytest.fixture
-def fused_calls(monkeypatch):
-    """Count the calls the cpu backend's fused path takes (not NotImplemented)."""
-    taken = []
-    original = cpu_backend.CPUBackend.fused_rnn
-
-    def spy(self, call):
-        result = original(self, call)
-        taken.append(result is not NotImplemented)
-        return result
-
-    monkeypatch.setattr(cpu_backend.CPUBackend, "fused_rnn", spy)
-    return taken
+def plans():
+    """The plans gpukb.rnn logs for the calls of the test (gpukb._plan), in order."""
+    with recorded_plans() as logged:
+        yield logged
 
 
 @given(kind=st.sampled_from(["lstm", "gru", "simple_rnn"]), dtype=st.sampled_from([np.float32, np.float64]),
@@ -62,30 +54,30 @@ def test_fused_equals_generic(kind, dtype, B, T, D, H, go_backwards, zero_output
     assert isinstance(fused[2], list)
 
 
-def test_cells_take_the_fused_path(fused_calls):
+def test_cells_take_the_fused_path(plans):
     rng = np.random.default_rng(0)
     for kind in ("lstm", "gru", "simple_rnn"):
         cell = make_cell(kind, *weights(kind, 3, 4, np.float32, rng))
         states = [np.zeros((2, 4), np.float32) for _ in cell.state_size]
         gpukb.rnn(cell, np.ones((2, 5, 3), np.float32), states)
         gpukb.rnn(cell, np.ones((2, 5, 3), np.float32), tuple(states), constants=[np.ones((2, 1))])
-    assert fused_calls == [True] * 6
+    assert [plan.path for plan in plans] == ["fused_cell"] * 6
 
 
-def test_other_float_dtypes_are_cast_then_fused(fused_calls):
+def test_other_float_dtypes_are_cast_then_fused(plans):
     """float64 data through a float32 cell: cast once to float32 (as Keras does), then fused."""
     rng = np.random.default_rng(1)
     cell = make_cell("simple_rnn", *weights("simple_rnn", 3, 4, np.float32, rng))
     x, h = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 4))
     got = gpukb.rnn(cell, x, [h])
     want = gpukb.rnn(cell, x.astype(np.float32), [h.astype(np.float32)])
-    assert fused_calls == [True, True]
+    assert [plan.path for plan in plans] == ["fused_cell"] * 2
     assert got[1].dtype == np.float32 and got[2][0].dtype == np.float32
     np.testing.assert_array_equal(got[1], want[1])
 
 
 @pytest.mark.parametrize("case", ["float16", "nested_inputs", "rank4", "nested_states", "python_step"])
-def test_other_calls_take_the_generic_path(fused_calls, case):
+def test_other_calls_take_the_generic_path(plans, case):
     rng = np.random.default_rng(1)
     dtype = np.float16 if case == "float16" else np.float32
     W, U, b = weights("simple_rnn", 3, 4, dtype, rng)
@@ -105,4 +97,7 @@ def test_other_calls_take_the_generic_path(fused_calls, case):
             gpukb.rnn(cell, x, [[h]])
     else:
         gpukb.rnn(lambda xt, s: (xt, s), x, [h])
-    assert fused_calls == [False]
+    assert [plan.path for plan in plans] == ["generic"]
+    why = {"float16": "float16", "nested_inputs": "nested", "rank4": "rank 4",
+           "nested_states": "flat list", "python_step": "neither a gpukb.cells cell nor compiled by Numba"}[case]
+    assert why in plans[0].reason, plans[0]

@@ -17,8 +17,9 @@ from hypothesis import given, strategies as st
 
 import gpukb
 from gpukb import _rnn
-from gpukb._jit_step import JitStep, fused_step
-from gpukb.kernels.cpu import jit_loop
+from gpukb._jit_step import JitStep
+from gpukb._plan import recorded_plans
+from gpukb.backends import _jit_loop
 from gpukb.testing.reference import rnn_reference
 
 from helpers import run_python
@@ -90,26 +91,18 @@ def py_func(step):
 
 
 @contextlib.contextmanager
-def fused_runs():
-    """Record, for each call the fused loop is offered, whether it ran it (not NotImplemented),
-    or "raised" when it raised."""
-    taken = []
-    original = jit_loop.run
+def planned():
+    """The paths the cpu backend planned for the calls in the block ("jit_loop" or "generic"),
+    from the plans gpukb.rnn logs (gpukb._plan); the plans themselves in ``.plans``."""
+    with recorded_plans() as plans:
+        paths = _Paths()
+        yield paths
+    paths.plans = [plan for plan in plans if plan.backend == "cpu"]
+    paths.extend(plan.path for plan in paths.plans)
 
-    def spy(call, step, *rest):
-        try:
-            result = original(call, step, *rest)
-        except BaseException:
-            taken.append("raised")
-            raise
-        taken.append(result is not NotImplemented)
-        return result
 
-    jit_loop.run = spy
-    try:
-        yield taken
-    finally:
-        jit_loop.run = original
+class _Paths(list):
+    plans: list = []
 
 
 def make_states(n_states, B, H, G, dtype, rng):
@@ -178,9 +171,9 @@ def test_fused_equals_generic_and_reference(data, n_states, dtype, time_major, B
             mask = mask.astype(np.int32)[..., None] * 3
         options["mask"] = mask
 
-    with fused_runs() as taken:
+    with planned() as taken:
         fused = gpukb.rnn(step, x, states, constants=(W, count), **options)
-    assert taken == [True]
+    assert taken == ["jit_loop"]
     assert count[0] == T  # the step ran exactly T times
     generic = _rnn.run_generic(_rnn.prepare(py_func(step), x, states, constants=(W, count), **options))
     assert count[0] == 2 * T
@@ -207,9 +200,9 @@ def test_steps_that_use_tanh_match_the_generic_loop_bit_for_bit():
     consts = [rng.standard_normal((B, H)) for _ in range(3)]
     mask = rng.random((B, T)) < 0.7
     for options in ({}, dict(mask=mask, go_backwards=True), dict(mask=mask, zero_output_for_mask=True)):
-        with fused_runs() as taken:
+        with planned() as taken:
             fused = gpukb.rnn(tanh_rnn, x, [h0], constants=consts, **options)
-        assert taken == [True]
+        assert taken == ["jit_loop"]
         generic = _rnn.run_generic(_rnn.prepare(tanh_rnn, x, [h0], constants=consts, **options))
         assert_same(fused, generic)
 
@@ -238,9 +231,9 @@ def test_bare_njit_and_jit_step_forms_all_take_the_fused_path():
     want = _rnn.run_generic(_rnn.prepare(body, x, [h], constants=[W, np.zeros(1, np.int64)]))
     for step in (bare, marked, with_options):
         count = np.zeros(1, np.int64)
-        with fused_runs() as taken:
+        with planned() as taken:
             got = gpukb.rnn(step, x, [h], constants=[W, count])
-        assert taken == [True] and count[0] == 4
+        assert taken == ["jit_loop"] and count[0] == 4
         assert_same(got, want)
     # a jit_step is still a plain step function: NumPy arrays run the compiled code
     out, (h2,) = marked(x[:, 0], (h, W, np.zeros(1, np.int64)))
@@ -256,9 +249,9 @@ def test_jit_step_runs_plain_python_for_other_arrays_without_numba(tmp_path):
         return x["a"] + states[0], [x["a"] + states[0]]
 
     x = {"a": np.ones((2, 3, 4))}  # a dict input: not for Numba, and not for the fused loop
-    with fused_runs() as taken:
+    with planned() as taken:
         last, outputs, (h,) = gpukb.rnn(step, x, [np.zeros((2, 4))])
-    assert taken == [] and calls == ["dict"] * 3 and step._dispatcher is None
+    assert taken == ["generic"] and calls == ["dict"] * 3 and step._dispatcher is None
     np.testing.assert_array_equal(h, np.full((2, 4), 3.0))
 
     code = ("import sys, gpukb\n"
@@ -316,10 +309,10 @@ def test_ineligible_calls_run_the_generic_loop(case):
     if case == "dict_inputs":
         step = gpukb.jit_step(lambda x, s: (x["a"] * 1.0, x["a"] * 2.0))
         inputs = {"a": x}
-    with fused_runs() as taken, warnings.catch_warnings():
+    with planned() as taken, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         got = gpukb.rnn(step, inputs, states, **kw)
-    assert True not in taken
+    assert taken == ["generic"]
     want = _rnn.run_generic(_rnn.prepare(getattr(step, "py_func", step), inputs, states, **kw))
     assert_same(got, want)
 
@@ -350,9 +343,9 @@ def test_errors_are_the_generic_loops(mode, at):
     states = [np.zeros((2, 4)), np.zeros((2, 3))]
     control = np.array([mode, at], np.int64)
     count = np.zeros(1, np.int64)
-    with fused_runs() as taken, pytest.raises(ValueError) as fused:
+    with planned() as taken, pytest.raises(ValueError) as fused:
         gpukb.rnn(_failing, x, states, constants=[control, count])
-    assert taken == ["raised"] and count[0] == at  # raised by the fused loop, after `at` steps
+    assert taken == ["jit_loop"] and count[0] == at  # raised by the fused loop, after `at` steps
     generic_count = np.zeros(1, np.int64)
     with pytest.raises(ValueError) as generic:
         _rnn.run_generic(_rnn.prepare(_failing.py_func, x, states, constants=[control, generic_count]))
@@ -366,9 +359,10 @@ def test_dtype_changes_raise_the_generic_error():
     def to_float32(x, states):
         return x[:, 0] * 1.0, (states[0].astype(np.float32),)
 
-    with fused_runs() as taken, pytest.raises(ValueError, match=r"changed the dtype of state initial_states\[0\]"):
+    with planned() as taken, pytest.raises(ValueError, match=r"changed the dtype of state initial_states\[0\]"):
         gpukb.rnn(to_float32, np.ones((2, 3, 4)), [np.zeros((2, 4))])
-    assert taken == [False]  # refused before any step ran; the generic loop raised
+    assert taken == ["generic"]  # refused before any step ran; the generic loop raised
+    assert "new state 0 is array(float32" in taken.plans[0].reason  # the plan says why
 
 
 def _not_numba_typable(h):
@@ -393,15 +387,19 @@ def test_typing_errors():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         gpukb.rnn(marked, x, [h])
-    with fused_runs() as taken:
+    with planned() as taken:
         gpukb.rnn(marked, x, [h])
-    assert taken == []  # no more offers to the fused loop
+    assert taken == ["generic"]  # it runs as Python now, without another compile attempt
+    assert "runs as Python" in taken.plans[0].reason
 
 
-def test_fused_step_rule_needs_numpy_and_a_numba_step():
+def test_jit_loop_rule_needs_numpy_and_a_numba_step():
     x = np.ones((2, 3, 4))
-    call = _rnn.prepare(step1, x, [np.zeros((2, 4))])
-    assert fused_step(call) is step1.dispatcher
-    assert fused_step(_rnn.prepare(step1.py_func, x, [np.zeros((2, 4))])) is None
-    assert fused_step(_rnn.prepare(step0, x, [])) is step0
-    assert fused_step(_rnn.prepare(numba.jit(forceobj=True)(lambda a, s: (a, s)), x, [])) is None
+    constants = [np.ones((2, 4)), np.zeros(1, np.int64)]
+    h = [np.zeros((2, 4))]
+    assert _jit_loop.problem(_rnn.prepare(step1, x, h, constants=constants)) is None
+    python_step = _rnn.prepare(step1.py_func, x, h, constants=constants)
+    assert "nor compiled by Numba" in _jit_loop.problem(python_step)
+    assert _jit_loop.problem(_rnn.prepare(step0, x, [], constants=constants)) is None
+    forceobj = numba.jit(forceobj=True)(lambda a, s: (a, s))
+    assert "nor compiled by Numba" in _jit_loop.problem(_rnn.prepare(forceobj, x, []))

@@ -22,7 +22,7 @@ from gpukb import _rnn
 from gpukb.kernels.cpu import jit_loop
 
 from helpers import run_python
-from test_jit_step import assert_same, fused_runs
+from test_jit_step import assert_same, planned
 
 
 def _matmul_step(x, states):
@@ -63,9 +63,9 @@ def test_any_compile_failure_falls_back_once_with_a_warning(monkeypatch):
     assert isinstance(step.compile_error, ImportError)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning, no second compile attempt
-        with fused_runs() as taken:
+        with planned() as taken:
             gpukb.rnn(step, x, states, constants=constants)
-    assert taken == []
+    assert taken == ["generic"]
 
 
 def test_fallback_is_per_dtype():
@@ -81,9 +81,9 @@ def test_fallback_is_per_dtype():
     assert not step.compiled
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        with fused_runs() as taken:
+        with planned() as taken:
             got = gpukb.rnn(step, x, [h])  # float64 still runs compiled, in the fused loop
-    assert taken == [True]
+    assert taken == ["jit_loop"]
     assert_same(got, _rnn.run_generic(_rnn.prepare(step.py_func, x, [h])))
 
 
@@ -103,9 +103,9 @@ def test_a_new_step_function_reuses_the_compiled_loop():
     gpukb.rnn(first, x, [h])
     loops = dict(jit_loop._loops)
     second = gpukb.jit_step(_steps_scaled_by(0.25))
-    with fused_runs() as taken:
+    with planned() as taken:
         got = gpukb.rnn(second, x, [h])
-    assert taken == [True]
+    assert taken == ["jit_loop"]
     assert jit_loop._loops == loops and all(len(loop.overloads) == 1 for loop in loops.values())
     assert_same(got, _rnn.run_generic(_rnn.prepare(second.py_func, x, [h])))
 
@@ -129,9 +129,9 @@ def test_results_do_not_depend_on_time_blocks(monkeypatch, options):
     calls = []
     original = jit_loop._interruptible
     monkeypatch.setattr(jit_loop, "_interruptible", lambda *a: calls.append(1) or original(*a))
-    with fused_runs() as taken:
+    with planned() as taken:
         got = gpukb.rnn(step, x, [h], **options)
-    assert taken == [True] and len(calls) == T
+    assert taken == ["jit_loop"] and len(calls) == T
     assert_same(got, _rnn.run_generic(_rnn.prepare(step.py_func, x, [h], **options)))
 
 
@@ -260,10 +260,10 @@ def _raises_at_third_call(x, states):
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes (PEP 678) need Python 3.11")
 def test_an_error_of_a_compiled_step_says_where_it_was_raised():
     x = np.ones((2, 5, 3))
-    with fused_runs() as taken, pytest.raises(ZeroDivisionError, match="from the step") as info:
+    with planned() as taken, pytest.raises(ZeroDivisionError, match="from the step") as info:
         gpukb.rnn(_raises_at_third_call, x, [np.zeros((2, 3))], constants=[np.zeros(1, np.int64)],
                   go_backwards=True)
-    assert taken == ["raised"]
+    assert taken == ["jit_loop"]
     assert info.value.__notes__ == [
         "gpukb.rnn: raised by step_function at processing step i=2 of T=5 (input time index t=2, "
         "go_backwards) on backend 'cpu'."]

@@ -1,7 +1,7 @@
 """gpukb.kernels.cpu: fused LSTM / GRU / SimpleRNN kernels against a plain float64 NumPy reference.
 
 The reference below is written from the Keras formulas and the spec's masking rules
-(shared/spec/keras-backend.md, "rnn"): one Python loop over time, states kept at masked
+(docs/semantics.md, "rnn"): one Python loop over time, states kept at masked
 (sample, step), masked outputs zero (zero_output_for_mask) or the previous masked output, which
 is zeros before the first processed step.
 """
@@ -13,11 +13,38 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpukb.kernels.cpu import SUPPORTED_ACTIVATIONS, gru, lstm, simple_rnn
-from gpukb.kernels.cpu import _common
-from gpukb.kernels.cpu.activations import activation_code, apply_activation
+from gpukb.kernels.cells import GRU, GRU_BEFORE, LSTM, SIMPLE_RNN
+from gpukb.kernels.cells.activations import NAMES as SUPPORTED_ACTIVATIONS
+from gpukb.kernels.cells.activations import code as activation_code
+from gpukb.kernels.cpu import _common, run_cell
+from gpukb.kernels.cpu.activations import apply_activation
+from gpukb.kernels.options import LoopOptions
 
 from helpers import run_python
+
+# ------------------------------------------------------------------------------------------
+# The kernel entry, called per cell with keyword flags
+
+
+def _flags(go_backwards=False, zero_output_for_mask=False, return_all_outputs=True,
+           time_major=False):
+    return LoopOptions(go_backwards, zero_output_for_mask, return_all_outputs, time_major)
+
+
+def lstm(x, W, U, b, h0, c0, mask, activation="tanh", recurrent_activation="sigmoid", **flags):
+    return run_cell(LSTM, x, W, U, b, [h0, c0], mask, _flags(**flags), activation,
+                    recurrent_activation)
+
+
+def gru(x, W, U, b, h0, mask, reset_after=True, activation="tanh",
+        recurrent_activation="sigmoid", **flags):
+    return run_cell(GRU if reset_after else GRU_BEFORE, x, W, U, b, [h0], mask, _flags(**flags),
+                    activation, recurrent_activation)
+
+
+def simple_rnn(x, W, U, b, h0, mask, activation="tanh", **flags):
+    return run_cell(SIMPLE_RNN, x, W, U, b, [h0], mask, _flags(**flags), activation)
+
 
 # ------------------------------------------------------------------------------------------
 # float64 reference
@@ -30,6 +57,7 @@ def _act(name):
         "hard_sigmoid": lambda v: np.clip(0.2 * v + 0.5, 0.0, 1.0),
         "relu": lambda v: np.maximum(v, 0.0),
         "linear": lambda v: v,
+        "hard_sigmoid_keras3": lambda v: np.clip(v + 3.0, 0.0, 6.0) / 6.0,
     }[name]
 
 
@@ -161,7 +189,7 @@ def problems(draw, cell):
         time_major=draw(st.booleans()),
     )
     acts = dict(activation=draw(st.sampled_from(SUPPORTED_ACTIVATIONS)))
-    if cell != "rnn":
+    if cell != "simple_rnn":
         acts["recurrent_activation"] = draw(st.sampled_from(SUPPORTED_ACTIVATIONS))
     reset_after = draw(st.booleans()) if cell == "gru" else None
     use_bias = draw(st.booleans())
@@ -175,7 +203,7 @@ def problems(draw, cell):
 def _build(cell, p):
     rng = np.random.default_rng(p["seed"])
     B, T, D, H, dt = p["B"], p["T"], p["D"], p["H"], p["dtype"]
-    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell] * H
+    G = {"lstm": 4, "gru": 3, "simple_rnn": 1}[cell] * H
     scale = 1.0 / np.sqrt(D + H)
     x = rng.standard_normal((T, B, D) if p["flags"]["time_major"] else (B, T, D))
     W = rng.standard_normal((D, G)) * scale
@@ -252,9 +280,9 @@ def test_gru_matches_reference(p):
 
 
 @CELL_SETTINGS
-@given(problems("rnn"))
+@given(problems("simple_rnn"))
 def test_simple_rnn_matches_reference(p):
-    got, want = _run("rnn", p)
+    got, want = _run("simple_rnn", p)
     T_out = p["T"] if p["flags"]["return_all_outputs"] else 1
     _check(got, want, p["dtype"], p["B"], p["H"], T_out, p["flags"]["time_major"], 1)
 
@@ -263,7 +291,7 @@ def test_simple_rnn_matches_reference(p):
 # fixed cases that the random ones may miss
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_before", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_before", "simple_rnn"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
     """Force the multi-thread path (row chunks in a pool) on small sizes, any machine."""
@@ -274,7 +302,7 @@ def test_batch_split_over_threads_matches_reference(cell, dtype, monkeypatch):
     p = dict(B=37, T=7, D=5, H=19, dtype=dtype,
              flags=dict(go_backwards=True, zero_output_for_mask=False, return_all_outputs=True,
                         time_major=False),
-             acts=dict(activation="tanh") if cell == "rnn"
+             acts=dict(activation="tanh") if cell == "simple_rnn"
              else dict(activation="tanh", recurrent_activation="sigmoid"),
              reset_after=(cell == "gru"), use_bias=True, mask_kind="random", layout="c",
              seed=7)
@@ -293,13 +321,13 @@ def test_rows_do_not_depend_on_batch_or_threads(dtype, monkeypatch):
     kw = dict(go_backwards=True, zero_output_for_mask=False, return_all_outputs=True,
               time_major=False, activation="tanh")
     cases = []
-    for cell, g in (("lstm", 4), ("gru", 3), ("gru_before", 3), ("rnn", 1)):
+    for cell, g in (("lstm", 4), ("gru", 3), ("gru_before", 3), ("simple_rnn", 1)):
         W = (rng.standard_normal((D, g * H)) * 0.3).astype(dtype)
         U = (rng.standard_normal((H, g * H)) * 0.3).astype(dtype)
         if cell == "lstm":
             cases.append(lambda s, W=W, U=U: lstm(x[s], W, U, None, h0[s], h0[s], None, **kw,
                                                   recurrent_activation="sigmoid")[1])
-        elif cell == "rnn":
+        elif cell == "simple_rnn":
             cases.append(lambda s, W=W, U=U: simple_rnn(x[s], W, U, None, h0[s], None, **kw)[1])
         else:
             cases.append(lambda s, W=W, U=U, ra=(cell == "gru"): gru(
@@ -345,11 +373,11 @@ def test_input_projection_in_time_blocks(B, go_backwards, monkeypatch):
     T, H = 7, 5
     # float64 rows padded to 16 or 32 columns: 2 steps of 32 or 5 steps of 16 per block
     monkeypatch.setattr(_common, "_XP_BLOCK_BYTES", 3 * B * 32 * 8 - 1)
-    for cell, ns, ra in (("lstm", 2, None), ("gru", 1, True), ("gru", 1, False), ("rnn", 1, None)):
+    for cell, ns, ra in (("lstm", 2, None), ("gru", 1, True), ("gru", 1, False), ("simple_rnn", 1, None)):
         p = dict(B=B, T=T, D=3, H=H, dtype=np.float64,
                  flags=dict(go_backwards=go_backwards, zero_output_for_mask=False,
                             return_all_outputs=True, time_major=(B == 1)),
-                 acts=dict(activation="tanh") if cell == "rnn"
+                 acts=dict(activation="tanh") if cell == "simple_rnn"
                  else dict(activation="tanh", recurrent_activation="sigmoid"),
                  reset_after=ra, use_bias=True, mask_kind="random", layout="c", seed=B)
         got, want = _run(cell, p)
@@ -379,7 +407,7 @@ def _recorded_time_blocks(block_seconds=None):
 
 
 @CELL_SETTINGS
-@given(st.sampled_from(["lstm", "gru", "rnn"]).flatmap(lambda c: st.tuples(st.just(c), problems(c))))
+@given(st.sampled_from(["lstm", "gru", "simple_rnn"]).flatmap(lambda c: st.tuples(st.just(c), problems(c))))
 def test_results_do_not_depend_on_time_blocks(cell_p):
     """Bitwise: one compiled call per step (Ctrl-C lands between calls) or one for all steps."""
     cell, p = cell_p
@@ -394,7 +422,7 @@ def test_results_do_not_depend_on_time_blocks(cell_p):
            2 if cell == "lstm" else 1)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_before", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "gru_before", "simple_rnn"])
 def test_time_blocks_across_threads_and_projection_blocks(cell, monkeypatch):
     """Row chunks over threads, input projection in blocks of 3 steps, time blocks of 1 step:
     the same bits as one call per chunk."""
@@ -405,7 +433,7 @@ def test_time_blocks_across_threads_and_projection_blocks(cell, monkeypatch):
     p = dict(B=37, T=11, D=5, H=19, dtype=np.float64,
              flags=dict(go_backwards=True, zero_output_for_mask=True, return_all_outputs=True,
                         time_major=False),
-             acts=dict(activation="tanh") if cell == "rnn"
+             acts=dict(activation="tanh") if cell == "simple_rnn"
              else dict(activation="tanh", recurrent_activation="hard_sigmoid"),
              reset_after=(cell == "gru"), use_bias=True, mask_kind="random", layout="c", seed=11)
     whole, want = _run(name, p)
@@ -556,7 +584,7 @@ def test_import_compiles_nothing(tmp_path):
         "import sys\n"
         "import gpukb.kernels.cpu as K\n"
         "mods = [sys.modules['gpukb.kernels.cpu.' + m] for m in "
-        "('lstm', 'gru', 'simple_rnn', 'activations', '_gemm')]\n"
+        "('cells', 'lstm', 'gru', 'simple_rnn', 'activations', '_gemm')]\n"
         "from numba.core.registry import CPUDispatcher\n"
         "n = [(m.__name__, k) for m in mods for k, v in vars(m).items()\n"
         "     if isinstance(v, CPUDispatcher) and v.signatures]\n"
@@ -598,7 +626,7 @@ def test_activation_accuracy(name, dtype):
         want = _act(name)(x.astype(np.longdouble)).astype(np.float64)
     got = apply_activation(name, x)
     assert got.dtype == dtype
-    if name == "hard_sigmoid":  # 0.2 * x + 0.5 cancels near x = -2.5: absolute error
+    if name.startswith("hard_sigmoid"):  # 0.2 x + 0.5 or x + 3 cancels: absolute error
         err = np.abs(got - want) / np.finfo(dtype).eps
         limit = 1.0
     else:
@@ -620,6 +648,7 @@ def test_activations_propagate_nan_and_saturate(dtype):
     assert s[1] == 1.0 and 0.0 <= s[2] < 1e-37
     np.testing.assert_array_equal(apply_activation("hard_sigmoid", special)[1:], [1.0, 0.0])
     np.testing.assert_array_equal(apply_activation("relu", special)[1:], [np.inf, 0.0])
+    np.testing.assert_array_equal(apply_activation("hard_sigmoid_keras3", special)[1:], [1.0, 0.0])
 
 
 @given(st.lists(st.floats(-50, 50, allow_nan=False, width=32), min_size=1, max_size=40),

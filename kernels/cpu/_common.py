@@ -13,12 +13,32 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import NamedTuple
 
 import numpy as np
 
 from ._numba_cache import ensure_fresh_cache
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+# The options of every compiled CPU kernel that computes: FMA contraction only (no NaN/inf
+# assumptions), NumPy's error model. The cell definitions (kernels/cells) compile with the options
+# of their caller, so they must be the same everywhere (see kernels/cells/_jit.py).
+KERNEL_OPTIONS = dict(fastmath={"contract"}, error_model="numpy")
+
+
+class Flags(NamedTuple):
+    """What the compiled time loops read of a call: its LoopOptions, and whether it has a mask."""
+
+    go_backwards: bool
+    zero_output_for_mask: bool
+    return_all_outputs: bool
+    time_major: bool
+    has_mask: bool
+
+    @classmethod
+    def of(cls, options, has_mask) -> "Flags":
+        return cls(*options.normalized(), bool(has_mask))
 
 # Below this many flops for the whole recurrence a second thread costs more than it saves.
 _MIN_FLOPS_TO_SPLIT = 4.0e6

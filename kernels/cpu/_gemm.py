@@ -268,17 +268,6 @@ def ad(a):
 
 
 @cached_njit(error_model="numpy", inline="always")
-def masked_output(orow, hr, zero_out, seen):
-    """Output row of a masked step: zeros, or the previous output (= h) once a step was seen."""
-    if zero_out or not seen:
-        for j in range(orow.shape[0]):
-            orow[j] = 0
-    else:
-        for j in range(orow.shape[0]):
-            orow[j] = hr[j]
-
-
-@cached_njit(error_model="numpy", inline="always")
 def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
     """Input projection of processing steps [s0, s1) for rows [n0, n1):
 

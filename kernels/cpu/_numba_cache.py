@@ -11,8 +11,8 @@
   deleted, it compiles and writes them anew, with one RuntimeWarning per process.
 
 ``ensure_fresh_cache()`` drops the package's cache files when any kernel source changed: Numba
-keys a cached function on its own file only, and the kernels inline the activations and the GEMM
-from other files.
+keys a cached function on its own file only, and the kernels inline the activations, the GEMM, the
+row updates and the cell definitions (``kernels/cells``) from other files.
 """
 
 import glob
@@ -25,7 +25,8 @@ from numba import njit
 from numba.core.caching import FunctionCache
 from numba.core.dispatcher import Dispatcher
 
-_MODULES = ("activations", "_gemm", "lstm", "gru", "simple_rnn")  # inlined into each other
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CELLS = os.path.join(os.path.dirname(_HERE), "cells")  # the cell definitions, inlined too
 _STAMP = "gpukb-kernels-cpu.sources"
 
 _caches = []    # every _SelfHealingCache made by cached_njit
@@ -91,19 +92,25 @@ def cached_njit(**options):
     return decorate
 
 
+def _modules():
+    """The names of this package's modules (their cache files start with them)."""
+    return {name[:-3] for name in os.listdir(_HERE) if name.endswith(".py")}
+
+
 def _sources_digest():
-    here = os.path.dirname(os.path.abspath(__file__))
     digest = hashlib.sha256()
-    for m in _MODULES:
-        with open(os.path.join(here, m + ".py"), "rb") as f:
-            digest.update(f.read())
+    for folder in (_HERE, _CELLS):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), "rb") as f:
+                    digest.update(name.encode() + b"\0" + f.read())
     return digest.hexdigest()
 
 
 def ensure_fresh_cache():
-    """Drop the kernels' cache files when any file in _MODULES changed since they were written
-    (a stamp file in the cache folder holds the sources' hash). Runs once per process, on the
-    first kernel call (never at import)."""
+    """Drop the kernels' cache files when any source of the CPU kernels or the cell definitions
+    changed since they were written (a stamp file in the cache folder holds the sources' hash).
+    Runs once per process, on the first kernel call (never at import)."""
     global _fresh_checked
     if _fresh_checked:
         return
@@ -116,6 +123,7 @@ def ensure_fresh_cache():
             return
         try:
             digest = _sources_digest()
+            modules = _modules()
             for cache_dir in cache_dirs:
                 stamp = os.path.join(cache_dir, _STAMP)
                 try:
@@ -125,7 +133,7 @@ def ensure_fresh_cache():
                 except OSError:
                     pass
                 _remove(os.path.join(cache_dir, name) for name in os.listdir(cache_dir)
-                        if name.endswith((".nbi", ".nbc")) and name.split(".")[0] in _MODULES)
+                        if name.endswith((".nbi", ".nbc")) and name.split(".")[0] in modules)
                 with open(stamp, "w") as f:
                     f.write(digest + "\n")
         except OSError:  # an odd cache location: Numba's own source check still applies

@@ -1,10 +1,12 @@
-"""Vectorisable activations for the fused CPU RNN kernels.
+"""The activations on the CPU: vectorisable tanh and sigmoid, and the row loops over the table.
 
-Numba's scalar ``np.tanh``/``np.exp`` call libm one element at a time, which stops LLVM from
-vectorising the gate loops. The functions here use only arithmetic and two tiny LLVM intrinsics
-(a branch-free select, and bit arithmetic that turns a rounded exponent into a power of two), so
-a loop over a contiguous row compiles to AVX2 code, and they are inlined at Numba IR level
-without creating phi nodes.
+The table of activations is ``kernels/cells/activations.py`` (names, codes, ``activate``). Its
+``tanh`` and ``sigmoid`` are implemented here for the CPU: Numba's scalar ``np.tanh``/``np.exp``
+call libm one element at a time, which stops LLVM from vectorising the gate loops. These use only
+arithmetic and two tiny LLVM intrinsics (a branch-free select, and bit arithmetic that turns a
+rounded exponent into a power of two), so a loop over a contiguous row compiles to AVX2 code.
+Each is written once for float32 and float64: the constants of a dtype (``_EXP``) come in as a
+compile-time tuple.
 
 Accuracy (tests/test_kernels_cpu.py checks the max error against NumPy over a wide range):
 - exp: Cody-Waite reduction x = n ln2 + r, Taylor polynomial on |r| <= ln2/2 (degree 7 float32,
@@ -14,30 +16,26 @@ Accuracy (tests/test_kernels_cpu.py checks the max error against NumPy over a wi
 - at most 3 ulp (float32 and float64); NaN in -> NaN out for every activation; +-inf saturate.
 - Only ``fastmath={"contract"}`` (FMA contraction) is used anywhere: no NaN/inf assumptions.
 
-Activation names map to small int codes (``activation_code``) that the kernels switch on outside
-their inner loops.
+``act_into``/``act_inplace`` apply an activation code along a row: the branch on the code sits
+outside each loop, so the tanh and sigmoid loops are branch-free; other activations (cheap,
+piecewise linear) share one loop over the table's ``activate``.
 """
+
+import math
+from typing import NamedTuple
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from ._numba_cache import cached_njit
+from ..cells import activations as table
+from ..cells import register
+from ..cells.activations import SIGMOID, TANH, activate
+from ._common import KERNEL_OPTIONS
+from ._numba_cache import cached_njit, ensure_fresh_cache
 
-SUPPORTED_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid", "relu", "linear")
-TANH, SIGMOID, HARD_SIGMOID, RELU, LINEAR = range(5)
-_CODES = {name: i for i, name in enumerate(SUPPORTED_ACTIVATIONS)}
-
-
-def activation_code(name):
-    """The kernels' int code for an activation name (ValueError for an unknown name)."""
-    try:
-        return _CODES[name]
-    except (KeyError, TypeError):
-        raise ValueError(
-            f"activation {name!r} is not supported by the CPU kernels; "
-            f"expected one of {SUPPORTED_ACTIVATIONS}") from None
+register()  # the cell definitions become callable from the kernels
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,255 +87,141 @@ def _select(typingctx, cond, a, b):
 
 
 # --------------------------------------------------------------------------------------------
-# float32 scalar functions (every constant is a float32 global, so nothing promotes to float64)
+# exp, expm1, tanh, sigmoid: one definition, the constants of each dtype in _EXP
 
-_f = np.float32
-_E32_HI, _E32_LO = _f(88.0), _f(-87.0)     # keeps 2**n a normal number (n in [-126, 127])
-_LOG2E32 = _f(1.4426950408889634)
-_MAGIC32 = _f(12582912.0)                  # 1.5 * 2**23
-_LN2HI32, _LN2LO32 = _f(0.693359375), _f(-2.12194440e-4)
-_F32_0, _F32_1, _F32_2, _F32_M2 = _f(0.0), _f(1.0), _f(2.0), _f(-2.0)
-_F32_HALF, _F32_MHALF, _F32_P2 = _f(0.5), _f(-0.5), _f(0.2)
-_E32 = tuple(_f(1.0 / np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(10))
+
+class _ExpConstants(NamedTuple):
+    high: float       # inputs clamped to [low, high], so that 2**n stays a normal number
+    low: float
+    log2e: float
+    magic: float      # 1.5 * 2**mantissa_bits: adding it rounds to an integer
+    ln2_high: float   # ln2 = ln2_high + ln2_low, ln2_high with few mantissa bits (exact n * ln2_high)
+    ln2_low: float
+    taylor: tuple     # 1 / k! for k = 0 .. degree
+    zero: float
+    one: float
+    two: float
+    minus_two: float
+
+
+def _exp_constants(dtype, high, low, magic, ln2_high, ln2_low, degree):
+    f = np.dtype(dtype).type
+    return _ExpConstants(f(high), f(low), f(1.4426950408889634), f(magic), f(ln2_high), f(ln2_low),
+                         tuple(f(1.0 / math.factorial(k)) for k in range(degree + 1)),
+                         f(0.0), f(1.0), f(2.0), f(-2.0))
+
+
+_EXP = {
+    types.float32: _exp_constants(np.float32, 88.0, -87.0, 12582912.0, 0.693359375,
+                                  -2.12194440e-4, 7),
+    types.float64: _exp_constants(np.float64, 709.0, -708.0, 6755399441055744.0,
+                                  6.93145751953125e-1, 1.42860682030941723212e-6, 13),
+}
+
+
+def _horner(r, coefficients):
+    """coefficients[0] + r * (coefficients[1] + r * (...)): one FMA per term under contract."""
+    raise NotImplementedError("only callable from jitted code")
+
+
+# One compiled function per length, inlined by LLVM (forceinline): inlining the recursion in
+# Numba's IR instead (inline="always") retypes it at every level, exponentially in the degree.
+@overload(_horner, target="cpu", jit_options={"forceinline": True})
+def _horner_cpu(r, coefficients):
+    if len(coefficients) == 1:
+        return lambda r, coefficients: coefficients[0]
+    return lambda r, coefficients: _horner(r, coefficients[1:]) * r + coefficients[0]
 
 
 @njit(inline="always")
-def _exp32(x0):
-    x1 = _select(x0 > _E32_HI, _E32_HI, x0)  # NaN passes both clamps
-    x = _select(x1 < _E32_LO, _E32_LO, x1)
-    m = x * _LOG2E32 + _MAGIC32
-    n = m - _MAGIC32                        # round(x / ln2), exact
-    r = x - n * _LN2HI32
-    r = r - n * _LN2LO32
-    p = _E32[7]
-    p = p * r + _E32[6]
-    p = p * r + _E32[5]
-    p = p * r + _E32[4]
-    p = p * r + _E32[3]
-    p = p * r + _E32[2]
-    p = p * r + _E32[1]
-    p = p * r + _E32[0]
-    return p * _pow2_magic(m)
+def _reduce(x0, k):
+    """(r, m) with x = n ln2 + r, |r| <= ln2/2, and m = x / ln2 + magic (see _pow2_magic)."""
+    x1 = _select(x0 > k.high, k.high, x0)  # NaN passes both clamps
+    x = _select(x1 < k.low, k.low, x1)
+    m = x * k.log2e + k.magic
+    n = m - k.magic                        # round(x / ln2), exact
+    r = x - n * k.ln2_high
+    r = r - n * k.ln2_low
+    return r, m
 
 
 @njit(inline="always")
-def _expm1_32(x0):
-    """expm1(x): the exp reduction x = n ln2 + r, then 2**n * expm1(r) + (2**n - 1) with a
-    degree-7 Taylor expm1(r) on |r| <= ln2/2; n = 0 near zero, so small x keep their
-    relative accuracy."""
-    x1 = _select(x0 > _E32_HI, _E32_HI, x0)  # NaN passes both clamps
-    x = _select(x1 < _E32_LO, _E32_LO, x1)
-    m = x * _LOG2E32 + _MAGIC32
-    n = m - _MAGIC32
-    r = x - n * _LN2HI32
-    r = r - n * _LN2LO32
-    p = _E32[7]
-    p = p * r + _E32[6]
-    p = p * r + _E32[5]
-    p = p * r + _E32[4]
-    p = p * r + _E32[3]
-    p = p * r + _E32[2]
-    p = p * r + _E32[1]
-    p = p * r
+def _exp(x, k):
+    r, m = _reduce(x, k)
+    return _horner(r, k.taylor) * _pow2_magic(m)
+
+
+@njit(inline="always")
+def _expm1(x, k):
+    """2**n * expm1(r) + (2**n - 1): n = 0 near zero, so small x keep their relative accuracy."""
+    r, m = _reduce(x, k)
+    p = _horner(r, k.taylor[1:]) * r
     s = _pow2_magic(m)
-    return s * p + (s - _F32_1)
+    return s * p + (s - k.one)
 
 
 @njit(inline="always")
-def _tanh32(x):
-    em = _expm1_32(_F32_M2 * abs(x))     # in (-1, 0]
-    t = -em / (_F32_2 + em)
-    return _select(x < _F32_0, -t, t)
+def _tanh(x, k):
+    em = _expm1(k.minus_two * abs(x), k)   # in (-1, 0]
+    t = -em / (k.two + em)
+    return _select(x < k.zero, -t, t)
 
 
 @njit(inline="always")
-def _sigmoid32(x):
-    return _F32_1 / (_F32_1 + _exp32(-x))
+def _sigmoid(x, k):
+    return k.one / (k.one + _exp(-x, k))
 
 
-@njit(inline="always")
-def _hard_sigmoid32(x):
-    y = _F32_P2 * x + _F32_HALF
-    y0 = _select(y < _F32_0, _F32_0, y)
-    return _select(y0 > _F32_1, _F32_1, y0)
+def _cpu_implementation(function):
+    """Register ``function(x, constants)`` as the CPU's compiled version of the table's function
+    of the same name (forceinline, like the table's own functions)."""
+
+    def typer(x):
+        k = _EXP.get(x)
+        if k is None:
+            return None
+        return lambda x: function(x, k)
+
+    overload(getattr(table, function.__name__.lstrip("_")), target="cpu",
+             jit_options={"forceinline": True})(typer)
 
 
-@njit(inline="always")
-def _relu32(x):
-    return _select(x < _F32_0, _F32_0, x)  # NaN stays NaN
+_cpu_implementation(_tanh)
+_cpu_implementation(_sigmoid)
 
 
 # --------------------------------------------------------------------------------------------
-# float64 scalar functions
-
-_d = np.float64
-_E64_HI, _E64_LO = _d(709.0), _d(-708.0)  # n in [-1022, 1023]
-_LOG2E64 = _d(1.4426950408889634)
-_MAGIC64 = _d(6755399441055744.0)          # 1.5 * 2**52
-_LN2HI64, _LN2LO64 = _d(6.93145751953125e-1), _d(1.42860682030941723212e-6)
-_F64_0, _F64_1, _F64_2, _F64_M2 = _d(0.0), _d(1.0), _d(2.0), _d(-2.0)
-_F64_HALF, _F64_MHALF, _F64_P2 = _d(0.5), _d(-0.5), _d(0.2)
-_E64 = tuple(_d(1.0 / np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(17))
+# Row loops
 
 
-@njit(inline="always")
-def _exp64(x0):
-    x1 = _select(x0 > _E64_HI, _E64_HI, x0)  # NaN passes both clamps
-    x = _select(x1 < _E64_LO, _E64_LO, x1)
-    m = x * _LOG2E64 + _MAGIC64
-    n = m - _MAGIC64
-    r = x - n * _LN2HI64
-    r = r - n * _LN2LO64
-    p = _E64[13]
-    p = p * r + _E64[12]
-    p = p * r + _E64[11]
-    p = p * r + _E64[10]
-    p = p * r + _E64[9]
-    p = p * r + _E64[8]
-    p = p * r + _E64[7]
-    p = p * r + _E64[6]
-    p = p * r + _E64[5]
-    p = p * r + _E64[4]
-    p = p * r + _E64[3]
-    p = p * r + _E64[2]
-    p = p * r + _E64[1]
-    p = p * r + _E64[0]
-    return p * _pow2_magic(m)
-
-
-@njit(inline="always")
-def _expm1_64(x0):
-    """expm1(x) as _expm1_32, with a degree-13 Taylor expm1(r)."""
-    x1 = _select(x0 > _E64_HI, _E64_HI, x0)
-    x = _select(x1 < _E64_LO, _E64_LO, x1)
-    m = x * _LOG2E64 + _MAGIC64
-    n = m - _MAGIC64
-    r = x - n * _LN2HI64
-    r = r - n * _LN2LO64
-    p = _E64[13]
-    p = p * r + _E64[12]
-    p = p * r + _E64[11]
-    p = p * r + _E64[10]
-    p = p * r + _E64[9]
-    p = p * r + _E64[8]
-    p = p * r + _E64[7]
-    p = p * r + _E64[6]
-    p = p * r + _E64[5]
-    p = p * r + _E64[4]
-    p = p * r + _E64[3]
-    p = p * r + _E64[2]
-    p = p * r + _E64[1]
-    p = p * r
-    s = _pow2_magic(m)
-    return s * p + (s - _F64_1)
-
-
-@njit(inline="always")
-def _tanh64(x):
-    em = _expm1_64(_F64_M2 * abs(x))
-    t = -em / (_F64_2 + em)
-    return _select(x < _F64_0, -t, t)
-
-
-@njit(inline="always")
-def _sigmoid64(x):
-    return _F64_1 / (_F64_1 + _exp64(-x))
-
-
-@njit(inline="always")
-def _hard_sigmoid64(x):
-    y = _F64_P2 * x + _F64_HALF
-    y0 = _select(y < _F64_0, _F64_0, y)
-    return _select(y0 > _F64_1, _F64_1, y0)
-
-
-@njit(inline="always")
-def _relu64(x):
-    return _select(x < _F64_0, _F64_0, x)
-
-
-# --------------------------------------------------------------------------------------------
-# dtype-generic scalar entry points (resolved at compile time)
-
-
-def tanh_(x):
-    raise NotImplementedError("only callable from jitted code")
-
-
-def sigmoid_(x):
-    raise NotImplementedError("only callable from jitted code")
-
-
-def hard_sigmoid_(x):
-    raise NotImplementedError("only callable from jitted code")
-
-
-def relu_(x):
-    raise NotImplementedError("only callable from jitted code")
-
-
-def _make_overload(stub, f32, f64):
-    @overload(stub, inline="always")
-    def _ol(x):
-        if x == types.float32:
-            return lambda x: f32(x)
-        if x == types.float64:
-            return lambda x: f64(x)
-        return None
-
-    return _ol
-
-
-_make_overload(tanh_, _tanh32, _tanh64)
-_make_overload(sigmoid_, _sigmoid32, _sigmoid64)
-_make_overload(hard_sigmoid_, _hard_sigmoid32, _hard_sigmoid64)
-_make_overload(relu_, _relu32, _relu64)
-
-
-# --------------------------------------------------------------------------------------------
-# Row loops. The branch on the code sits outside each loop, so every loop body is branch-free.
-
-
-@cached_njit(fastmath={"contract"}, error_model="numpy")
-def act_inplace(code, v):
-    """v[j] = act(v[j]) for a contiguous row v."""
-    n = v.shape[0]
-    if code == TANH:
-        for j in range(n):
-            v[j] = tanh_(v[j])
-    elif code == SIGMOID:
-        for j in range(n):
-            v[j] = sigmoid_(v[j])
-    elif code == HARD_SIGMOID:
-        for j in range(n):
-            v[j] = hard_sigmoid_(v[j])
-    elif code == RELU:
-        for j in range(n):
-            v[j] = relu_(v[j])
-
-
-@cached_njit(fastmath={"contract"}, error_model="numpy")
-def act_into(code, dst, src):
-    """dst[j] = act(src[j]); dst and src must not overlap."""
+@cached_njit(**KERNEL_OPTIONS, inline="always")
+def _apply(code, dst, src):
+    """dst[j] = activate(code, src[j]) along a row; tanh and sigmoid in loops of their own."""
     n = dst.shape[0]
     if code == TANH:
         for j in range(n):
-            dst[j] = tanh_(src[j])
+            dst[j] = activate(TANH, src[j])
     elif code == SIGMOID:
         for j in range(n):
-            dst[j] = sigmoid_(src[j])
-    elif code == HARD_SIGMOID:
-        for j in range(n):
-            dst[j] = hard_sigmoid_(src[j])
-    elif code == RELU:
-        for j in range(n):
-            dst[j] = relu_(src[j])
+            dst[j] = activate(SIGMOID, src[j])
     else:
         for j in range(n):
-            dst[j] = src[j]
+            dst[j] = activate(code, src[j])
 
 
-@cached_njit(error_model="numpy")
+@cached_njit(**KERNEL_OPTIONS)
+def act_inplace(code, v):
+    """v[j] = act(v[j]) for a contiguous row v."""
+    _apply(code, v, v)
+
+
+@cached_njit(**KERNEL_OPTIONS)
+def act_into(code, dst, src):
+    """dst[j] = act(src[j]) for contiguous rows."""
+    _apply(code, dst, src)
+
+
+@cached_njit(**KERNEL_OPTIONS)
 def _apply_flat(code, x):
     out = np.empty_like(x)
     act_into(code, out, x)
@@ -346,11 +230,9 @@ def _apply_flat(code, x):
 
 def apply_activation(name, x):
     """Apply the kernels' activation ``name`` to a NumPy float32/float64 array (for tests)."""
-    from ._numba_cache import ensure_fresh_cache
-
     ensure_fresh_cache()
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise TypeError(f"apply_activation: float32 or float64 expected, got {x.dtype}")
     flat = np.ascontiguousarray(x).reshape(-1)
-    return _apply_flat(activation_code(name), flat).reshape(x.shape)
+    return _apply_flat(table.code(name), flat).reshape(x.shape)

@@ -1,13 +1,17 @@
-"""The whole rnn time loop in one compiled function, for step functions compiled by Numba.
+"""The whole rnn time loop in one compiled function, around a step function compiled by Numba.
 
-``run(call, step)`` takes a ``gpukb._rnn.RnnCall`` whose step function is a Numba CPU dispatcher
-``step`` (a ``numba.njit`` function, or the dispatcher of a ``gpukb.jit_step``), and whose arrays
-the caller (``gpukb._jit_step.fused_step``) found eligible: one NumPy input array, a flat
-list/tuple of NumPy state arrays, a tuple of NumPy constant arrays. It returns
-``(last_output, outputs, new_states)`` exactly as ``gpukb._rnn.run_generic`` would, or
-NotImplemented (before the step has run even once) when the step's result type does not fit the
-fused loop (nested outputs, a bare array as new states, ...) or the loop does not compile: the
-generic loop then runs the call and raises the step's own errors.
+The kernel half of the cpu backend's jit loop: arrays, flags and a Numba CPU dispatcher in,
+outputs and new states out. The driver (``gpukb/backends/_jit_loop.py``) decides whether a call
+may run here, reports compile failures and raises the generic loop's errors.
+
+    return_type = step_result_type(step, x, states, constants)   # compiles the step (Numba errors raise)
+    problem = result_problem(return_type, states)                 # None when the loop can run it
+    outputs, new_states = run(step, x, states, constants, step_mask, options, on_step_error)
+
+``x`` is the call's input array, ``states`` a list of state arrays, ``constants`` a tuple of
+arrays, ``step_mask`` a ``(T, B)`` bool array or None, ``options`` a ``kernels.options.LoopOptions``.
+``run`` returns None when the loop itself does not compile (reported once), and raises
+``LoopStopped`` when a step's result breaks a rule of the generic loop (shapes, state count).
 
 How it works
 - The loop source is generated per (number of states, number of constants) from ``_TEMPLATE`` and
@@ -26,30 +30,30 @@ How it works
   copied once to (T, B, ...) C order, so each step input is a C-contiguous slice. The step
   receives private C-contiguous copies of the states (two buffers per state, swapped each step,
   so a new state that is a view of the old one is never overwritten while read); the caller's
-  ``initial_states`` are not passed to it.
-- Masking is the generic loop's: at a masked (sample, step) every state keeps its previous value
-  and the output is zeros (``zero_output_for_mask``) or the previous masked output (zeros before
-  the first processed step). Outputs go straight into a preallocated buffer, in processing order,
-  layout (B, T, ...) or (T, B, ...), time length 1 when ``return_all_outputs`` is False.
+  states are not passed to it.
+- Masking is ``kernels/cells/masking``'s rule, per element. Outputs go straight into a
+  preallocated buffer, in processing order, layout (B, T, ...) or (T, B, ...), time length 1
+  when ``return_all_outputs`` is False.
 - The shape checks of the generic loop run inside the loop at every step (output batch axis at
   the first step, output shape unchanged later, state count for list results, state shapes);
-  a failure stops the loop after that step and is re-raised here through
-  ``gpukb._rnn.check_step_output`` / ``check_new_states``, so the ValueError is the generic
-  loop's, word for word, after as many step calls. Dtype and rank are static in Numba: a step
-  whose result types do not match the states goes to the generic loop before running (which
-  raises the same error).
+  a failure stops the loop after that step and ``run`` raises ``LoopStopped`` with what it found,
+  after as many step calls as the generic loop makes. Dtype and rank are static in Numba: a step
+  whose result types do not match the states is caught by ``result_problem`` before it runs.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 
 import numba
 import numpy as np
 
-from ._numba_cache import cached_njit
+from ..cells import masking, register
+from ._common import Flags
+from ._numba_cache import cached_njit, ensure_fresh_cache
+
+register()  # the masking rule (kernels/cells/masking) becomes callable from the loop
 
 MAX_STATES = 8
 MAX_CONSTANTS = 8
@@ -67,13 +71,14 @@ _loops: dict = {}
 _failed: set = set()
 
 _TEMPLATE = '''
-def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_major, out, prev,
-               i_begin, i_end, {params}info):
+def fused_loop(step, x, mask, flags, out, prev, i_begin, i_end, {params}info):
     T = x.shape[0]
     B = x.shape[1]
+    return_all = flags.return_all_outputs
+    time_major = flags.time_major
     tout = T if return_all else 1
     for i in range(i_begin, i_end):
-        t = T - 1 - i if backwards else i
+        t = T - 1 - i if flags.go_backwards else i
         info[{running}] = i
         res = step(x[t], ({step_states}))
         o = res[0]
@@ -99,8 +104,8 @@ def fused_loop(step, x, mask, has_mask, backwards, zero_out, return_all, time_ma
             info[2] = i
             break
 {commit_states}
-        _commit_output(o, prev, out, mask, t, has_mask, zero_out, i if return_all else 0,
-                       return_all or i == T - 1, time_major)
+        _commit_output(o, prev, out, mask, t, flags, i if return_all else 0,
+                       return_all or i == T - 1)
 {swap_states}
     return out, prev, ({final_states})
 '''
@@ -113,7 +118,7 @@ _COMMIT_STATE = '''
             info[2] = i
             _record_shape(n{k}, info)
             break
-        _commit_state(n{k}, s{k}, r{k}, mask, t, has_mask)'''
+        _commit_state(n{k}, s{k}, r{k}, mask, t, flags.has_mask)'''
 
 
 def _tuple(names) -> str:
@@ -139,7 +144,7 @@ def _source(n_states: int, n_constants: int) -> str:
 
 @cached_njit()
 def _commit_state(n, cur, nxt, mask, t, has_mask):
-    """nxt = where(mask[t] (per sample), n, cur); nxt and cur are private C buffers."""
+    """nxt = the masked new state (see kernels/cells/masking); nxt and cur are private C buffers."""
     nf = n.ravel()  # a view when n is C-contiguous, else a copy
     cf = cur.ravel()
     xf = nxt.ravel()
@@ -150,32 +155,30 @@ def _commit_state(n, cur, nxt, mask, t, has_mask):
     B = cur.shape[0]
     K = cf.size // B if B > 0 else 0
     for b in range(B):
-        src = nf if mask[t, b] else cf
+        valid = mask[t, b]
         for j in range(b * K, (b + 1) * K):
-            xf[j] = src[j]
+            xf[j] = masking.state_at(valid, nf[j], cf[j])
 
 
 @cached_njit()
-def _commit_output(o, prev, out, mask, t, has_mask, zero_out, slot, write, time_major):
+def _commit_output(o, prev, out, mask, t, flags, slot, write):
     """Mask the step output (prev holds the previous masked output) and write its slot."""
     of = o.ravel()
     B = o.shape[0]
     K = of.size // B
-    if has_mask:
+    if flags.has_mask:
+        zero_out = flags.zero_output_for_mask
         for b in range(B):
-            if mask[t, b]:
-                for j in range(b * K, (b + 1) * K):
-                    prev[j] = of[j]
-            elif zero_out:
-                for j in range(b * K, (b + 1) * K):
-                    prev[j] = 0
+            valid = mask[t, b]
+            for j in range(b * K, (b + 1) * K):
+                prev[j] = masking.output_at(valid, of[j], prev[j], zero_out)
         src = prev
     else:
         src = of
     if write:
         for b in range(B):
             for k in range(K):
-                if time_major:
+                if flags.time_major:
                     out[slot, b, k] = src[b * K + k]
                 else:
                     out[b, slot, k] = src[b * K + k]
@@ -208,9 +211,9 @@ def _loop_function(n_states: int, n_constants: int):
     return function
 
 
-def _compiled_loop(n_states: int, n_constants: int, arg_types, step):
+def _compiled_loop(n_states: int, n_constants: int, arg_types, on_loop_error):
     """The loop compiled for exactly ``arg_types`` (its first, the step's FunctionType), or None
-    when it cannot compile (warned once).
+    when it cannot compile (``on_loop_error(err)`` is called the first time only).
 
     The step comes in as a function pointer, not as its dispatcher: a dispatcher argument would
     make Numba compile (and keep in memory) a new loop for every step function, doubling what a
@@ -228,77 +231,101 @@ def _compiled_loop(n_states: int, n_constants: int, arg_types, step):
             loop = numba.njit(nogil=True)(_loop_function(n_states, n_constants))  # nogil: other threads run
             loop.compile(arg_types)
             loop.disable_compile()
-        except Exception as err:  # a limitation of this loop, not of the step: the generic loop runs it
+        except Exception as err:  # a limitation of this loop, not of the step
             _failed.add(key)
-            warnings.warn(
-                f"gpukb.rnn: the fused time loop did not compile for step function "
-                f"{getattr(step, '__name__', step)!r} ({type(err).__name__}: "
-                f"{str(err).splitlines()[0]}); running the generic loop, with identical results.",
-                RuntimeWarning, stacklevel=5)
-            return None
-        _loops[key] = loop
-        return loop
+            error = err
+        else:
+            _loops[key] = loop
+            return loop
+    if on_loop_error is not None:
+        on_loop_error(error)
+    return None
 
 
-def _result_fits(return_type, n_states: int) -> bool:
-    """Whether the step's Numba return type is ``(array, tuple/list of n_states arrays)``."""
+class LoopStopped(Exception):
+    """The loop stopped after a step whose result breaks a rule of the generic loop.
+
+    ``problem``: "batch" (the first output's batch axis is not B), "output_changed" (an output
+    shape differs from the first's), "state_count" (a list of ``index`` new states), or
+    "state_shape" (new state ``index`` has ``bad_shape``); ``step``: the processing step;
+    ``first_output_shape``: the first step's output shape; ``states_are_list``: the step returns
+    its new states as a list.
+    """
+
+    def __init__(self, problem, index, step, first_output_shape, bad_shape, states_are_list):
+        super().__init__(f"{problem} at step {step}")
+        self.problem, self.index, self.step = problem, index, step
+        self.first_output_shape, self.bad_shape = first_output_shape, bad_shape
+        self.states_are_list = states_are_list
+
+
+_PROBLEMS = {_BAD_BATCH: "batch", _OUTPUT_CHANGED: "output_changed", _STATE_COUNT: "state_count",
+             _STATE_SHAPE: "state_shape"}
+
+
+def _step_signature(x, states, constants):
+    """The Numba argument types of one step: a C-contiguous slice of the time-major input, then
+    the tuple of (private C-contiguous) states and constants."""
     from numba.core import types
+
+    slice_type = types.Array(numba.from_dtype(x.dtype), x.ndim - 1, "C")
+    state_types = tuple(types.Array(numba.from_dtype(s.dtype), s.ndim, "C") for s in states)
+    return slice_type, types.Tuple(state_types + tuple(numba.typeof(c) for c in constants))
+
+
+def step_result_type(step, x, states, constants):
+    """The Numba return type of ``step`` for one step of these arrays, compiled if it was not.
+
+    Raises whatever Numba raises when the step does not compile for them. A compiled signature
+    is looked up without Dispatcher.compile, which takes Numba's global compiler lock: held by
+    another thread's compile, that lock would stall this call (and hang a process forked
+    meanwhile).
+    """
+    signature = _step_signature(x, states, constants)
+    compiled = step.overloads.get(signature)
+    if compiled is None:
+        step.compile(signature)
+        compiled = step.overloads[signature]
+    return compiled.signature.return_type
+
+
+def result_problem(return_type, states):
+    """Why the step's result type does not fit the loop, or None when it does: it must be
+    ``(array, tuple or list of len(states) arrays)``, each new state of its state's dtype and
+    rank, the output of a dtype NumPy has."""
+    from numba.core import types
+    from numba.core.errors import NumbaError
+    from numba.np.numpy_support import as_dtype
 
     if not isinstance(return_type, types.BaseTuple) or len(return_type) != 2:
-        return False
-    output, states = return_type.types if hasattr(return_type, "types") else tuple(return_type)
+        return f"the step returns {return_type}, not (output, new_states)"
+    output, new = return_type.types if hasattr(return_type, "types") else tuple(return_type)
     if not isinstance(output, types.Array) or output.ndim < 1:
-        return False
-    if isinstance(states, types.List):
-        return isinstance(states.dtype, types.Array)
-    if isinstance(states, types.BaseTuple):
-        return len(states) == n_states and all(isinstance(s, types.Array) for s in states)
-    return False
+        return f"the step's output is {output}, not an array"
+    if isinstance(new, types.List) and isinstance(new.dtype, types.Array):
+        items = [new.dtype] * len(states)
+    elif isinstance(new, types.BaseTuple) and all(isinstance(t, types.Array) for t in new):
+        items = list(new)
+        if len(items) != len(states):
+            return f"the step returns {len(items)} new states for {len(states)} states"
+    else:
+        return f"the step's new states are {new}, not a tuple or list of arrays"
+    for i, (item, state) in enumerate(zip(items, states)):
+        if item.dtype != numba.from_dtype(state.dtype) or item.ndim != state.ndim:
+            return f"new state {i} is {item}, its state {state.dtype} of rank {state.ndim}"
+    try:
+        as_dtype(output.dtype)
+    except (NumbaError, NotImplementedError, TypeError):
+        return f"the step's output dtype {output.dtype} has no NumPy dtype"
+    return None
 
 
-def _states_fit(return_type, state_types) -> bool:
-    """Dtype and rank of each new state (static in Numba) match the initial states'."""
-    from numba.core import types
-
-    states = return_type[1]
-    items = [states.dtype] * len(state_types) if isinstance(states, types.List) else list(states)
-    return all(n.dtype == s.dtype and n.ndim == s.ndim for n, s in zip(items, state_types))
-
-
-def _slice_type(x_type):
-    """The Numba type of ``x[t]`` inside the loop."""
-    return x_type.copy(ndim=x_type.ndim - 1, layout="C" if x_type.layout == "C" else "A")
-
-
-class _Fake:
-    """Stands for an array of a given shape and dtype in the generic loop's checks."""
-
-    def __init__(self, shape, dtype):
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.ndim = len(self.shape)
-
-
-def _raise_like_generic(call, info, out_dtype, state_dtypes, container):
-    """Raise the generic loop's ValueError for the failure the compiled loop recorded in info."""
-    from gpukb._rnn import check_new_states, check_step_output
-
-    status, index = int(info[0]), int(info[1])
+def _stopped(info, states_are_list):
+    """LoopStopped for the failure the compiled loop recorded in info."""
     first_shape = tuple(int(s) for s in info[_SHAPE0:_SHAPE0 + int(info[3])])
     bad_shape = tuple(int(s) for s in info[_BAD_SHAPE:_BAD_SHAPE + int(info[_BAD_NDIM])])
-    if status == _BAD_BATCH:
-        check_step_output(call, _Fake(first_shape, out_dtype), None)
-    elif status == _OUTPUT_CHANGED:
-        first = check_step_output(call, _Fake(first_shape, out_dtype), None)
-        check_step_output(call, _Fake(bad_shape, out_dtype), first)
-    elif status == _STATE_COUNT:
-        # Only the count matters: check_new_states raises on it before looking at any leaf.
-        check_new_states(call, container([_Fake((), out_dtype)] * index), set())
-    elif status == _STATE_SHAPE:
-        fake = [_Fake(s.shape, s.dtype) for s in call.state_leaves]
-        fake[index] = _Fake(bad_shape, state_dtypes[index])
-        check_new_states(call, container(fake), set())
-    raise AssertionError(f"gpukb fused loop: unexpected status {status}")  # pragma: no cover
+    return LoopStopped(_PROBLEMS[int(info[0])], int(info[1]), int(info[2]), first_shape,
+                       bad_shape, states_are_list)
 
 
 # Steps per compiled call are chosen so that one call takes about this long: the time loop returns
@@ -307,70 +334,40 @@ _BLOCK_SECONDS = 0.05
 _FIRST_BLOCK_STEPS = 16
 
 
-def run(call, step, on_compile_error=None):
-    """Run ``call`` with the Numba dispatcher ``step`` in one compiled loop, or NotImplemented.
+def run(step, x, states, constants, step_mask, options, on_step_error=None, on_loop_error=None):
+    """Run the time loop (see the module docstring); ``(outputs, new_states)`` or None.
 
-    ``on_compile_error(err)`` is called when Numba cannot compile the step itself for this call's
-    types (a ``gpukb.jit_step`` records it and falls back to Python); the generic loop then runs
-    the call. Without it, such a call also returns NotImplemented and the generic loop raises
-    the step's own error.
+    ``step_result_type`` and ``result_problem`` must have accepted the step for these arrays.
+    ``on_step_error(err, i)`` is called when the step raises at processing step ``i``, before
+    the exception propagates unchanged; ``on_loop_error(err)`` when the loop itself does not
+    compile for these types (once per process and types; None is returned every time).
     """
     from numba.core import types
-    from numba.core.errors import NumbaError
     from numba.np.numpy_support import as_dtype
 
     # The loop reads x time-major: x[t] is the step input. A batch-major input is copied once to
     # (T, B, ...) C order, so every step gets a C-contiguous slice (Numba's `@` and array
     # expressions are faster on those, and its `@` would otherwise copy the slice every step).
-    x = call.input_leaves[0]
-    x = np.ascontiguousarray(x if call.time_major else np.swapaxes(x, 0, 1))
-    n_states, n_constants = len(call.state_leaves), len(call.constants)
-    if n_states > MAX_STATES or n_constants > MAX_CONSTANTS:
-        return NotImplemented
-    cur = [np.array(s, order="C", copy=True) for s in call.state_leaves]
+    ensure_fresh_cache()  # the helpers inline kernels/cells/masking: drop stale cache files
+    x = np.ascontiguousarray(x if options.time_major else np.swapaxes(x, 0, 1))
+    n_states, n_constants = len(states), len(constants)
+    cur = [np.array(s, order="C", copy=True) for s in states]
     nxt = [np.empty_like(s) for s in cur]
-    has_mask = call.step_mask is not None
-    mask = np.ascontiguousarray(call.step_mask, dtype=np.bool_) if has_mask else np.ones((1, 1), np.bool_)
+    has_mask = step_mask is not None
+    mask = np.ascontiguousarray(step_mask, dtype=np.bool_) if has_mask else np.ones((1, 1), np.bool_)
+    flags = Flags.of(options, has_mask)
     info = np.zeros(_INFO_SIZE, np.int64)
-    try:
-        x_type = numba.typeof(x)
-        state_types = tuple(numba.typeof(s) for s in cur)
-        const_types = tuple(numba.typeof(c) for c in call.constants)
-    except (ValueError, TypeError, NumbaError):  # an array Numba cannot type
-        return NotImplemented
 
-    # Type the step alone first: a step that does not compile, or whose result does not fit the
-    # fused loop, goes to the generic loop before it runs even once (which raises its errors).
-    # A compiled signature is looked up without Dispatcher.compile, which takes Numba's global
-    # compiler lock: held by another thread's compile, that lock would stall this call (and
-    # hang a process forked meanwhile).
-    step_sig = (_slice_type(x_type), types.Tuple(state_types + const_types))
-    compiled = step.overloads.get(step_sig)
-    if compiled is None:
-        try:
-            step.compile(step_sig)
-            compiled = step.overloads[step_sig]
-        except Exception as err:  # any compile failure (typing, lowering, SciPy missing for `@`)
-            if on_compile_error is not None:
-                on_compile_error(err)
-            return NotImplemented
-    return_type = compiled.signature.return_type
-    if not _result_fits(return_type, n_states) or not _states_fit(return_type, state_types):
-        return NotImplemented
-    try:
-        out = np.empty((0, 0, 0), as_dtype(return_type[0].dtype))  # replaced at step 0
-    except (NumbaError, NotImplementedError, TypeError):
-        return NotImplemented
+    step_sig = _step_signature(x, cur, constants)
+    return_type = step.overloads[step_sig].signature.return_type
+    out = np.empty((0, 0, 0), as_dtype(return_type[0].dtype))  # replaced at step 0
     prev = np.empty(0, out.dtype)
-
-    head = (step, x, mask, has_mask, call.go_backwards, call.zero_output_for_mask,
-            call.return_all_outputs, call.time_major)
     fn_type = types.FunctionType(return_type(*step_sig))
-    arg_types = (fn_type,) + tuple(numba.typeof(a) for a in (*head[1:], out, prev, 0, 0, *cur, *nxt,
-                                                              *call.constants, info))
-    loop = _compiled_loop(n_states, n_constants, arg_types, step)
+    arg_types = (fn_type,) + tuple(numba.typeof(a) for a in (x, mask, flags, out, prev, 0, 0, *cur,
+                                                              *nxt, *constants, info))
+    loop = _compiled_loop(n_states, n_constants, arg_types, on_loop_error)
     if loop is None:
-        return NotImplemented
+        return None
 
     T = x.shape[0]
     i, block = 0, min(T, _FIRST_BLOCK_STEPS)
@@ -378,25 +375,20 @@ def run(call, step, on_compile_error=None):
         end = min(T, i + block)
         started = time.perf_counter()
         try:
-            out, prev, buffers = _interruptible(loop, *head, out, prev, i, end, *cur, *nxt,
-                                                *call.constants, info)
+            out, prev, buffers = _interruptible(loop, step, x, mask, flags, out, prev, i, end,
+                                                *cur, *nxt, *constants, info)
         except Exception as err:  # raised by the step: say where, as the generic loop does
-            from gpukb._rnn import note_step_error
-
-            running = int(info[_RUNNING])
-            note_step_error(err, call, running, T - 1 - running if call.go_backwards else running)
+            if on_step_error is not None:
+                on_step_error(err, int(info[_RUNNING]))
             raise
         if info[0] != _OK:
-            container = list if isinstance(return_type[1], types.List) else tuple
-            _raise_like_generic(call, info, out.dtype, [s.dtype for s in cur], container)
+            raise _stopped(info, isinstance(return_type[1], types.List))
         cur, nxt = list(buffers[:n_states]), list(buffers[n_states:])
         block = _next_block(block, end - i, time.perf_counter() - started)
         i = end
 
     rest = tuple(int(s) for s in info[_SHAPE0 + 1:_SHAPE0 + int(info[3])])
-    outputs = out.reshape(out.shape[:2] + rest)
-    last = outputs[-1] if call.time_major else outputs[:, -1]
-    return last, outputs, call.pack_states(cur)
+    return out.reshape(out.shape[:2] + rest), cur
 
 
 def _next_block(block: int, steps: int, seconds: float) -> int:

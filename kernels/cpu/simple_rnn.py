@@ -1,72 +1,15 @@
-"""Fused SimpleRNN forward (Keras semantics) for NumPy float32/float64 on the CPU.
+"""The SimpleRNN's update along one row (all units of one sample) on the CPU.
 
-kernel (D, H), recurrent_kernel (H, H), bias (H,) or None; h' = act(x @ W + b + h @ U).
+``kernels/cells/simple_rnn.py``: h' = act(z), which along a row is ``act_into``.
 """
 
-import numpy as np
-
-from . import _common as C
-from ._gemm import ad, fused_rows, masked_output, project_block
 from ._numba_cache import cached_njit
-from .activations import act_into, activation_code
+from .activations import act_into
 
 
-@cached_njit(fastmath={"contract"}, error_model="numpy", nogil=True)
-def _rnn_rows(x, x_tm, PW, PU, b, h, xpb, out, out_tm, ret_all, mask, has_mask, seen, go_back,
-              zero_out, act, n0, n1, s_begin, s_end):
-    T = x.shape[0] if x_tm else x.shape[1]
-    B = h.shape[0]
-    H = h.shape[1]
-    es = x.itemsize
-    nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
-    tau = xpb.shape[0]
-    Gp = xpb.shape[2]
-    for s0 in range(s_begin, s_end, tau):   # steps [s_begin, s_end) of T, see run_chunks
-        s1 = min(s0 + tau, s_end)
-        project_block(x, x_tm, go_back, PW, b, xpb, s0, s1, n0, n1)   # b + x_t @ W
-        for s in range(s0, s1):
-            t = T - 1 - s if go_back else s
-            slot = ad(xpb) + (s - s0) * B * Gp * es
-            # z += h @ U, in place
-            fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H, PU.shape[0], nv, n0, n1)
-            so = s if ret_all else 0   # without ret_all every step writes row 0; the last stays
-            for n in range(n0, n1):
-                hr = h[n]
-                orow = out[so, n] if out_tm else out[n, so]
-                if has_mask and not mask[t, n]:
-                    masked_output(orow, hr, zero_out, seen[n])
-                    continue
-                seen[n] = True
-                act_into(act, hr, xpb[s - s0, n, 0:H])
-                for j in range(H):
-                    orow[j] = hr[j]
-
-
-def simple_rnn(x, kernel, recurrent_kernel, bias, h0, step_mask, *, go_backwards=False,
-               zero_output_for_mask=False, return_all_outputs=True, time_major=False,
-               activation="tanh"):
-    """Keras SimpleRNN forward. Returns (last_output (B, H), outputs, (h,)).
-
-    outputs: (B, T_out, H), or (T_out, B, H) when time_major, in processing order
-    (T_out = T, or 1 when return_all_outputs=False).
-    """
-    dt = C.check_dtypes(x, kernel, recurrent_kernel, bias, h0)
-    act = activation_code(activation)
-    H = recurrent_kernel.shape[0]
-    xc, B, T = C.input_c(x, time_major)
-    row_flops = 2.0 * H * (H + xc.shape[2])   # per row and step
-    chunks = C.row_chunks(B, row_flops * B * T)
-    PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, H, dt, chunks)
-    b = C.padded_bias(bias, H, Gp, dt)
-    xpb = C.projection_buffer(T, B, Gp, dt, chunks)
-    h = np.array(h0, dtype=dt, order="C", copy=True)
-    mask, has_mask = C.mask_arg(step_mask, T, B)
-    out = C.out_buffer(B, T, H, dt, return_all_outputs, time_major)
-    seen = np.zeros(B, np.bool_)
-    args = (xc, bool(time_major), PW, PU, b, h, xpb, out, bool(time_major),
-            bool(return_all_outputs), mask, has_mask, seen, bool(go_backwards),
-            bool(zero_output_for_mask), act)
-    C.run_chunks(_rnn_rows, args, chunks, T, C.row_step_seconds(row_flops, dt),
-                 xpb.shape[0])
-    last = (out[-1] if time_major else out[:, -1]).copy()
-    return last, out, (h,)
+@cached_njit(error_model="numpy", inline="always")
+def update_row(z, h, out, act):
+    """z: the row's pre-activations; h: its state, updated; out: its output row."""
+    act_into(act, h, z[0:h.shape[0]])
+    for j in range(h.shape[0]):
+        out[j] = h[j]

@@ -20,6 +20,7 @@ import threading
 
 import numpy as np
 
+from ..cells import GRU, GRU_BEFORE, LSTM, SIMPLE_RNN
 from . import _runtime, persistent, step
 from .activations import code as act_code
 
@@ -46,19 +47,16 @@ def eligible(call, cell) -> bool:
 
 
 def _kind(cell) -> int:
-    if cell.kind == "lstm":
-        return persistent.LSTM
-    if cell.kind == "gru":
-        return persistent.GRU_AFTER if cell.reset_after else persistent.GRU_BEFORE
-    return persistent.SIMPLE
+    """The cell's kind (kernels/cells), as the kernels take it."""
+    return cell.kernel_layout.kind
 
 
 def _biases(cell, xp, dtype, kind):
     """(bias added to x @ W, bias added to h @ U) as contiguous 1-D arrays (zeros when absent)."""
     H = cell.units
-    width = {persistent.LSTM: 4 * H, persistent.SIMPLE: H}.get(kind, 3 * H)
+    width = {LSTM: 4 * H, SIMPLE_RNN: H}.get(kind, 3 * H)
     bias = cell.bias
-    if kind == persistent.GRU_AFTER:
+    if kind == GRU:
         if bias is None:
             zeros = xp.zeros(width, dtype=dtype)
             return zeros, zeros
@@ -106,7 +104,7 @@ def _run(call, cell, xp, dtype, path, plan_options):
     mask = xp.ascontiguousarray(call.step_mask) if has_mask else xp.ones((1, 1), dtype=bool)
     seen = xp.zeros(max(B, 1), dtype=bool)
     h0 = call.initial_states[0]
-    c0 = call.initial_states[1] if kind == persistent.LSTM else None
+    c0 = call.initial_states[1] if kind == LSTM else None
 
     options = dict(plan_options)
     if path == "persistent":
@@ -122,7 +120,7 @@ def _run(call, cell, xp, dtype, path, plan_options):
     else:
         h, c = _run_steps(launcher, dtype, kind, xproj, U, bias_x, bias_r, h0, c0, out, mask,
                           has_mask, seen, a_act, r_act, flags, xp, T, B, H)
-    states = [h, c] if kind == persistent.LSTM else [h]
+    states = [h, c] if kind == LSTM else [h]
     last = out[-1] if call.time_major else out[:, -1]
     return last, out, call.pack_states(states)
 
@@ -134,7 +132,7 @@ def _run_persistent(launcher, plan, dtype, kind, xproj, U, bias_x, bias_r, h0, c
     hbuf = xp.empty((2, B, H), dtype=dtype)
     hbuf[0] = h0
     c = c0.copy() if c0 is not None else xp.zeros((1, 1), dtype=dtype)
-    rh = xp.empty((B, H), dtype=dtype) if kind == persistent.GRU_BEFORE else xp.zeros((1, 1), dtype=dtype)
+    rh = xp.empty((B, H), dtype=dtype) if kind == GRU_BEFORE else xp.zeros((1, 1), dtype=dtype)
     kernel = persistent.persistent_kernel(dtype, kind, plan.coop)
     view = launcher.view
     launcher.launch(
@@ -159,7 +157,7 @@ def _run_steps(launcher, dtype, kind, xproj, U, bias_x, bias_r, h0, c0, out, mas
     blocks = step.blocks_for(B * H)
     v_x, v_h, v_out, v_mask, v_seen = view(xproj), view(h), view(out), view(mask), view(seen)
     v_bx, v_br = view(bias_x), view(bias_r)
-    if kind == persistent.GRU_BEFORE:
+    if kind == GRU_BEFORE:
         U_zr = xp.ascontiguousarray(U[:, : 2 * H])
         U_h = xp.ascontiguousarray(U[:, 2 * H:])
         rec = xp.empty((B, 2 * H), dtype=dtype)
@@ -175,18 +173,18 @@ def _run_steps(launcher, dtype, kind, xproj, U, bias_x, bias_r, h0, c0, out, mas
     if blocks == 0:  # B == 0: nothing to compute
         return h, c
     configure = launcher.configure
-    if kind == persistent.GRU_BEFORE:
+    if kind == GRU_BEFORE:
         gates_k = configure(kernels["gru_gates"], blocks, step.THREADS)
         finish_k = configure(kernels["gru_finish"], blocks, step.THREADS)
     else:
-        name = {persistent.LSTM: "lstm", persistent.GRU_AFTER: "gru"}.get(kind, "simple_rnn")
+        name = {LSTM: "lstm", GRU: "gru"}.get(kind, "simple_rnn")
         step_k = configure(kernels[name], blocks, step.THREADS)
 
     for s in range(T):
         t = T - 1 - s if go_back else s
         write = ret_all or s == T - 1
         slot = s if ret_all else 0
-        if kind == persistent.GRU_BEFORE:
+        if kind == GRU_BEFORE:
             xp.dot(h, U_zr, out=rec)
             gates_k(v_x, time_major, t, v_rec, v_bx, v_h, v_z, v_rh, r_act)
             xp.dot(rhb, U_h, out=rec2)
@@ -194,10 +192,10 @@ def _run_steps(launcher, dtype, kind, xproj, U, bias_x, bias_r, h0, c0, out, mas
                      v_mask, has_mask, v_seen, zero_out, a_act)
             continue
         xp.dot(h, U, out=rec)
-        if kind == persistent.LSTM:
+        if kind == LSTM:
             step_k(v_x, time_major, t, v_rec, v_bx, v_h, v_c, v_out, time_major, slot, write,
                    v_mask, has_mask, v_seen, zero_out, a_act, r_act)
-        elif kind == persistent.GRU_AFTER:
+        elif kind == GRU:
             step_k(v_x, time_major, t, v_rec, v_bx, v_br, v_h, v_out, time_major, slot, write,
                    v_mask, has_mask, v_seen, zero_out, a_act, r_act)
         else:

@@ -35,12 +35,12 @@ import numba
 import numpy as np
 from numba import cuda
 
+from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM
 from . import _runtime
 from .activations import device_activation
 
-# Cell kinds as the kernel sees them; NG = gate column groups of U per unit.
-LSTM, GRU_AFTER, GRU_BEFORE, SIMPLE = 0, 1, 2, 3
-GATE_GROUPS = {LSTM: 4, GRU_AFTER: 3, GRU_BEFORE: 3, SIMPLE: 1}
+# NG = gate column groups of U per unit, by cell kind (kernels/cells).
+GATE_GROUPS = {layout.kind: layout.gates for layout in LAYOUTS}
 
 # ---- the size rule ---------------------------------------------------------------------------
 # PLACEHOLDERS until measured on a GPU (no GPU was available when this was written): the
@@ -281,7 +281,7 @@ def _build(dtype, kind, coop):
                         cn = gf * c[n, j] + gi * gc
                         c[n, j] = cn
                         hn = go * act(a_act, cn)
-                    elif KIND == GRU_AFTER:
+                    elif KIND == GRU:
                         s0 = zero
                         s1 = zero
                         s2 = zero
