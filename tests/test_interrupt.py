@@ -1,17 +1,20 @@
 """Ctrl-C during a long fused cell call: KeyboardInterrupt within about a second, every kernel
-thread stopped, and the next call exact (a real SIGINT, so in a child process)."""
+thread stopped, and the next call exact (a real SIGINT, so in a child process). Both ways the
+CPU kernels use two threads: a batch of 32 splits its rows, a batch of 8 the units of each step
+(whose threads wait for each other every step)."""
 
 import json
 
 import numpy as np
+import pytest
 
 import gpukb
 
 from helpers import run_python
 
-B, D, H = 32, 1, 128
+D, H = 1, 128
 
-CHILD = f"""
+CHILD = """
 import json, os, signal, threading, time
 import numpy as np
 import gpukb
@@ -20,7 +23,9 @@ from gpukb.testing.reference import rnn_reference
 
 _common.max_threads = lambda: 2   # the calling thread and a pool thread, on any machine
 rng = np.random.default_rng(0)
-B, D, H = {B}, {D}, {H}
+B, D, H = BATCH, 1, 128
+# the split this test means: rows for B >= 16, units below
+assert (B >= 16) == (_common.unit_chunks(B, H, 8.0 * H * (H + D) * B, 16) is None)
 W = (rng.standard_normal((D, 4 * H)) * 0.3).astype(np.float32)
 U = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
 cell = gpukb.cells.lstm(W, U, np.zeros(4 * H, np.float32))
@@ -63,7 +68,8 @@ print(json.dumps(dict(outcome=outcome, latency=caught - sent[0], ran=caught - st
 """
 
 
-def test_ctrl_c_stops_a_long_fused_call_quickly(tmp_path):
+@pytest.mark.parametrize("batch", [32, 8], ids=["rows", "units"])
+def test_ctrl_c_stops_a_long_fused_call_quickly(batch, tmp_path):
     # Compile the child's kernel here first, so that it loads from Numba's disk cache.
     rng = np.random.default_rng(0)
     W = rng.standard_normal((D, 4 * H)).astype(np.float32)
@@ -72,7 +78,7 @@ def test_ctrl_c_stops_a_long_fused_call_quickly(tmp_path):
     gpukb.rnn(gpukb.cells.lstm(W, U, np.zeros(4 * H, np.float32)),
               np.zeros((2, 3, D), np.float32), [z, z])
 
-    res = run_python(CHILD, home=tmp_path)
+    res = run_python(CHILD.replace("BATCH", str(batch)), home=tmp_path)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["outcome"] == "interrupted", got

@@ -3,16 +3,19 @@
 - dtype checks (cheap asserts: the caller validated shapes),
 - weight packing and the buffer of input projections (computed a block of steps ahead),
 - output/state buffers,
-- splitting the batch over threads: each thread runs the jitted time loop on its own rows (the
-  kernels release the GIL), so threads never synchronise per step;
+- splitting the work over threads (the kernels release the GIL): a large batch by rows, each
+  thread running the whole time loop on its own rows with no meeting per step (row_chunks); a
+  batch too small for that by units, each thread computing its share of every step's units and
+  the threads meeting once per step (unit_chunks, _sync);
 - splitting each chunk's time loop into blocks of steps, one compiled call each, so that Ctrl-C
   stops a long call quickly (see run_chunks).
 """
 
 import os
+import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import NamedTuple
 
 import numpy as np
@@ -46,6 +49,10 @@ _ROW_ALIGN = 2   # chunk boundaries on even rows (the GEMM's row tiles are 6/4/2
 _MIN_ROWS = 8    # rows per chunk, at least
 _CHUNKS_PER_THREAD = 4
 _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per chunk) ahead
+# A unit split (unit_chunks) pays one meeting of the threads per step: split only steps of at
+# least this many flops (about 10 us on one core, against well under 1 us per meeting).
+_MIN_STEP_FLOPS_TO_SPLIT_UNITS = 5.0e5
+_MAX_UNIT_THREADS = 8
 
 # One compiled call runs one block of time steps of one row chunk, sized to take about this long:
 # Python delivers Ctrl-C to the calling thread only between compiled calls.
@@ -107,13 +114,12 @@ def out_buffer(B, T, H, dtype, return_all_outputs, time_major):
     return np.empty(shape, dtype)
 
 
-def pack_weights(kernel, recurrent_kernel, G, dtype, chunks, recurrent_cols=None):
+def pack_weights(kernel, recurrent_kernel, G, dtype, rows, recurrent_cols=None):
     """(PW, PU, Gp): kernel in 2-vector panels (the projection GEMM has many rows), the
-    recurrent kernel in panels sized for the widest chunk's row count, and the padded width
-    Gp that both fit in."""
+    recurrent kernel in panels sized for the widest chunk's row count ``rows``, and the padded
+    width Gp that both fit in."""
     from ._gemm import pack, panel_vectors, panel_width
 
-    rows = max(n1 - n0 for n0, n1 in chunks)
     nv = panel_vectors(rows)
     PW = pack(kernel, 0, G, panel_width(dtype, 2))
     PU = pack(recurrent_kernel, 0, recurrent_cols or G, panel_width(dtype, nv))
@@ -121,11 +127,13 @@ def pack_weights(kernel, recurrent_kernel, G, dtype, chunks, recurrent_cols=None
     return PW, PU, Gp
 
 
-def projection_buffer(T, B, Gp, dtype, chunks, width=None):
+def projection_buffer(T, B, Gp, dtype, rows, chunks, width=None):
     """Zeroed (tau, B, width or Gp) buffer for tau steps of input projection, tau chosen so that
-    one chunk's share stays about _XP_BLOCK_BYTES (L2-resident between projection and use)."""
-    rows = max(n1 - n0 for n0, n1 in chunks)
-    per_step = max(1, rows * (width or Gp) * np.dtype(dtype).itemsize)
+    one chunk's share (``rows`` rows, its part of the units) stays about _XP_BLOCK_BYTES
+    (L2-resident between projection and use)."""
+    n0, n1, u0, u1 = chunks[0]
+    share = (u1 - u0) / chunks[-1][3] if chunks[-1][3] else 1.0
+    per_step = max(1, int(rows * (width or Gp) * share) * np.dtype(dtype).itemsize)
     tau = int(max(1, min(T, _XP_BLOCK_BYTES // per_step)))
     return np.zeros((tau, B, width or Gp), dtype)
 
@@ -151,6 +159,50 @@ def _get_pool(workers):
         return _pool
 
 
+class _GangWorker:
+    """A thread that runs one task at a time for whoever reserved it (see _reserve_workers)."""
+
+    def __init__(self):
+        self.tasks = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="gpukb-cpu-rnn-units", daemon=True).start()
+
+    def _run(self):
+        while True:
+            function, future = self.tasks.get()
+            try:
+                future.set_result(function())
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                future.set_exception(error)
+
+    def submit(self, function):
+        future = Future()
+        self.tasks.put((function, future))
+        return future
+
+
+_idle_workers: list = []
+_idle_pid = None
+
+
+def _reserve_workers(n):
+    """n worker threads for this call alone. A unit split's threads wait for each other every
+    step, so they must all run at once: a shared pool could start some tasks of two calls and
+    queue the rest behind them, and both would wait forever."""
+    global _idle_pid
+    with _pool_lock:
+        if _idle_pid != os.getpid():   # after a fork the threads are gone
+            _idle_workers.clear()
+            _idle_pid = os.getpid()
+        taken = [_idle_workers.pop() for _ in range(min(n, len(_idle_workers)))]
+    return taken + [_GangWorker() for _ in range(n - len(taken))]
+
+
+def _release_workers(workers):
+    with _pool_lock:
+        if _idle_pid == os.getpid():
+            _idle_workers.extend(workers)
+
+
 def row_chunks(B, flops):
     """Row boundaries [(n0, n1), ...]: a few chunks per thread, so that a thread slowed down by
     other load on the machine hands its remaining chunks to the others."""
@@ -165,29 +217,52 @@ def row_chunks(B, flops):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def unit_chunks(B, H, step_flops, panel_columns, threads=None):
+    """Unit boundaries [(u0, u1), ...], one per thread, for a call whose batch is too small to
+    split (see row_chunks), or None to run it on one thread.
+
+    The cost rule: every thread computes its units of every step (its share of the recurrent
+    GEMM, the input projection and the gate updates), then the threads meet (_sync.meet, well
+    under a microsecond). A step of ``step_flops`` flops is split when one thread's share still
+    takes several meetings' time (_MIN_STEP_FLOPS_TO_SPLIT_UNITS) and every share lies on whole
+    packed panels of ``panel_columns`` columns (the widest of the call's packings).
+    """
+    nt = min(max_threads() if threads is None else threads, _MAX_UNIT_THREADS)
+    if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < _MIN_STEP_FLOPS_TO_SPLIT_UNITS:
+        return None
+    if H % panel_columns:
+        return None
+    panels = H // panel_columns
+    nt = min(nt, panels)
+    if nt <= 1:
+        return None
+    bounds = [i * panels // nt * panel_columns for i in range(nt + 1)]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def row_step_seconds(row_flops, dtype):
     """Slow estimate of the seconds one thread needs per row and step, for row_flops flops."""
     return row_flops * dtype.itemsize / (4 * _FLOPS_PER_SECOND) + _ROW_STEP_SECONDS
 
 
-def _run_time_blocks(fn, args, n0, n1, steps, row_seconds, align, stop):
-    """fn(*args, n0, n1, s0, s1) over consecutive blocks [s0, s1) of range(steps): the first sized
-    from row_seconds, each next one from the last one's measured time; returns early once
+def _run_time_blocks(fn, args, part, steps, seconds_per_step, align, stop):
+    """fn(*args, *part, s0, s1) over consecutive blocks [s0, s1) of range(steps): the first sized
+    from seconds_per_step, each next one from the last one's measured time; returns early once
     ``stop`` is non-empty. Blocks are whole multiples of ``align`` steps (the kernel's projection
     blocks) where possible; the results do not depend on the blocks."""
-    step_seconds = (n1 - n0) * row_seconds + _STEP_SECONDS
+    step_seconds = seconds_per_step + _STEP_SECONDS
     if steps * step_seconds <= _BLOCK_SECONDS:
-        fn(*args, n0, n1, 0, steps)   # a short call: one block, nothing to time
+        fn(*args, *part, 0, steps)   # a short call: one block, nothing to time
         return
     n = int(_BLOCK_SECONDS / step_seconds)
     s0 = 0
     while True:
         n = max(1, n // align * align if n >= align else n)
         if steps - s0 <= n + n // 2:   # the last block (no short one after it)
-            fn(*args, n0, n1, s0, steps)
+            fn(*args, *part, s0, steps)
             return
         start = time.perf_counter()
-        fn(*args, n0, n1, s0, s0 + n)
+        fn(*args, *part, s0, s0 + n)
         elapsed = time.perf_counter() - start
         s0 += n
         if stop:
@@ -195,22 +270,42 @@ def _run_time_blocks(fn, args, n0, n1, steps, row_seconds, align, stop):
         n = int(min(_MAX_GROWTH * n, n * _BLOCK_SECONDS / max(elapsed, 1e-9)))
 
 
-def run_chunks(fn, args, chunks, steps, row_seconds, align):
-    """fn(*args, n0, n1, s0, s1) over row chunks [n0, n1) and, for each chunk in order, blocks
-    [s0, s1) of range(steps) (see _run_time_blocks; ``row_seconds`` from row_step_seconds,
-    ``align``: the kernel's projection block). The calling thread and up to max_threads() - 1
-    pool threads take chunks from a shared list until none is left.
+def new_sync():
+    """The shared words of a unit split's meetings (see _sync)."""
+    from ._sync import new_sync
+
+    return new_sync()
+
+
+def run_chunks(fn, args, chunks, steps, row_seconds, align, sync=None):
+    """fn(*args, n0, n1, u0, u1, s0, s1) over the chunks (n0, n1, u0, u1) (rows [n0, n1), units
+    [u0, u1) of H) and, for each chunk, blocks [s0, s1) of range(steps) (see _run_time_blocks;
+    ``row_seconds`` from row_step_seconds, for all H units; ``align``: the kernel's projection
+    block).
+
+    Row chunks (every chunk has all units): the calling thread and up to max_threads() - 1 pool
+    threads take chunks from a shared list until none is left. Unit chunks (``sync`` given: the
+    chunks split the units and meet every step): one thread per chunk, all running at once.
 
     Ctrl-C: Python runs signal handlers in the main thread only, between bytecodes, never inside
     a compiled call; so the calling thread returns to Python after each of its blocks. When it
-    raises (KeyboardInterrupt or anything else), the pool threads stop after their current block,
-    and the exception propagates once they have: nothing keeps running after the call.
+    raises (KeyboardInterrupt or anything else), the pool threads stop after their current block
+    (a unit split's threads at once: ``sync``'s stop flag), and the exception propagates once
+    they have: nothing keeps running after the call.
     """
     stop = []   # non-empty: the calling thread gave up, the others stop too
+
+    units = max(1, chunks[-1][3])   # H: the last chunk ends at the last unit
+
+    def seconds(part):   # one step of a chunk, estimated
+        n0, n1, u0, u1 = part
+        return (n1 - n0) * row_seconds * (u1 - u0) / units
+
     if len(chunks) == 1:
-        _run_time_blocks(fn, args, *chunks[0], steps, row_seconds, align, stop)
+        _run_time_blocks(fn, args, chunks[0], steps, seconds(chunks[0]), align, stop)
         return
-    nworkers = min(max_threads(), len(chunks)) - 1
+    together = sync is not None
+    nworkers = len(chunks) - 1 if together else min(max_threads(), len(chunks)) - 1
     todo = list(reversed(chunks))
     lock = threading.Lock()
 
@@ -219,18 +314,26 @@ def run_chunks(fn, args, chunks, steps, row_seconds, align):
             with lock:
                 if not todo:
                     return
-                n0, n1 = todo.pop()
-            _run_time_blocks(fn, args, n0, n1, steps, row_seconds, align, stop)
+                part = todo.pop()
+            _run_time_blocks(fn, args, part, steps, seconds(part), align, stop)
+            if together:   # exactly one chunk per thread: they wait for each other
+                return
 
     futures = []
+    workers = _reserve_workers(nworkers) if together else None
     try:
-        pool = _get_pool(nworkers)
-        for _ in range(nworkers):
-            futures.append(pool.submit(work))
+        pool = workers or [_get_pool(nworkers)] * nworkers
+        for worker in pool:
+            futures.append(worker.submit(work))
         work()
         for f in futures:
             f.result()
     except BaseException:
         stop.append(True)
+        if together:
+            sync[1] = 1
         wait(futures)
         raise
+    finally:
+        if workers:
+            _release_workers(workers)

@@ -25,8 +25,7 @@ in order, so a row's result is bitwise independent of the batch and of the threa
 
 Why not one BLAS call per step: the call alone costs 2-3 us for 1x64x256, Numba's ``@`` needs
 SciPy (not a gpukb dependency), and a multi-threaded BLAS fights the kernels' own threads (they
-split the batch instead, each thread running the whole time loop on its rows; see
-_common.run_chunks). A BLAS's idle threads also keep spinning on the cores after each call.
+split the batch, or at small batch each step's units, themselves; see _common.run_chunks). A BLAS's idle threads also keep spinning on the cores after each call.
 
 All pointers are integer addresses of C-contiguous arrays that the caller keeps alive.
 """
@@ -268,8 +267,26 @@ def ad(a):
 
 
 @cached_njit(error_model="numpy", inline="always")
-def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
-    """Input projection of processing steps [s0, s1) for rows [n0, n1):
+def gate_columns(zarr, z, ldz, init, ldi, a, lda, P, k, nv, n0, n1, gates, H, u0, u1):
+    """``fused_rows`` over the columns g*H + [u0, u1) of every gate g (P: the packed array): the
+    part of a step that one thread of a unit split computes (see _common.unit_chunks, which
+    splits only where every gate's units lie on whole panels). All units: one call over every
+    panel, as the plain fused_rows."""
+    es = zarr.itemsize
+    NR = P.shape[2]
+    if u0 == 0 and u1 == H:
+        fused_rows(zarr, z, ldz, init, ldi, a, lda, ad(P), k, P.shape[0], nv, n0, n1)
+        return
+    for g in range(gates):
+        c0 = g * H + u0
+        fused_rows(zarr, z + c0 * es, ldz, init + c0 * es, ldi, a, lda,
+                   ad(P) + (c0 // NR) * k * NR * es, k, (u1 - u0) // NR, nv, n0, n1)
+
+
+@cached_njit(error_model="numpy", inline="always")
+def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1, gates, H, u0, u1):
+    """Input projection of processing steps [s0, s1) for rows [n0, n1) (units [u0, u1) of
+    every gate, see gate_columns):
 
         xpb[s - s0, n, :] = bias + x[t(s), n] @ W,   t(s) = T - 1 - s if go_back else s
 
@@ -281,23 +298,22 @@ def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1):
     D = x.shape[2]
     es = x.itemsize
     Gp = xpb.shape[2]
-    npan = PW.shape[0]
     tstride = B * D if x_tm else D        # elements from x[t, n] to x[t + 1, n]
     nstride = D if x_tm else T * D        # elements from x[t, n] to x[t, n + 1]
     xa = ad(x)
     za = ad(xpb)
     ba = ad(bias)
-    pa = ad(PW)
     m = s1 - s0
     if n1 - n0 >= m:
         for s in range(s0, s1):
             t = T - 1 - s if go_back else s
             a = xa + t * tstride * es
-            fused_rows(xpb, za + (s - s0) * B * Gp * es, Gp, ba, I0, a, nstride, pa, D, npan,
-                       I2, n0, n1)
+            gate_columns(xpb, za + (s - s0) * B * Gp * es, Gp, ba, I0, a, nstride, PW, D, I2,
+                         n0, n1, gates, H, u0, u1)
     else:
         t0 = T - 1 - s0 if go_back else s0
         lda = -tstride if go_back else tstride
         for n in range(n0, n1):
             a = xa + (t0 * tstride + n * nstride) * es
-            fused_rows(xpb, za + n * Gp * es, B * Gp, ba, I0, a, lda, pa, D, npan, I2, I0, m)
+            gate_columns(xpb, za + n * Gp * es, B * Gp, ba, I0, a, lda, PW, D, I2, I0, m,
+                         gates, H, u0, u1)

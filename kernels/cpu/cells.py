@@ -15,80 +15,98 @@ reset_after: into a buffer of its own, which starts from the recurrent bias; GRU
 halves around the reset gate); then per sample either the masking rule (``kernels/cells/masking``)
 or the cell's update along the row (``kernels/cpu/{lstm,gru,simple_rnn}.py``). The loop is written
 once and compiled once per cell kind, which it sees as a compile-time constant.
+
+Threads (``_chunks``): a large batch is split by rows, each thread running the whole loop on its
+rows; a small one by units (not GRU without reset_after), each thread computing its units of
+every gate, the threads meeting after every step. So that no thread overwrites an h that another
+still reads, h is double-buffered. Either way every output element is computed by the same
+arithmetic in the same order: the results are bitwise those of one thread.
 """
 
 import threading
 
 import numpy as np
 
-from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM
+from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM, SIMPLE_RNN
 from ..cells import masking
 from ..cells.activations import code
 from . import _common as C
 from . import gru, lstm, simple_rnn
-from ._gemm import I0, ad, fused_rows, pack, project_block
+from ._gemm import I0, ad, fused_rows, gate_columns, pack, panel_vectors, panel_width, project_block
 from ._numba_cache import cached_njit
+from ._sync import meet
 
 
 @cached_njit(error_model="numpy", inline="always")
-def _masked_row(out, h, zero_out, seen):
-    """The output row of a sample at a masked step (its states are held)."""
-    for j in range(out.shape[0]):
-        out[j] = masking.masked_output(masking.cell_previous_output(h[j], seen), zero_out)
+def _masked_row(out, h_old, h, u0, u1, zero_out, seen):
+    """Units [u0, u1) of a sample at a masked step: its state is held, its output is the
+    masking rule's."""
+    for j in range(u0, u1):
+        h[j] = masking.state_at(False, h[j], h_old[j])
+        out[j] = masking.masked_output(masking.cell_previous_output(h_old[j], seen), zero_out)
 
 
 def _make_time_loop(kind):
-    """The time loop of cell kind ``kind`` over rows [n0, n1) and steps [s_begin, s_end)."""
+    """The time loop of cell kind ``kind`` over rows [n0, n1), units [u0, u1) and steps
+    [s_begin, s_end). The state h is double-buffered (step s reads hb[s % 2], writes
+    hb[(s + 1) % 2]), so threads that split the units meet once per step (``sync``)."""
 
-    def time_loop(x, weights, states, buffers, out, mask, seen, flags, activations, n0, n1,
-                  s_begin, s_end):
+    def time_loop(x, weights, states, buffers, out, mask, seen, flags, activations, sync,
+                  threads, n0, n1, u0, u1, s_begin, s_end):
         PW, PU, PU2, bias_x, bias_h = weights
-        h, c = states
+        hb, c = states
         xpb, zb, rb = buffers   # projections of a block of steps; per-kind scratch (see _prepare)
         act, ract = activations
         tm = flags.time_major
         back = flags.go_backwards
         T = x.shape[0] if tm else x.shape[1]
-        B = h.shape[0]
-        H = h.shape[1]
+        B = hb.shape[1]
+        H = hb.shape[2]
+        G = (4 if kind == LSTM else 1 if kind == SIMPLE_RNN else 3)
         es = x.itemsize
         nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
         tau = xpb.shape[0]
         Gp = xpb.shape[2]
         for s0 in range(s_begin, s_end, tau):   # see _common.run_chunks
             s1 = min(s0 + tau, s_end)
-            project_block(x, tm, back, PW, bias_x, xpb, s0, s1, n0, n1)   # bias + x_t @ W
+            project_block(x, tm, back, PW, bias_x, xpb, s0, s1, n0, n1, G, H, u0, u1)
             for s in range(s0, s1):
                 t = T - 1 - s if back else s
                 z = xpb[s - s0]
+                h_old = hb[s % 2]
+                h = hb[(s + 1) % 2]
                 slot = ad(xpb) + (s - s0) * B * Gp * es
                 if kind == GRU:   # zb = recurrent bias + h @ U: the reset gate multiplies it
-                    fused_rows(xpb, ad(zb), zb.shape[1], ad(bias_h), I0, ad(h), H, ad(PU), H,
-                               PU.shape[0], nv, n0, n1)
-                else:   # z += h @ U (GRU_BEFORE: the z and r columns), in place
-                    fused_rows(xpb, slot, Gp, slot, Gp, ad(h), H, ad(PU), H, PU.shape[0], nv,
-                               n0, n1)
-                if kind == GRU_BEFORE:   # rb = r * h, then zb = x_h + rb @ U_h
+                    gate_columns(xpb, ad(zb), zb.shape[1], ad(bias_h), I0, ad(h_old), H, PU, H,
+                                  nv, n0, n1, G, H, u0, u1)
+                elif kind == GRU_BEFORE:   # z, r columns in place; rb = r * h; zb = x_h + rb @ U_h
+                    fused_rows(xpb, slot, Gp, slot, Gp, ad(h_old), H, ad(PU), H, PU.shape[0],
+                               nv, n0, n1)
                     for n in range(n0, n1):
-                        gru.reset_row(z[n], h[n], rb[n], ract)
+                        gru.reset_row(z[n], h_old[n], rb[n], ract)
                     fused_rows(xpb, ad(zb), zb.shape[1], slot + 2 * H * es, Gp, ad(rb), H,
                                ad(PU2), H, PU2.shape[0], nv, n0, n1)
+                else:   # z += h @ U, in place
+                    gate_columns(xpb, slot, Gp, slot, Gp, ad(h_old), H, PU, H, nv, n0, n1, G,
+                                  H, u0, u1)
                 so = s if flags.return_all_outputs else 0   # else the last step's row stays
                 for n in range(n0, n1):
-                    hr = h[n]
                     orow = out[so, n] if tm else out[n, so]
                     if flags.has_mask and not mask[t, n]:
-                        _masked_row(orow, hr, flags.zero_output_for_mask, seen[n])
+                        _masked_row(orow, h_old[n], h[n], u0, u1, flags.zero_output_for_mask,
+                                    seen[n])
                         continue
                     seen[n] = True
                     if kind == LSTM:
-                        lstm.update_row(z[n], c[n], hr, orow, act, ract)
+                        lstm.update_row(z[n], c[n], h[n], orow, H, u0, u1, act, ract)
                     elif kind == GRU:
-                        gru.update_row(z[n], zb[n], hr, orow, act, ract)
+                        gru.update_row(z[n], zb[n], h_old[n], h[n], orow, H, u0, u1, act, ract)
                     elif kind == GRU_BEFORE:
-                        gru.update_reset_before_row(z[n], zb[n], hr, orow, act)
+                        gru.update_reset_before_row(z[n], zb[n], h_old[n], h[n], orow, act)
                     else:
-                        simple_rnn.update_row(z[n], hr, orow, act)
+                        simple_rnn.update_row(z[n], h[n], orow, u0, u1, act)
+                if not meet(sync, threads, s + 1):   # every unit of h is new before step s + 1
+                    return
 
     return time_loop
 
@@ -107,28 +125,43 @@ def time_loop(kind):
         return loop
 
 
-def _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, chunks):
+def _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks):
     """((PW, PU, PU2, bias_x, bias_h), (xpb, zb, rb)): packed weights, biases and buffers of a
-    layout; what a layout does not use is a small placeholder of the right type."""
+    layout (``rows``: the most rows one chunk has); what a layout does not use is a small
+    placeholder of the right type."""
     G = layout.gates * H
     no_panels, no_bias, no_rows = np.zeros((1, 1, 1), dt), np.zeros(1, dt), np.zeros((1, 1), dt)
     if layout.reset_before:   # U in two parts: the z and r columns, then the candidate's
-        PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel[:, :2 * H], G, dt, chunks,
+        PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel[:, :2 * H], G, dt, rows,
                                     recurrent_cols=2 * H)
         PU2 = pack(recurrent_kernel, 2 * H, H, PU.shape[2])
         Hp = PU2.shape[0] * PU2.shape[2]
         # zb's initial value is read from xpb[..., 2H:2H+Hp]
-        xpb = C.projection_buffer(T, B, Gp, dt, chunks, width=max(Gp, 2 * H + Hp))
+        xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks, width=max(Gp, 2 * H + Hp))
         weights = (PW, PU, PU2, C.padded_bias(bias, G, Gp, dt), no_bias)
         return weights, (xpb, np.empty((B, Hp), dt), np.empty((B, H), dt))
-    PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, chunks)
-    xpb = C.projection_buffer(T, B, Gp, dt, chunks)
+    PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, rows)
+    xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks)
     if not layout.recurrent_bias:
         return (PW, PU, no_panels, C.padded_bias(bias, G, Gp, dt), no_bias), (xpb, no_rows, no_rows)
     rows = (None, None) if bias is None else np.asarray(bias, dtype=dt).reshape(2, G)
     weights = (PW, PU, no_panels, C.padded_bias(rows[0], G, Gp, dt),
                C.padded_bias(rows[1], G, Gp, dt))
     return weights, (xpb, np.empty((B, Gp), dt), no_rows)
+
+
+def _chunks(layout, B, H, row_flops, T, dt):
+    """(rows of the widest chunk, chunks (n0, n1, u0, u1), sync or None): the batch split over
+    threads when it is large enough (row_chunks), else the units (unit_chunks: not for GRU with
+    reset_after=False, whose step needs every unit of r * h before its second product)."""
+    row_split = C.row_chunks(B, row_flops * B * T)
+    if len(row_split) == 1 and not layout.reset_before:
+        panel_columns = max(panel_width(dt, panel_vectors(B)), panel_width(dt, 2))
+        units = C.unit_chunks(B, H, row_flops * B, panel_columns)
+        if units is not None:
+            return B, [(0, B, u0, u1) for u0, u1 in units], C.new_sync()
+    rows = max(n1 - n0 for n0, n1 in row_split)
+    return rows, [(n0, n1, 0, H) for n0, n1 in row_split], None
 
 
 def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
@@ -140,16 +173,20 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     H = recurrent_kernel.shape[0]
     xc, B, T = C.input_c(x, options.time_major)
     row_flops = 2.0 * layout.gates * H * (H + xc.shape[2])   # per row and step
-    chunks = C.row_chunks(B, row_flops * B * T)
+    rows, chunks, sync = _chunks(layout, B, H, row_flops, T, dt)
     held = [np.array(s, dtype=dt, order="C", copy=True) for s in states]
-    h, c = held if layout.n_states == 2 else (held[0], np.zeros((1, 1), dt))
+    hb = np.empty((2, B, H), dt)   # h, double-buffered: step s reads hb[s % 2]
+    hb[0] = held[0]
+    c = held[1] if layout.n_states == 2 else np.zeros((1, 1), dt)
     mask, has_mask = C.mask_arg(step_mask, T, B)
     out = C.out_buffer(B, T, H, dt, options.return_all_outputs, options.time_major)
     seen = np.zeros(B, np.bool_)
-    weights, buffers = _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, chunks)
-    args = (xc, weights, (h, c), buffers, out, mask, seen, C.Flags.of(options, has_mask),
-            activations)
+    weights, buffers = _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks)
+    threads = len(chunks) if sync is not None else 1
+    args = (xc, weights, (hb, c), buffers, out, mask, seen, C.Flags.of(options, has_mask),
+            activations, C.new_sync() if sync is None else sync, threads)
     C.run_chunks(time_loop(kind), args, chunks, T, C.row_step_seconds(row_flops, dt),
-                 buffers[0].shape[0])
+                 buffers[0].shape[0], sync)
     last = (out[-1] if options.time_major else out[:, -1]).copy()
-    return last, out, tuple(held)
+    h = hb[T % 2].copy()
+    return last, out, (h, c) if layout.n_states == 2 else (h,)

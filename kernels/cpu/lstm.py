@@ -12,28 +12,32 @@ from .activations import act_inplace, act_into
 
 
 @cached_njit(error_model="numpy", inline="always")
-def update_row(z, c, h, out, act, ract):
-    """z: the row's 4H pre-activations (used as scratch); c, h: its states, updated; out: its
-    output row."""
-    H = h.shape[0]
-    zi = z[0:H]
-    zf = z[H:2 * H]
-    zg = z[2 * H:3 * H]
-    zo = z[3 * H:4 * H]
+def update_row(z, c, h, out, H, u0, u1, act, ract):
+    """Units [u0, u1) of one row. z: the row's 4H pre-activations (used as scratch); c: its cell
+    state, updated; h: its new h (written); out: its output row."""
+    zi = z[u0:u1]
+    zf = z[H + u0:H + u1]
+    zg = z[2 * H + u0:2 * H + u1]
+    zo = z[3 * H + u0:3 * H + u1]
+    cr = c[u0:u1]
+    hr = h[u0:u1]
+    orow = out[u0:u1]
+    n = u1 - u0
     if act == TANH and ract == SIGMOID:
-        for j in range(H):
-            v, new_c = cell.update(zi[j], zf[j], zg[j], zo[j], c[j], TANH, SIGMOID)
-            c[j] = new_c
-            h[j] = v
-            out[j] = v
+        for j in range(n):
+            v, new_c = cell.update(zi[j], zf[j], zg[j], zo[j], cr[j], TANH, SIGMOID)
+            cr[j] = new_c
+            hr[j] = v
+            orow[j] = v
         return
-    act_inplace(ract, z[0:2 * H])   # i, f
+    act_inplace(ract, zi)
+    act_inplace(ract, zf)
     act_inplace(act, zg)
     act_inplace(ract, zo)
-    for j in range(H):
-        c[j] = cell.cell_state(zf[j], c[j], zi[j], zg[j])
-    act_into(act, zg, c)            # zg <- act(c')
-    for j in range(H):
+    for j in range(n):
+        cr[j] = cell.cell_state(zf[j], cr[j], zi[j], zg[j])
+    act_into(act, zg, cr)            # zg <- act(c')
+    for j in range(n):
         v = cell.hidden(zo[j], zg[j])
-        h[j] = v
-        out[j] = v
+        hr[j] = v
+        orow[j] = v

@@ -8,8 +8,11 @@ from .activations import act_into
 
 
 @cached_njit(error_model="numpy", inline="always")
-def update_row(z, h, out, act):
-    """z: the row's pre-activations; h: its state, updated; out: its output row."""
-    act_into(act, h, z[0:h.shape[0]])
-    for j in range(h.shape[0]):
-        out[j] = h[j]
+def update_row(z, h, out, u0, u1, act):
+    """Units [u0, u1) of one row. z: the row's pre-activations; h: its new h (written); out:
+    its output row."""
+    hr = h[u0:u1]
+    act_into(act, hr, z[u0:u1])
+    orow = out[u0:u1]
+    for j in range(u1 - u0):
+        orow[j] = hr[j]

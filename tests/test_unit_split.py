@@ -1,0 +1,142 @@
+"""Small batches on several threads: the CPU kernels split the units of every step
+(gpukb.kernels.cpu._common.unit_chunks), the threads meet once per step (_sync.meet). The
+results must be bit for bit those of one thread, whatever the cell, flags, mask and dtype."""
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import pytest
+
+from gpukb.kernels.cells import GRU, GRU_BEFORE, LSTM, SIMPLE_RNN
+from gpukb.kernels.cpu import _common, run_cell
+from gpukb.kernels.cpu._sync import meet, new_sync
+from gpukb.kernels.options import LoopOptions
+
+GATES = {LSTM: 4, GRU: 3, GRU_BEFORE: 3, SIMPLE_RNN: 1}
+
+
+def _problem(kind, B, T, D, H, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    G = GATES[kind]
+    x = rng.standard_normal((B, T, D)).astype(dtype)
+    W = (rng.standard_normal((D, G * H)) * 0.3).astype(dtype)
+    U = (rng.standard_normal((H, G * H)) / np.sqrt(H)).astype(dtype)
+    b = rng.standard_normal((2, G * H) if kind == GRU else (G * H,)).astype(dtype)
+    states = [rng.standard_normal((B, H)).astype(dtype) for _ in range(2 if kind == LSTM else 1)]
+    mask = rng.random((T, B)) < 0.7
+    mask[:2, 0] = False   # a sample whose first steps are masked
+    return x, W, U, b, states, mask
+
+
+def _run(problem, options, activations, split, monkeypatch):
+    """run_cell with the unit split forced on (2 threads) or off; returns (results, chunks)."""
+    kind, (x, W, U, b, states, mask) = problem
+    chunks = []
+    original = _common.run_chunks
+
+    def spy(fn, args, parts, *rest):
+        chunks.append(list(parts))
+        return original(fn, args, parts, *rest)
+
+    with monkeypatch.context() as m:
+        m.setattr(_common, "max_threads", lambda: 2)
+        m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0 if split else float("inf"))
+        m.setattr(_common, "run_chunks", spy)
+        last, out, new_states = run_cell(kind, x, W, U, b, states, mask, options, *activations)
+    return [last, out, *new_states], chunks[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", [LSTM, GRU, SIMPLE_RNN])
+def test_unit_split_gives_the_one_thread_bits(kind, dtype, monkeypatch):
+    H = 128   # two threads of 64 units: whole panels, the widest (float32, one row) included
+    cases = [  # batch, options, activations
+        (1, LoopOptions(), ("tanh", "sigmoid")),
+        (5, LoopOptions(go_backwards=True, zero_output_for_mask=True), ("relu", "hard_sigmoid")),
+        (3, LoopOptions(return_all_outputs=False, time_major=True), ("linear", "hard_sigmoid_keras3")),
+        (8, LoopOptions(zero_output_for_mask=False), ("tanh", "sigmoid")),
+    ]
+    for B, options, activations in cases:
+        problem = (kind, _problem(kind, B, 13, 5, H, dtype, seed=B))
+        if options.time_major:
+            x = problem[1][0]
+            problem = (kind, (np.ascontiguousarray(x.transpose(1, 0, 2)), *problem[1][1:]))
+        one, one_chunks = _run(problem, options, activations, False, monkeypatch)
+        split, split_chunks = _run(problem, options, activations, True, monkeypatch)
+        assert one_chunks == [(0, B, 0, H)]
+        assert len(split_chunks) == 2 and all(c[:2] == (0, B) for c in split_chunks)
+        for a, b in zip(one, split):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_gru_with_reset_after_false_never_splits_units(monkeypatch):
+    problem = (GRU_BEFORE, _problem(GRU_BEFORE, 4, 6, 3, 64, np.float32))
+    _, chunks = _run(problem, LoopOptions(), ("tanh", "sigmoid"), True, monkeypatch)
+    assert chunks == [(0, 4, 0, 64)]
+
+
+def test_unit_chunks_cost_rule(monkeypatch):
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    big = 10 * _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
+    assert _common.unit_chunks(8, 256, big, 16) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, big, 64) == [(0, 128), (128, 256)]
+    # a batch that the row split takes, too little work per step, units off the panels
+    assert _common.unit_chunks(16, 256, big, 16) is None
+    assert _common.unit_chunks(8, 256, _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS / 2, 16) is None
+    assert _common.unit_chunks(8, 200, big, 16) is None
+    assert _common.unit_chunks(8, 16, big, 16) is None          # one panel: nothing to share
+    assert _common.unit_chunks(8, 256, big, 16, threads=1) is None
+    # more threads than two: shares of whole panels, as even as they can be
+    assert _common.unit_chunks(2, 64, big, 16, threads=3) == [(0, 16), (16, 32), (32, 64)]
+
+
+def test_concurrent_unit_split_calls_never_wait_on_each_other(monkeypatch):
+    """Three threads per call, six calls from three Python threads at once: each call's
+    threads are its own (a shared pool could start two calls' first threads and queue the
+    rest, and both would wait forever)."""
+    monkeypatch.setattr(_common, "max_threads", lambda: 3)
+    monkeypatch.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0)
+    problems = [_problem(LSTM, 2, 9, 3, 48, np.float64, seed=s) for s in range(6)]
+
+    def call(p):
+        x, W, U, b, states, mask = p
+        return run_cell(LSTM, x, W, U, b, states, mask, LoopOptions(), "tanh", "sigmoid")[1]
+
+    want = [call(p) for p in problems]
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(call, problems * 2, timeout=120))
+    for i, g in enumerate(got):
+        np.testing.assert_array_equal(g, want[i % len(problems)])
+
+
+@numba.njit(nogil=True)
+def _meetings(sync, log, me, threads, steps):
+    """Write step s, meet, check that every thread wrote step s; -1 - s on a violation."""
+    for s in range(steps):
+        log[me, s] = s
+        if not meet(sync, threads, s + 1):
+            return s
+        for other in range(threads):
+            if log[other, s] != s:
+                return -1 - s
+    return steps
+
+
+def test_meet_lets_no_thread_ahead_and_a_stop_releases_the_waiters():
+    steps = 20_000
+    sync, log = new_sync(), np.full((3, steps), -1, np.int64)
+    results = [None] * 3
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+        i, _meetings(sync, log, i, 3, steps))) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results == [steps] * 3 and sync[0] == 3 * steps
+    # One thread never comes: the stop flag releases the other (it returns at its first meeting).
+    sync = new_sync()
+    timer = threading.Timer(0.2, lambda: sync.__setitem__(1, 1))
+    timer.start()
+    assert _meetings(sync, np.zeros((2, 5), np.int64), 0, 2, 5) == 0
