@@ -25,28 +25,33 @@ logger = logging.getLogger("gpukb")
 FUSED_CELL = "fused_cell"   # a Keras cell on the backend's fused cell kernels
 JIT_LOOP = "jit_loop"       # the cpu backend's compiled time loop around a Numba step
 FUSED_RNN = "fused_rnn"     # offered to the backend's own fused_rnn (a plugin's kernel)
+FUSED_RNN_VJP = "fused_rnn_vjp"  # rnn_vjp offered to the backend's own fused_rnn_vjp
 GENERIC = "generic"         # gpukb's generic loop (gpukb._rnn.run_generic)
+PERSISTENT = "persistent"   # the cuda backend's persistent kernel: one launch for a whole sequence
+PER_STEP = "per_step"       # the cuda backend's per-step path: a GEMM and one fused kernel per step
 
 
 @dataclass(frozen=True)
 class Plan:
     """How one rnn call runs: on ``backend``, down ``path``, because of ``reason``;
-    ``replaces``: the path planned first that did not run after all ("" for a first plan)."""
+    ``replaces``: the path planned first that did not run after all ("" for a first plan);
+    ``detail``: what the path needs to run, decided with it (the persistent kernel's tiling)."""
 
     backend: str
     path: str
     reason: str
     replaces: str = ""
+    detail: Any = None
 
     def __str__(self) -> str:
         return f"{self.backend}: {self.path} ({self.reason})"
 
 
-def log_plan(plan: Plan, call: Any) -> None:
-    """Log ``plan`` for ``call`` (an ``RnnCall``) on the gpukb logger at DEBUG."""
+def log_plan(plan: Plan, call: Any, function: str = "gpukb.rnn") -> None:
+    """Log ``plan`` for ``call`` (an ``RnnCall``) of ``function`` on the gpukb logger at DEBUG."""
     if logger.isEnabledFor(logging.DEBUG):
         instead = f" instead of {plan.replaces}" if plan.replaces else ""
-        logger.debug("gpukb.rnn on backend %r (batch %d, %d steps): %s path%s, %s", plan.backend,
+        logger.debug("%s on backend %r (batch %d, %d steps): %s path%s, %s", function, plan.backend,
                      call.batch_size, call.time_steps, plan.path, instead, plan.reason,
                      extra={"gpukb_plan": plan})
 

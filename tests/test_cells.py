@@ -689,7 +689,7 @@ PTX_CELLS = """
 import json, re
 import numba.cuda.dispatcher as dispatcher
 from numba import cuda, float32, float64, int64
-from gpukb.kernels.cuda import ptx_check
+from gpukb.tools import ptx_check
 
 if ptx_check.compiler_problem() is not None:
     print(json.dumps(None))

@@ -1,4 +1,4 @@
-"""Command lines: ``gpukb`` (--version, --help), ``python -m gpukb.kernels.cuda.benchmark``."""
+"""Command lines: ``gpukb`` (--version, --help), ``python -m gpukb.bench.cuda``."""
 
 import os
 import re
@@ -116,7 +116,7 @@ def test_cuda_benchmark_without_a_gpu_says_why_in_one_line(tmp_path):
     if os.environ.get("NUMBA_ENABLE_CUDASIM") not in (None, "", "0") or _cuda_available():
         pytest.skip("the cuda backend can run here (GPU or simulator)")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    result = subprocess.run([sys.executable, "-m", "gpukb.kernels.cuda.benchmark"], cwd=tmp_path,
+    result = subprocess.run([sys.executable, "-m", "gpukb.bench.cuda"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert result.stdout == ""

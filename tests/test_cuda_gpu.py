@@ -100,7 +100,7 @@ def run_and_check(backend, cupy, cell, x, states, options, rtol=None, atol=None,
 @pytest.mark.parametrize("path", ["step", "persistent", "auto"])
 @pytest.mark.parametrize("mask_kind", ["none", "random", "lengths"])
 def test_fused_cells_match_reference(backend, cupy, kind, dtype, path, mask_kind):
-    from gpukb.kernels.cuda import cells
+    from gpukb.backends import _cuda_cells as cells
 
     cell, x, states, options = problem(kind, dtype, B=5, T=9, D=7, H=40, mask_kind=mask_kind)
     saved = backend.cell_path
@@ -118,7 +118,8 @@ def test_fused_cells_match_reference(backend, cupy, kind, dtype, path, mask_kind
 @pytest.mark.parametrize("B, H", [(1, 256), (8, 256), (3, 72)])
 def test_persistent_kernel_with_a_grid_sync_over_many_blocks(backend, cupy, kind, B, H):
     """The cooperative multi-block variant: the simulator cannot run it, so it is tested here."""
-    from gpukb.kernels.cuda import cells, persistent
+    from gpukb.backends import _cuda_cells as cells
+    from gpukb.kernels.cuda import persistent
 
     cell, x, states, options = problem(kind, np.float32, B=B, T=12, D=16, H=H, mask_kind="random")
     prepared = gpukb._rnn.prepare(cell.converted(cupy.asarray), cupy.asarray(x),
@@ -177,7 +178,8 @@ def test_runs_on_the_current_stream_and_never_waits_for_the_gpu(backend, cupy):
 
 def test_generic_path_masks_with_one_kernel_per_step_and_equals_the_generic_loop(backend, cupy):
     from gpukb import _rnn
-    from gpukb.kernels.cuda import _runtime, generic
+    from gpukb.backends import _cuda_generic as generic
+    from gpukb.kernels.cuda import _runtime
 
     rng = np.random.default_rng(0)
     x = cupy.asarray(rng.standard_normal((3, 6, 2)))

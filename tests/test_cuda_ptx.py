@@ -19,16 +19,17 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-ptx_check = pytest.importorskip("gpukb.kernels.cuda.ptx_check", reason="numba-cuda is not installed")
+ptx_check = pytest.importorskip("gpukb.tools.ptx_check", reason="numba-cuda is not installed")
 
-KERNELS = {"lstm_step", "gru_step", "gru_gates", "gru_finish", "simple_step", "persistent", "masked_step"}
+KERNELS = {"lstm_step", "gru_step", "gru_gates", "gru_before_step", "simple_rnn_step", "persistent",
+           "masked_step"}
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     report = tmp_path_factory.mktemp("ptx") / "kernels.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_")}  # never the simulator
-    done = subprocess.run([sys.executable, "-m", "gpukb.kernels.cuda.ptx_check", "--json", str(report)], cwd=tempfile.gettempdir(), env=env,
+    done = subprocess.run([sys.executable, "-m", "gpukb.tools.ptx_check", "--json", str(report)], cwd=tempfile.gettempdir(), env=env,
                           capture_output=True, text=True, timeout=600)
     if done.returncode == ptx_check.NO_COMPILER:
         pytest.skip(done.stdout.strip())

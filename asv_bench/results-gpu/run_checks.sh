@@ -43,12 +43,12 @@ timeout 240 $py -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
   2>&1 | tee "$out/pytest-gpu.txt" | tail -25
 
 # 2. Against cuDNN (PyTorch nn.LSTM / nn.GRU), float32, T=100, D=H, masks none/right/random.
-timeout 240 $py -m gpukb.kernels.cuda.benchmark --cells lstm,gru \
+timeout 240 $py -m gpukb.bench.cuda --cells lstm,gru \
   --shapes 1x256,8x256,32x512,64x1024,256x1024 --steps 100 --masks none,right,random \
   --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" > /dev/null
 
 # 3. Per-step cost: T=1000 at tiny sizes, where launch overhead is all there is.
-timeout 60 $py -m gpukb.kernels.cuda.benchmark --cells lstm --shapes 1x64,8x128 --steps 1000 \
+timeout 60 $py -m gpukb.bench.cuda --cells lstm --shapes 1x64,8x128 --steps 1000 \
   --masks none --repeat 10 2>&1 | tee "$out/overhead.txt" > /dev/null
 
 echo "== overhead (T=1000) =="; grep -E "^lstm" "$out/overhead.txt"

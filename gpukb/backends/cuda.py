@@ -3,10 +3,15 @@
 ``is_available`` asks the CUDA driver directly through ctypes, so that checking never imports
 CuPy or numba.cuda (both are slow to import and may fail without a GPU).
 
-What runs (see ``gpukb.kernels.cuda``):
-- Keras cells (``gpukb.cells``, float32/float64): the input projection as one cuBLAS GEMM, then the
-  persistent kernel (small batches, one launch) or per step a cuBLAS GEMM + one fused kernel;
-- any other step function: the shared generic loop with ONE masking kernel per step.
+For each validated call it plans one of three paths (``plan``, logged on the ``gpukb`` logger at
+DEBUG; see ``gpukb._plan``), then runs it (``run_plan``); the kernels are ``gpukb.kernels.cuda``:
+- ``persistent``: a Keras cell (``gpukb.cells``, float32/float64) whose arrays fit (see
+  ``gpukb._fused``), with a small batch: the input projection as one cuBLAS GEMM, then one launch
+  of the persistent kernel for the whole sequence (``_cuda_cells``; the plan carries its tiling);
+- ``per_step``: such a cell with a batch too large for it: the projection GEMM, then per step a
+  cuBLAS GEMM + one fused kernel;
+- ``generic``: any other call: the shared generic loop, with ONE masking kernel per step
+  (``_cuda_generic``) when the call has a mask; the plan says why.
 Everything is queued on CuPy's current stream; the time loop never waits for the GPU.
 
 Options (environment variables read when the backend is created; attributes of the instance,
@@ -35,6 +40,7 @@ import sys
 import numpy
 
 from .._backend import Backend, available, unavailable
+from .._plan import GENERIC, PER_STEP, PERSISTENT, Plan
 from .._warn import warn_user
 
 INSTALL_HINT = (
@@ -232,17 +238,46 @@ class CUDABackend(Backend):
         with device:  # run on the inputs' GPU (CuPy's current stream of that device)
             return super().rnn(step_function, inputs, initial_states, **options)
 
-    def fused_rnn(self, call):
-        from gpukb.cells import Cell
-        from gpukb.kernels.cuda import _runtime, cells, generic
+    def plan(self, call):
+        """The persistent kernel, the per-step path or the generic loop for ``call``, and why
+        (``cell_path`` forces a path; see ``gpukb.backends._cuda_cells.choose``)."""
+        from .._fused import cell_problem
+        from ..cells import Cell
 
         path = self.cell_path  # checked when set
-        if isinstance(call.step_function, Cell) and path != "generic":
-            result = cells.run_cell(call, call.step_function, path=path,
-                                    allow_tf32=self.allow_tf32)
-            if result is not NotImplemented:
-                return result
-        return generic.run_masked(call, _runtime.Launcher(call.xp))
+        if isinstance(call.step_function, Cell):
+            problem = "cell_path is 'generic'" if path == "generic" else cell_problem(call)
+        else:
+            problem = "the step function is not a gpukb.cells cell"
+        if problem is not None:
+            masking = ("one masking kernel per step" if call.step_mask is not None
+                       else "no mask, so no masking kernel")
+            return Plan(self.name, GENERIC, f"not fused: {problem}; {masking}")
+        from . import _cuda_cells
+
+        choice = _cuda_cells.choose(call, path)
+        if choice.tiling is None:
+            return Plan(self.name, PER_STEP, choice.reason)
+        return Plan(self.name, PERSISTENT, choice.reason, detail=choice.tiling)
+
+    def run_plan(self, plan, call):
+        if plan.path in (PERSISTENT, PER_STEP):
+            from . import _cuda_cells
+
+            return _cuda_cells.run(call, plan.detail, self.allow_tf32)
+        from . import _cuda_generic
+        from .._rnn import run_generic
+        from ..kernels.cuda import _runtime
+
+        if call.step_mask is None:   # nothing to mask: the plain generic loop
+            return run_generic(call)
+        return _cuda_generic.run_masked(call, _runtime.Launcher(call.xp))
+
+    def fused_rnn(self, call):
+        """The documented hook, for callers that use it: the planned fused path, or
+        NotImplemented when the plan is the generic loop."""
+        plan = self.plan(call)
+        return NotImplemented if plan.path == GENERIC else self.run_plan(plan, call)
 
     # -- session ---------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ One job per module:
 - ``report``: the table, the JSON document (with machine information) and the plot;
 - ``command``: the ``gpukb bench`` arguments, their validation, and the run;
 - ``worker``: the process that runs one implementation and reports to the parent.
+- ``cuda``: the cuda backend's cell paths against PyTorch's cuDNN LSTM/GRU, on a GPU
+  (``python -m gpukb.bench.cuda``; a command of its own, not part of ``gpukb bench``).
 
 ``gpukb bench --model PATH`` times a saved Keras model instead, with its own three modules:
 

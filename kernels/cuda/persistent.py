@@ -15,7 +15,11 @@ Shared memory (dynamic, the kernel's dtype): ``U`` slice transposed ``[NG*HS, H]
 Per step: load ``h`` rows (global double buffer ``hbuf[s % 2]``) -> syncthreads -> partial dots ->
 syncthreads -> owner threads (``ks == 0``) finish gates, masking, output and write
 ``hbuf[(s+1) % 2]`` -> barrier. GRU with ``reset_after=False`` adds a second half: ``r * h`` goes
-through global memory ``rh`` and a barrier, then ``(r * h) . U_h``.
+through global memory ``rh`` and a barrier, then ``(r * h) . U_h``. The owner threads compute
+their unit's step with ``unit`` (the cell definitions of ``kernels/cells``), as the per-step
+kernel does. The kernel is written once (one device function per phase), with the cell kind a
+compile-time constant; it takes the call's flags as a ``kernels.options.LoopOptions`` and its
+tiling as the ``Plan`` itself.
 
 The barrier is ``cuda.syncthreads()`` when one block owns all units of its rows (``nu == 1``),
 else a grid sync (``cuda.cg.this_grid().sync()``, cooperative launch): blocks exchange ``h``
@@ -29,15 +33,15 @@ barriers, so CI tests the multi-block tilings too (and the tests marked ``gpu`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numba
 import numpy as np
 from numba import cuda
 
-from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM
+from ..cells import GRU_BEFORE, LAYOUTS, LSTM
 from . import _runtime
-from .activations import device_activation
+from .unit import held_output, reset_gates, store, unit_update
 
 # NG = gate column groups of U per unit, by cell kind (kernels/cells).
 GATE_GROUPS = {layout.kind: layout.gates for layout in LAYOUTS}
@@ -53,7 +57,7 @@ PERSISTENT_MAX_BATCH = 8
 PERSISTENT_SHARED_BYTES = 48 * 1024
 # Threads per block: the planner never exceeds this. 256 is also a hard ceiling for launchability:
 # 256 threads x 255 registers (the most a thread can use) fit the 64 K registers of an SM, and
-# this kernel takes 116-194 registers on sm_90 (``python -m gpukb.kernels.cuda.ptx_check``), so
+# this kernel takes 116-194 registers on sm_90 (``python -m gpukb.tools.ptx_check``), so
 # 1024 threads would fail to launch ("too many resources requested").
 PERSISTENT_THREADS = 256
 # Blocks of a cooperative grid per SM that the planner assumes can be co-resident. One is always
@@ -63,9 +67,9 @@ PERSISTENT_BLOCKS_PER_SM = 1
 PERSISTENT_MAX_KSPLIT = 32
 
 
-@dataclass(frozen=True)
-class Plan:
-    """A tiling of the persistent kernel; see the module docstring."""
+class Plan(NamedTuple):
+    """A tiling of the persistent kernel; see the module docstring. (A NamedTuple: the kernel
+    takes it as one argument.)"""
 
     batch_tile: int   # BT: batch rows per block
     unit_tile: int    # HS: units per block
@@ -132,7 +136,7 @@ def plan(batch: int, units: int, kind: int, itemsize: int, *, max_batch=None, sh
     return None
 
 
-# ---- the kernel --------------------------------------------------------------------------------
+# ---- the kernel: its phases, then the time loop -----------------------------------------------
 
 @cuda.jit(device=True)
 def _block_barrier():
@@ -144,198 +148,142 @@ def _grid_barrier():
     cuda.cg.this_grid().sync()
 
 
+@cuda.jit(device=True)
+def _load_weights(sm, U, u0, HS, size, zero):
+    """The block's slice of U into shared memory, transposed (reads along k are consecutive):
+    sm[col * H + k] = U[k, g * H + u0 + jl] for col = g * HS + jl; zeros past the last unit."""
+    H = U.shape[0]
+    for idx in range(cuda.threadIdx.x, size, cuda.blockDim.x):
+        col = idx // H
+        k = idx - col * H
+        g = col // HS
+        jl = col - g * HS
+        if u0 + jl < H:
+            sm[idx] = U[k, g * H + u0 + jl]
+        else:
+            sm[idx] = zero
+
+
+@cuda.jit(device=True)
+def _load_rows(sm, at, rows, b0, BT, zero):
+    """Rows [b0, b0 + BT) of ``rows`` (B, H) into sm[at:] (zeros past the last row), then a block
+    barrier."""
+    B = rows.shape[0]
+    H = rows.shape[1]
+    for idx in range(cuda.threadIdx.x, BT * H, cuda.blockDim.x):
+        rl = idx // H
+        k = idx - rl * H
+        if b0 + rl < B:
+            sm[at + idx] = rows[b0 + rl, k]
+        else:
+            sm[at + idx] = zero
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def _partial_dots(sm, row_at, H, HS, jl, ks, KS, pbase, g_begin, g_end, zero):
+    """This thread's share (k = ks, ks + KS, ...) of the dot products of its row with its unit's U
+    columns of gates [g_begin, g_end), into its partial sums; then a block barrier."""
+    for g in range(g_begin, g_end):
+        acc = zero
+        for k in range(ks, H, KS):
+            acc += sm[row_at + k] * sm[(g * HS + jl) * H + k]
+        sm[pbase + g * KS + ks] = acc
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def _gate_sum(sm, pbase, KS, g, used, zero):
+    """The recurrent sum of gate g of a unit (its KS partial sums, in order); zero when not used."""
+    acc = zero
+    if used:
+        for q in range(KS):
+            acc += sm[pbase + g * KS + q]
+    return acc
+
+
 def _build(dtype, kind, coop):
-    act = device_activation(dtype)
     nbtype = numba.from_dtype(dtype)
     zero = dtype.type(0.0)
-    one = dtype.type(1.0)
-    NG = GATE_GROUPS[kind]
-    NG1 = 2 if kind == GRU_BEFORE else NG  # gate groups of the first half
-    KIND = kind
+    gates = GATE_GROUPS[kind]
+    first_half = 2 if kind == GRU_BEFORE else gates  # gates summed before r * h is known
+    update = unit_update(kind)
     barrier = _grid_barrier if coop else _block_barrier
 
     @cuda.jit
-    def persistent(xproj, xtm, go_back, U, bias_x, bias_r, hbuf, c, rh, out, otm, ret_all,
-                   mask, has_mask, seen, zero_out, a_act, r_act, BT, HS, KS, nu):
-        tid = cuda.threadIdx.x
-        NT = cuda.blockDim.x
-        bid = cuda.blockIdx.x
-        ub = bid % nu
-        bb = bid // nu
-        u0 = ub * HS
-        b0 = bb * BT
+    def persistent(xproj, U, bias_x, bias_r, hbuf, c, rh, out, mask, seen, options, has_mask,
+                   activations, tiling):
+        BT, HS, KS, nu = tiling.batch_tile, tiling.unit_tile, tiling.ksplit, tiling.unit_blocks
+        u0 = (cuda.blockIdx.x % nu) * HS
+        b0 = (cuda.blockIdx.x // nu) * BT
         B = hbuf.shape[1]
         H = hbuf.shape[2]
-        T = xproj.shape[0] if xtm else xproj.shape[1]
-        NGHS = NG * HS
-        usz = NGHS * H
-        hsz = BT * H
+        tm = options.time_major
+        T = xproj.shape[0] if tm else xproj.shape[1]
+        rows_at = gates * HS * H   # shared memory: U slice, h rows, partial sums
         sm = cuda.shared.array(0, dtype=nbtype)
+        _load_weights(sm, U, u0, HS, rows_at, zero)
 
-        # U slice, transposed: sm[col * H + k] = U[k, g * H + u0 + jl], col = g * HS + jl.
-        for idx in range(tid, usz, NT):
-            col = idx // H
-            k = idx - col * H
-            g = col // HS
-            jl = col - g * HS
-            if u0 + jl < H:
-                sm[idx] = U[k, g * H + u0 + jl]
-            else:
-                sm[idx] = zero
-
-        p = tid // KS
-        ks = tid - p * KS
+        p = cuda.threadIdx.x // KS
+        ks = cuda.threadIdx.x - p * KS
         bl = p // HS
         jl = p - bl * HS
         n = b0 + bl
         j = u0 + jl
         owner = ks == 0 and n < B and j < H
-        pbase = usz + hsz + p * NG * KS
+        row_at = rows_at + bl * H
+        pbase = rows_at + BT * H + p * gates * KS
+        act, ract = activations
 
         for s in range(T):
-            t = T - 1 - s if go_back else s
-            cur = s % 2
-            nxt = 1 - cur
-            write = ret_all or s == T - 1
-            slot = s if ret_all else 0
-
-            for idx in range(tid, hsz, NT):
-                rl = idx // H
-                k = idx - rl * H
-                if b0 + rl < B:
-                    sm[usz + idx] = hbuf[cur, b0 + rl, k]
-                else:
-                    sm[usz + idx] = zero
-            cuda.syncthreads()
-
-            for g in range(NG1):
-                acc = zero
-                for k in range(ks, H, KS):
-                    acc += sm[usz + bl * H + k] * sm[(g * HS + jl) * H + k]
-                sm[pbase + g * KS + ks] = acc
-            cuda.syncthreads()
-
+            t = T - 1 - s if options.go_backwards else s
+            _load_rows(sm, rows_at, hbuf[s % 2], b0, BT, zero)
+            _partial_dots(sm, row_at, H, HS, jl, ks, KS, pbase, 0, first_half, zero)
             hold = zero
             valid = True
             z = zero
             if owner:
-                hold = sm[usz + bl * H + jl + u0]
+                hold = sm[row_at + j]
                 if has_mask:
                     valid = mask[t, n]
-                if KIND == GRU_BEFORE:
-                    rz = zero
-                    rr = zero
-                    for q in range(KS):
-                        rz += sm[pbase + q]
-                        rr += sm[pbase + KS + q]
-                    xz = (xproj[t, n, j] if xtm else xproj[n, t, j]) + bias_x[j]
-                    xr = (xproj[t, n, H + j] if xtm else xproj[n, t, H + j]) + bias_x[H + j]
-                    z = act(r_act, xz + rz)
-                    r = act(r_act, xr + rr)
-                    rh[n, j] = r * hold
-
-            if KIND == GRU_BEFORE:
+                if kind == GRU_BEFORE:
+                    z, rh[n, j] = reset_gates(xproj, tm, t, n, j, H, bias_x,
+                                              _gate_sum(sm, pbase, KS, 0, True, zero),
+                                              _gate_sum(sm, pbase, KS, 1, True, zero), hold, ract)
+            if kind == GRU_BEFORE:   # the second half: (r * h) @ U_h, from every unit's r * h
                 barrier()
-                for idx in range(tid, hsz, NT):
-                    rl = idx // H
-                    k = idx - rl * H
-                    if b0 + rl < B:
-                        sm[usz + idx] = rh[b0 + rl, k]
-                    else:
-                        sm[usz + idx] = zero
-                cuda.syncthreads()
-                acc = zero
-                for k in range(ks, H, KS):
-                    acc += sm[usz + bl * H + k] * sm[(2 * HS + jl) * H + k]
-                sm[pbase + 2 * KS + ks] = acc
-                cuda.syncthreads()
+                _load_rows(sm, rows_at, rh, b0, BT, zero)
+                _partial_dots(sm, row_at, H, HS, jl, ks, KS, pbase, 2, 3, zero)
 
             if owner:
                 if valid:
                     if has_mask:
                         seen[n] = True
-                    if KIND == LSTM:
-                        s0 = zero
-                        s1 = zero
-                        s2 = zero
-                        s3 = zero
-                        for q in range(KS):
-                            s0 += sm[pbase + q]
-                            s1 += sm[pbase + KS + q]
-                            s2 += sm[pbase + 2 * KS + q]
-                            s3 += sm[pbase + 3 * KS + q]
-                        if xtm:
-                            x0 = xproj[t, n, j]
-                            x1 = xproj[t, n, H + j]
-                            x2 = xproj[t, n, 2 * H + j]
-                            x3 = xproj[t, n, 3 * H + j]
-                        else:
-                            x0 = xproj[n, t, j]
-                            x1 = xproj[n, t, H + j]
-                            x2 = xproj[n, t, 2 * H + j]
-                            x3 = xproj[n, t, 3 * H + j]
-                        gi = act(r_act, x0 + s0 + bias_x[j])
-                        gf = act(r_act, x1 + s1 + bias_x[H + j])
-                        gc = act(a_act, x2 + s2 + bias_x[2 * H + j])
-                        go = act(r_act, x3 + s3 + bias_x[3 * H + j])
-                        cn = gf * c[n, j] + gi * gc
-                        c[n, j] = cn
-                        hn = go * act(a_act, cn)
-                    elif KIND == GRU:
-                        s0 = zero
-                        s1 = zero
-                        s2 = zero
-                        for q in range(KS):
-                            s0 += sm[pbase + q]
-                            s1 += sm[pbase + KS + q]
-                            s2 += sm[pbase + 2 * KS + q]
-                        if xtm:
-                            x0 = xproj[t, n, j]
-                            x1 = xproj[t, n, H + j]
-                            x2 = xproj[t, n, 2 * H + j]
-                        else:
-                            x0 = xproj[n, t, j]
-                            x1 = xproj[n, t, H + j]
-                            x2 = xproj[n, t, 2 * H + j]
-                        zz = act(r_act, x0 + bias_x[j] + s0 + bias_r[j])
-                        rr = act(r_act, x1 + bias_x[H + j] + s1 + bias_r[H + j])
-                        hh = act(a_act, x2 + bias_x[2 * H + j] + rr * (s2 + bias_r[2 * H + j]))
-                        hn = zz * hold + (one - zz) * hh
-                    elif KIND == GRU_BEFORE:
-                        s2 = zero
-                        for q in range(KS):
-                            s2 += sm[pbase + 2 * KS + q]
-                        x2 = (xproj[t, n, 2 * H + j] if xtm else xproj[n, t, 2 * H + j]) + bias_x[2 * H + j]
-                        hh = act(a_act, x2 + s2)
-                        hn = z * hold + (one - z) * hh
-                    else:
-                        s0 = zero
-                        for q in range(KS):
-                            s0 += sm[pbase + q]
-                        x0 = xproj[t, n, j] if xtm else xproj[n, t, j]
-                        hn = act(a_act, x0 + bias_x[j] + s0)
-                    hbuf[nxt, n, j] = hn
-                    if write:
-                        if otm:
-                            out[slot, n, j] = hn
-                        else:
-                            out[n, slot, j] = hn
+                    sums = (_gate_sum(sm, pbase, KS, 0, kind != GRU_BEFORE, zero),
+                            _gate_sum(sm, pbase, KS, 1, gates > 1 and kind != GRU_BEFORE, zero),
+                            _gate_sum(sm, pbase, KS, 2, gates > 2, zero),
+                            _gate_sum(sm, pbase, KS, 3, gates > 3, zero))
+                    c_old = c[n, j] if kind == LSTM else zero
+                    h_new, c_new = update(xproj, tm, t, n, j, H, bias_x, bias_r, sums, hold,
+                                          c_old, z, act, ract)
+                    if kind == LSTM:
+                        c[n, j] = c_new
+                    output = h_new
                 else:
-                    hbuf[nxt, n, j] = hold
-                    if write:
-                        v = zero
-                        if not zero_out and seen[n]:
-                            v = hold
-                        if otm:
-                            out[slot, n, j] = v
-                        else:
-                            out[n, slot, j] = v
+                    h_new = hold
+                    output = held_output(hold, seen[n], options.zero_output_for_mask)
+                hbuf[1 - s % 2, n, j] = h_new
+                if options.return_all_outputs:
+                    store(out, tm, s, n, j, output)
+                elif s == T - 1:
+                    store(out, tm, 0, n, j, output)
             barrier()
 
     return persistent
 
 
 def persistent_kernel(dtype, kind: int, coop: bool):
+    """The persistent kernel of cell kind ``kind`` for ``dtype`` (grid sync when ``coop``)."""
     dtype = np.dtype(dtype)
     return _runtime.cached(("persistent", dtype.str, kind, bool(coop)),
                            lambda: _build(dtype, kind, bool(coop)))

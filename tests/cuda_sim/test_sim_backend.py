@@ -7,7 +7,8 @@ import pytest
 
 import gpukb
 from gpukb import _rnn
-from gpukb.kernels.cuda import _runtime, cells
+from gpukb.backends import _cuda_cells as cells
+from gpukb.kernels.cuda import _runtime
 
 
 def lstm_problem(B=2, T=3, D=2, H=3, dtype=np.float32):
@@ -112,8 +113,8 @@ def test_tf32_option_is_off_by_default_and_harmless_in_the_simulator(monkeypatch
 
 
 def test_benchmark_script_smoke():
-    """The GPU benchmark (python -m gpukb.kernels.cuda.benchmark) runs end to end, tiny, simulated."""
-    from gpukb.kernels.cuda import benchmark
+    """The GPU benchmark (python -m gpukb.bench.cuda) runs end to end, tiny, simulated."""
+    from gpukb.bench import cuda as benchmark
 
     result = benchmark.run(cells=("lstm",), shapes=[(2, 3)], steps=2, repeat=1, warmup=0,
                            masks=("none", "random"))

@@ -10,7 +10,8 @@ import contextlib
 import numpy as np
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from gpukb.kernels.cuda import _runtime, cells, persistent
+from gpukb.backends import _cuda_cells as cells
+from gpukb.kernels.cuda import _runtime, persistent
 
 from grid_sync import launch_cooperative
 from test_sim_kernels import cell_cases, check_against_reference, make_cell, prepared

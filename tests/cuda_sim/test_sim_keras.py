@@ -11,7 +11,7 @@ import pytest
 
 import gpukb
 from gpukb.keras import load_model
-from gpukb.kernels.cuda import cells
+from gpukb.backends import _cuda_cells as cells
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "keras_models"
 MANIFEST = json.loads((FIXTURES / "manifest.json").read_text())

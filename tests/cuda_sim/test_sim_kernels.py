@@ -11,7 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gpukb
 from gpukb import _rnn
-from gpukb.kernels.cuda import _runtime, cells, generic, persistent
+from gpukb.backends import _cuda_cells as cells
+from gpukb.backends import _cuda_generic as generic
+from gpukb.kernels.cuda import _runtime, persistent
 from gpukb.testing.reference import rnn_reference
 from gpukb.testing.strategies import MASK_KINDS, rnn_problems
 

@@ -1,4 +1,4 @@
-"""Time gpukb's cuda backend against PyTorch's cuDNN LSTM/GRU: ``python -m gpukb.kernels.cuda.benchmark``.
+"""Time gpukb's cuda backend against PyTorch's cuDNN LSTM/GRU: ``python -m gpukb.bench.cuda``.
 
 For each cell (lstm, gru), shape (B, H) with D = H, T steps, float32 and each mask kind
 (``none``; ``right``: right-padded per-sample lengths; ``random``: an arbitrary mask, which cuDNN
@@ -96,7 +96,8 @@ def _masks(kind, B, T, rng):
 def run(cells=("lstm", "gru"), shapes=None, steps=100, repeat=20, warmup=3,
         masks=("none", "right", "random"), torch_too=True):
     import gpukb
-    from gpukb.kernels.cuda import _runtime, cells as cuda_cells
+    from gpukb.backends import _cuda_cells as cuda_cells
+    from gpukb.kernels.cuda import _runtime
 
     sim = _runtime.simulator_enabled()
     backend = gpukb.get_backend("cuda")
@@ -211,7 +212,7 @@ def cuda_problem():
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m gpukb.kernels.cuda.benchmark",
+        prog="python -m gpukb.bench.cuda",
         description="Time gpukb's cuda backend against PyTorch's cuDNN LSTM/GRU (needs an "
                     "NVIDIA GPU, or NUMBA_ENABLE_CUDASIM=1 for a slow smoke run).")
     parser.add_argument("--cells", default="lstm,gru")

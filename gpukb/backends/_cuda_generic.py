@@ -1,17 +1,14 @@
-"""The generic loop for any Python step function, with ONE masking kernel per step.
+"""The cuda backend's generic loop for any Python step function, with ONE masking kernel per step.
 
 ``run_masked`` is ``gpukb._rnn.run_generic`` itself, given ``FusedMasker`` in place of its
 default masking (one ``xp.where`` per output leaf and per state leaf, plus a copy per output leaf
-into the output buffer): a single generated kernel per step that, for every leaf at once, selects
-the new value or the held one, keeps the previous masked output, and writes the output buffers.
-The loop, the step call and the checks are the shared core's; the results are bitwise those of
-the default masking (selection and copies only, each leaf in its own dtype).
+into the output buffer): ``gpukb.kernels.cuda.masking``'s kernel masks every leaf of a step in as
+few launches as its parameter space allows. The loop, the step call and the checks are the shared
+core's; the results are bitwise those of the default masking.
 
 Every leaf is seen as a 2-D ``(B, F)`` array (``F`` = product of the non-batch axes; read-only
-leaves may be copied by ``reshape``, written ones are fresh contiguous buffers). The kernel is
-generated for the number of output and state leaves; calls with many leaves are split into
-several launches of at most ``MAX_ARRAYS_PER_LAUNCH`` arrays (kernel parameter space is limited).
-Leaves of a dtype Numba cannot copy on the device fall back to ``xp.where`` for that leaf.
+leaves may be copied by ``reshape``, written ones are fresh contiguous buffers). Leaves of a dtype
+Numba cannot copy on the device are masked with ``xp.where`` instead (same results).
 """
 
 from __future__ import annotations
@@ -19,84 +16,9 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
+from gpukb.kernels.cuda.masking import MAX_ARRAYS_PER_LAUNCH, THREADS, kernel_dtype, masking_kernel
 
-from gpukb._rnn import run_generic
-
-from . import _runtime
-
-MAX_ARRAYS_PER_LAUNCH = 24
-THREADS = 128
-_KERNEL_KINDS = set("biufc")  # bool, ints, unsigned, floats, complex
-
-
-def _kernel_dtype(dtype) -> bool:
-    try:
-        return np.dtype(dtype).kind in _KERNEL_KINDS
-    except TypeError:
-        return False
-
-
-def _source(n_out: int, n_state: int) -> str:
-    """Kernel source for n_out output leaves (o, prev, dst, buf) and n_state state leaves
-    (new, old, dst); ``ends`` are the cumulative element counts of the leaves, in that order."""
-    params = ["mask", "t", "zero_out", "write", "slot", "otm"]
-    body = ["    i = cuda.grid(1)"]
-    ends = []
-    for k in range(n_out):
-        params += [f"o{k}", f"p{k}", f"d{k}", f"b{k}"]
-    for k in range(n_state):
-        params += [f"n{k}", f"s{k}", f"e{k}"]
-    for k in range(n_out + n_state):
-        ends.append(f"end{k}")
-    params += ends
-    start = "0"
-    for k in range(n_out):
-        body += [
-            f"    {'if' if k == 0 else 'elif'} i < end{k}:",
-            f"        m = i - {start}",
-            f"        F = d{k}.shape[1]",
-            "        r = m // F",
-            "        f = m - r * F",
-            "        if mask[t, r]:",
-            f"            d{k}[r, f] = o{k}[r, f]",
-            "        elif zero_out:",
-            f"            d{k}[r, f] = 0",
-            "        else:",
-            f"            d{k}[r, f] = p{k}[r, f]",
-            "        if write:",
-            "            if otm:",
-            f"                b{k}[slot, r, f] = d{k}[r, f]",
-            "            else:",
-            f"                b{k}[r, slot, f] = d{k}[r, f]",
-        ]
-        start = f"end{k}"
-    for k in range(n_state):
-        kk = n_out + k
-        body += [
-            f"    {'if' if kk == 0 else 'elif'} i < end{kk}:",
-            f"        m = i - {start}",
-            f"        F = e{k}.shape[1]",
-            "        r = m // F",
-            "        f = m - r * F",
-            "        if mask[t, r]:",
-            f"            e{k}[r, f] = n{k}[r, f]",
-            "        else:",
-            f"            e{k}[r, f] = s{k}[r, f]",
-        ]
-        start = f"end{kk}"
-    return f"def masked_step({', '.join(params)}):\n" + "\n".join(body) + "\n"
-
-
-def _build(n_out: int, n_state: int):
-    cuda = _runtime.cuda()
-    namespace = {"cuda": cuda}
-    exec(compile(_source(n_out, n_state), f"<gpukb masked_step {n_out}x{n_state}>", "exec"), namespace)
-    return cuda.jit(namespace["masked_step"])
-
-
-def masking_kernel(n_out: int, n_state: int):
-    return _runtime.cached(("masked_step", n_out, n_state), lambda: _build(n_out, n_state))
+from .._rnn import run_generic
 
 
 def _as_2d(a, batch):
@@ -112,8 +34,8 @@ class _Masker:
         self.xp = call.xp
         self.batch = call.batch_size
         self.mask = launcher.view(self.xp.ascontiguousarray(call.step_mask))
-        self.out_fast = [_kernel_dtype(o.dtype) for o in out_leaves]
-        self.state_fast = [_kernel_dtype(s.dtype) for s in call.state_leaves]
+        self.out_fast = [kernel_dtype(o.dtype) for o in out_leaves]
+        self.state_fast = [kernel_dtype(s.dtype) for s in call.state_leaves]
         self.buffers3d = buffers3d
         self.buffer_views = [launcher.view(b) if fast and b.size else None
                              for b, fast in zip(buffers3d, self.out_fast)]

@@ -6,7 +6,7 @@ lower for some leaf dtype. This module drives the real fused paths on small NumP
 launcher that, instead of launching, compiles each kernel for the argument types it would get
 (``numba.cuda.compile_ptx``, NVVM only: no driver, no device) and records the launch shape.
 
-    python -m gpukb.kernels.cuda.ptx_check [--cc 9.0] [--no-link] [--json FILE]
+    python -m gpukb.tools.ptx_check [--cc 9.0] [--no-link] [--json FILE]
 
 Needs numba-cuda with NVIDIA's CUDA 13 wheels (libNVVM, NVRTC, nvJitLink, the device runtime; the
 ``ptx-check`` extra), no driver. Each kernel is then also linked into a cubin with nvJitLink, as
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _runtime
+from gpukb.kernels.cuda import _runtime
 
 H100_SMS = 132
 REGISTERS_PER_SM = 65536  # every GPU from compute capability 5.0 to 10.x
@@ -189,7 +189,9 @@ def run(cc=(9, 0), sm_count=H100_SMS):
     """Compile every kernel; returns the ``Compiled`` records."""
     from gpukb import _rnn
 
-    from . import cells, generic, persistent
+    from gpukb.backends import _cuda_cells as cells
+    from gpukb.backends import _cuda_generic as generic
+    from gpukb.kernels.cuda import persistent
 
     if _runtime.simulator_enabled():
         raise RuntimeError("ptx_check needs the real numba.cuda: unset NUMBA_ENABLE_CUDASIM")
@@ -207,7 +209,7 @@ def run(cc=(9, 0), sm_count=H100_SMS):
     try:
         for cell, x, states, options in _cell_cases():
             B, H = states[0].shape
-            kind = cells._kind(cell)
+            kind = cell.kernel_layout.kind
             tilings = [dict(), dict(unit_tile=H, coop=True), dict(unit_tile=2, coop=True)]
             for path, plan_options in [("step", {})] + [("persistent", t) for t in tilings]:
                 call = _rnn.prepare(cell, x, [s.copy() for s in states], xp=np, **options)
@@ -323,7 +325,7 @@ def compiler_problem(cc=(9, 0)) -> str | None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpukb.kernels.cuda.ptx_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gpukb.tools.ptx_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cc", default="9.0", help="compute capability to compile for (default 9.0, H100)")
     parser.add_argument("--no-link", action="store_true",
                         help="only compile to PTX (skip nvJitLink, registers and launch checks)")
