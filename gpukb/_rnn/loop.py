@@ -13,8 +13,10 @@ previous value and the output is zeros or the previous masked output (zeros befo
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, Callable
 
+import numpy
 import optree
 
 from .._dtypes import dtype_kind
@@ -129,29 +131,60 @@ class WhereMasker:
     """
 
     def __init__(self, call: RnnCall, out_leaves: list, buffers: list):
+        xp = call.xp
         self.call = call
+        self.where = xp.where
+        self.zero_output = call.zero_output_for_mask
         # The "previous output" before the first step is zeros, not initial_states[0].
-        self.zeros = [call.xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
+        self.zeros = [xp.zeros(tuple(leaf.shape), dtype=leaf.dtype) for leaf in out_leaves]
         self.prev = self.zeros
         self.buffers = buffers
+        self.store: Any = time_writer(call, buffers[0]) if len(buffers) == 1 else None
+        # The (T, B) mask reshaped once per leaf rank to (T, B, 1, ..., 1): step t's mask for a
+        # leaf is then one index. Every step returns the first step's ranks (checked), so the
+        # ranks of the first outputs and of the initial states hold for the whole loop.
+        by_rank: dict = {}
+        for leaf in list(out_leaves) + list(call.state_leaves):
+            if leaf.ndim not in by_rank:
+                steps, batch = call.time_steps, call.batch_size
+                by_rank[leaf.ndim] = call.step_mask.reshape((steps, batch) + (1,) * (leaf.ndim - 1))
+        self.out_masks = [by_rank[leaf.ndim] for leaf in out_leaves]
+        self.state_masks = [by_rank[leaf.ndim] for leaf in call.state_leaves]
+        # One output and at most one state of the same rank (the usual case): one mask per step.
+        self.shared = None
+        if len(out_leaves) == 1 and len(by_rank) == 1 and len(self.state_masks) <= 1:
+            self.shared = self.out_masks[0]
+        # NumPy: the previous output never leaves the loop (it is copied into the buffers), so it
+        # can be updated in place, cheaper than a new ``where``. The states are always new arrays:
+        # the step may keep the ones it was given.
+        self.in_place = xp is numpy and not self.zero_output
+        if self.in_place:
+            self.prev = [numpy.zeros_like(zeros) for zeros in self.zeros]
 
     def step(self, t: int, slot: int, write: bool, out_leaves: list, new_leaves: list,
              states: list) -> list:
         """Mask step ``t``: store the masked outputs at ``slot`` when ``write``; return the states."""
-        xp, call = self.call.xp, self.call
-        valid = call.step_mask[t]
-        by_rank = {}
-
-        def keep(ndim):  # the (B,) mask reshaped to (B, 1, ..., 1) to match a leaf's rank
-            if ndim not in by_rank:
-                by_rank[ndim] = valid.reshape((call.batch_size,) + (1,) * (ndim - 1))
-            return by_rank[ndim]
-
-        fallback = self.zeros if call.zero_output_for_mask else self.prev
-        self.prev = [xp.where(keep(o.ndim), o, f) for o, f in zip(out_leaves, fallback)]
+        where = self.where
+        if self.shared is not None:
+            keep = self.shared[t]
+            if self.in_place:
+                prev = self.prev[0]
+                numpy.copyto(prev, out_leaves[0], where=keep)
+            else:
+                prev = where(keep, out_leaves[0], self.zeros[0] if self.zero_output else self.prev[0])
+                self.prev = [prev]
+            if write:
+                self.store(slot, prev)
+            return [where(keep, new_leaves[0], states[0])] if states else []
+        if self.in_place:
+            for m, o, p in zip(self.out_masks, out_leaves, self.prev):
+                numpy.copyto(p, o, where=m[t])
+        else:
+            fallback = self.zeros if self.zero_output else self.prev
+            self.prev = [where(m[t], o, f) for m, o, f in zip(self.out_masks, out_leaves, fallback)]
         if write:
-            store_outputs(call, self.buffers, slot, self.prev)
-        return [xp.where(keep(n.ndim), n, s) for n, s in zip(new_leaves, states)]
+            store_outputs(self.call, self.buffers, slot, self.prev)
+        return [where(m[t], n, s) for m, n, s in zip(self.state_masks, new_leaves, states)]
 
 
 def output_buffers(call: RnnCall, out_leaves: list) -> list:
@@ -178,41 +211,225 @@ def run_generic(call: RnnCall, masker=WhereMasker):
     """Run the loop; return ``(last_output, outputs, new_states)`` as the spec describes.
 
     ``masker`` builds the object that masks each step when there is a mask (see WhereMasker).
+
+    The first step is checked in full and fixes the structure, shapes and dtypes that every later
+    step must return; later steps are compared with it quickly (``fast_checks``) and take the full
+    checks only when that comparison fails, so their errors are exactly the full checks' errors.
     """
     steps = call.time_steps
-    states = list(call.state_leaves)
     accepted: set = set()
-    first: tuple | None = None
-    buffers: list = []  # made at the first step, from its outputs
-    masking = None
+    t = call.original_time(0)
+    output, new_states = _call_step(call, 0, t, list(call.state_leaves))
+    first = check_step_output(call, output, None)
+    out_leaves = first[0]
+    new_leaves = check_new_states(call, new_states, accepted)
+    buffers = output_buffers(call, out_leaves)
+    masking = None if call.step_mask is None else masker(call, out_leaves, buffers)
+    all_outputs = call.return_all_outputs
+    write_all = all_outputs or steps == 1
+    if masking is None:
+        if write_all:
+            store_outputs(call, buffers, 0, out_leaves)
+        states = new_leaves
+    else:
+        states = masking.step(t, 0, write_all, out_leaves, new_leaves, list(call.state_leaves))
 
-    for i in range(steps):
-        t = call.original_time(i)
-        output, new_states = _call_step(call, i, t, states)
-        out_leaves, _, _ = current = check_step_output(call, output, first)
-        new_leaves = check_new_states(call, new_states, accepted)
-
-        if first is None:
-            first = current
-            buffers = output_buffers(call, out_leaves)
-            if call.step_mask is not None:
-                masking = masker(call, out_leaves, buffers)
-
-        slot = i if call.return_all_outputs else 0
-        write = call.return_all_outputs or i == steps - 1
-        if masking is None:
-            if write:
+    read_input, pack_states = step_arguments(call)
+    check_result = fast_checks(call, first, new_leaves, accepted)
+    step_function = call.step_function
+    backwards, last_step = call.go_backwards, steps - 1
+    # One output array: stored at its time index without store_outputs' loop.
+    store_single = time_writer(call, buffers[0]) if len(buffers) == 1 else None
+    for i in range(1, steps):
+        t = last_step - i if backwards else i
+        try:
+            result = step_function(read_input(t), pack_states(states))
+        except Exception as error:  # not BaseException: KeyboardInterrupt and SystemExit pass as they are
+            note_step_error(error, call, i, t)
+            raise  # the same object, traceback intact
+        out_leaves, new_leaves = check_result(result)
+        if masking is not None:
+            write = all_outputs or i == last_step
+            states = masking.step(t, i if all_outputs else 0, write, out_leaves, new_leaves, states)
+            continue
+        if all_outputs or i == last_step:
+            slot = i if all_outputs else 0
+            if store_single is not None:
+                store_single(slot, out_leaves[0])
+            else:
                 store_outputs(call, buffers, slot, out_leaves)
-            states = new_leaves
-        else:
-            states = masking.step(t, slot, write, out_leaves, new_leaves, states)
+        states = new_leaves
 
-    assert first is not None  # prepare() rejects T == 0
     treespec = first[1]
     outputs = optree.tree_unflatten(treespec, buffers)
     last = [buf[-1] if call.time_major else buf[:, -1] for buf in buffers]
     last_output = optree.tree_unflatten(treespec, last)
     return last_output, outputs, call.pack_states(states)
+
+
+def _time_first(call: RnnCall, array: Any):
+    """``array`` as a view indexed by time first (NumPy only: ``a.swapaxes(0, 1)[t]`` is the
+    view ``a[:, t]``, with an index cheaper than ``[:, t]``); None when that is not available."""
+    if call.time_major:
+        return array
+    if type(array) is numpy.ndarray:
+        return array.swapaxes(0, 1)
+    return None
+
+
+def time_reader(call: RnnCall, array: Any):
+    """``t -> array[:, t]`` (``array[t]`` with ``time_major``)."""
+    by_time = _time_first(call, array)
+    if by_time is not None:
+        return by_time.__getitem__
+
+    def read(t):
+        return array[:, t]
+    return read
+
+
+def time_writer(call: RnnCall, array: Any):
+    """``(t, value) -> None``: ``array[:, t] = value`` (``array[t] = value`` with ``time_major``)."""
+    by_time = _time_first(call, array)
+    if by_time is not None:
+        return by_time.__setitem__
+
+    def write(t, value):
+        array[:, t] = value
+    return write
+
+
+def _flat_states(call: RnnCall) -> bool:
+    """Whether ``initial_states`` is a list or tuple of arrays (no nesting): then its structure is
+    that of any list or tuple of as many arrays."""
+    initial, leaves = call.initial_states, call.state_leaves
+    return len(initial) == len(leaves) and all(item is leaf for item, leaf in zip(initial, leaves))
+
+
+def step_arguments(call: RnnCall) -> tuple:
+    """``(read_input, pack_states)``: ``t -> step input`` and ``state leaves -> states tuple``,
+    the same values as ``call.step_input`` and ``call.step_states``, without optree when the
+    inputs are one array and the states a flat list or tuple of arrays."""
+    read_input: Callable[[int], Any] = call.step_input
+    pack_states: Callable[[Any], tuple] = call.step_states
+    if call.input_treespec.is_leaf():
+        read_input = time_reader(call, call.input_leaves[0])
+    if _flat_states(call):  # tuple(pack_states(leaves)) is then tuple(leaves), whatever the container
+        constants = call.constants
+        if constants:
+            def pack_states(leaves):
+                return tuple(leaves) + constants
+        else:
+            pack_states = tuple
+    return read_input, pack_states
+
+
+def fast_checks(call: RnnCall, first: tuple, first_states: list, accepted: set):
+    """``result -> (output leaves, new state leaves)`` for the steps after the first: checks the
+    pair a step returned as ``_call_step``, ``check_step_output(call, output, first)`` and
+    ``check_new_states(call, new_states, accepted)`` do, and calls those whenever what the step
+    returned differs in any way from the first step's (so they raise the error).
+
+    A leaf passes the quick check when it has the type of the first step's leaf at its place (a
+    type optree flattens as a leaf) and the shape and dtype the full check requires. One leaf is
+    checked directly; several with ``map`` (a Python loop over them costs more than the step)."""
+    first_leaves, first_treespec, _ = first
+    flatten = optree.tree_flatten
+    out_same = _same_leaves([type(leaf) for leaf in first_leaves],
+                            [tuple(leaf.shape) for leaf in first_leaves],
+                            [leaf.dtype for leaf in first_leaves])
+
+    if first_treespec.is_leaf():
+        out_kind, out_shape, out_dtype = type(first_leaves[0]), tuple(first_leaves[0].shape), first_leaves[0].dtype
+
+        def check_output(output):
+            if type(output) is out_kind and output.shape == out_shape and output.dtype == out_dtype:
+                return [output]
+            return check_step_output(call, output, first)[0]
+    else:
+        def check_output(output):
+            leaves, treespec = flatten(output)
+            if treespec == first_treespec and out_same(leaves):
+                return leaves
+            return check_step_output(call, output, first)[0]
+
+    if not _flat_states(call):
+        def check_states(new_states):
+            return check_new_states(call, new_states, accepted)
+    elif len(first_states) == 1:
+        kind, shape, dtype = type(first_states[0]), tuple(call.state_leaves[0].shape), call.state_leaves[0].dtype
+
+        def check_states(new_states):
+            if type(new_states) is list or type(new_states) is tuple:
+                if len(new_states) == 1:
+                    leaf = new_states[0]
+                    if type(leaf) is kind and leaf.shape == shape and leaf.dtype == dtype:
+                        return [leaf]
+            elif type(new_states) is kind:  # one state returned as a bare array
+                if new_states.shape == shape and new_states.dtype == dtype:
+                    return [new_states]
+            return check_new_states(call, new_states, accepted)
+    else:
+        count = len(first_states)
+        states_same = _same_leaves([type(new) for new in first_states],
+                                   [tuple(old.shape) for old in call.state_leaves],
+                                   [old.dtype for old in call.state_leaves])
+
+        def check_states(new_states):  # flat states: any list or tuple of as many arrays fits
+            if type(new_states) is list or type(new_states) is tuple:
+                if len(new_states) == count and states_same(new_states):
+                    return list(new_states)  # a copy: the step may reuse its list
+            return check_new_states(call, new_states, accepted)
+
+    composed = _composed(check_output, check_states)
+    if first_treespec.is_leaf() and _flat_states(call) and len(first_states) == 1:
+        # The common case, one output array and one state, checked without further calls.
+        same_refs = (kind, shape, dtype) == (out_kind, out_shape, out_dtype)
+        def check_result(result) -> tuple:
+            if type(result) is tuple and len(result) == 2:
+                output, new_states = result
+                if type(output) is out_kind and output.shape == out_shape and output.dtype == out_dtype:
+                    if type(new_states) is list or type(new_states) is tuple:
+                        if len(new_states) == 1:
+                            leaf = new_states[0]
+                            if leaf is output and same_refs:  # ``return h, [h]``: checked above
+                                return [output], [leaf]
+                            if type(leaf) is kind and leaf.shape == shape and leaf.dtype == dtype:
+                                return [output], [leaf]
+                    elif type(new_states) is kind and new_states.shape == shape and new_states.dtype == dtype:
+                        return [output], [new_states]
+            return composed(result)
+        return check_result
+    return composed
+
+
+def _composed(check_output, check_states):
+    """``check_result`` from the output and state checks."""
+    def check_result(result) -> tuple:
+        if type(result) is not tuple or len(result) != 2:
+            if not (isinstance(result, (list, tuple)) and len(result) == 2):
+                _raise_not_a_pair(result)
+        output, new_states = result
+        return check_output(output), check_states(new_states)
+    return check_result
+
+
+def _same_leaves(kinds: list, shapes: list, dtypes: list):
+    """``leaves -> bool``: whether the leaves have these types, shapes and dtypes, in order."""
+    get_shape, get_dtype = operator.attrgetter("shape"), operator.attrgetter("dtype")
+    kinds, dtypes = list(kinds), list(dtypes)
+
+    def same(leaves) -> bool:
+        return (list(map(type, leaves)) == kinds and list(map(get_shape, leaves)) == shapes
+                and list(map(get_dtype, leaves)) == dtypes)
+    return same
+
+
+def _raise_not_a_pair(result) -> None:
+    raise TypeError(
+        "rnn: step_function must return a pair (output, new_states), got "
+        f"{type(result).__name__}" + (f" of length {len(result)}." if isinstance(result, (list, tuple)) else ".")
+    )
 
 
 def _call_step(call: RnnCall, i: int, t: int, states: list):
