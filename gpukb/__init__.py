@@ -30,6 +30,7 @@ from ._dispatch import (
     use_backend,
 )
 from ._frontend import rnn
+from ._vjp import rnn_vjp
 from ._jit_step import jit_step
 from . import activations, cells, keras
 
@@ -55,6 +56,7 @@ __all__ = [
     "refresh_backends",
     "reset_uids",
     "rnn",
+    "rnn_vjp",
     "set_backend",
     "set_epsilon",
     "set_floatx",

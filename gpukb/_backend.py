@@ -60,18 +60,23 @@ class Backend:
       ``name``: the backend's name (the entry point's name must match it);
       ``array_types``: the array types it accepts, as ``"module:QualName"`` strings;
       ``priority``: among backends that accept the same array type, the highest wins;
-      ``install_hint``: what to install when it is unavailable (shown in the error).
+      ``install_hint``: what to install when it is unavailable (shown in the error);
+      ``companion_types``: array types it also takes in a call that has arrays of its own
+      ``array_types`` (a Dask backend taking NumPy states next to Dask inputs); they never select
+      it by themselves.
     Override ``is_available`` (cheap: no heavy imports), ``_load_xp`` (the array namespace),
     ``asarray``/``to_numpy`` when NumPy conversion needs more than ``xp.asarray``/``numpy.asarray``,
     optionally ``namespace`` (per-call namespace, e.g. bound to a device), ``fused_rnn`` (speed;
     or ``plan`` and ``run_plan`` to choose among several kernels and say why) or ``rnn`` (to take
-    over completely), and ``on_clear_session``.
+    over completely), ``fused_rnn_vjp`` (fused gradients for ``rnn_vjp``; or ``plan_vjp`` and
+    ``run_vjp_plan``), and ``on_clear_session``.
     """
 
     name: str = ""
     array_types: tuple[str, ...] = ()
     priority: int = 0
     install_hint: str = ""
+    companion_types: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self._xp: Any = None
@@ -115,7 +120,6 @@ class Backend:
         """Run ``gpukb.rnn`` on this backend: the shared semantics, fused where possible."""
         import optree
 
-        from . import _rnn
         from ._plan import log_plan
         from .cells import Cell
 
@@ -123,10 +127,25 @@ class Backend:
         if isinstance(step_function, Cell):
             step_function = step_function.converted(xp.asarray)
             inputs, initial_states = step_function.cast_rnn_arguments(inputs, initial_states)
-        call = _rnn.prepare(step_function, inputs, initial_states, xp=xp, backend=self.name, **options)
+        call = self.prepare(step_function, inputs, initial_states, **options)
         plan = self.plan(call)
         log_plan(plan, call)
         return self.run_plan(plan, call)
+
+    def prepare(self, step_function: Callable[[Any, Any], Any], inputs: Any,
+                initial_states: list[Any] | tuple[Any, ...], **options: Any) -> RnnCall:
+        """Check and normalise an ``rnn`` call on this backend's namespace, running nothing: the
+        validated ``gpukb._rnn.RnnCall`` that ``plan`` and ``fused_rnn`` get, or gpukb's usual
+        error. For a backend that overrides ``rnn`` (to split the call into pieces, say) and must
+        refuse a bad call before any work starts. Nothing in the arrays is read except masks and
+        per-sample lengths (converted with the namespace's ``asarray``; lengths on the host are
+        checked there)."""
+        import optree
+
+        from . import _rnn
+
+        xp = self.namespace(optree.tree_leaves(inputs))
+        return _rnn.prepare(step_function, inputs, initial_states, xp=xp, backend=self.name, **options)
 
     def plan(self, call: RnnCall) -> Plan:
         """Decide how to run a validated ``gpukb._rnn.RnnCall``: a ``gpukb._plan.Plan`` naming the
@@ -157,6 +176,73 @@ class Backend:
     def fused_rnn(self, call: RnnCall) -> Any:
         """Run a validated ``gpukb._rnn.RnnCall`` with a fused kernel, or return NotImplemented
         to let the generic loop run it. Must give exactly the generic loop's results."""
+        return NotImplemented
+
+    # -- gradients: rnn_vjp -------------------------------------------------------------------
+
+    def rnn_vjp(self, step_function: Callable[[Any, Any], Any], inputs: Any,
+                initial_states: list[Any] | tuple[Any, ...], **options: Any) -> tuple[Any, Any]:
+        """Run ``gpukb.rnn_vjp`` on this backend: ``(rnn's result, pullback)``."""
+        import optree
+
+        from ._plan import log_plan
+        from ._vjp.generic import step_vjp
+        from .cells import Cell
+
+        given = (inputs, initial_states)
+        if isinstance(step_function, Cell):   # as in rnn: the cell on our arrays, in its dtype
+            step_function = step_function.converted(self.namespace(optree.tree_leaves(inputs)).asarray)
+            inputs, initial_states = step_function.cast_rnn_arguments(inputs, initial_states)
+        call = self.prepare(step_function, inputs, initial_states, **options)
+        step_vjp(call.step_function)   # a step without a derivative: TypeError, before any step
+        plan = self.plan_vjp(call)
+        log_plan(plan, call, "gpukb.rnn_vjp")
+        return self.run_vjp_plan(plan, call, given)
+
+    def plan_vjp(self, call: RnnCall) -> Plan:
+        """Decide how ``rnn_vjp`` runs ``call``. The default offers it to ``fused_rnn_vjp`` when
+        the backend overrides it, else takes the generic path: the forward as ``plan`` decides,
+        the backward through the step's derivative in the generic reverse loop."""
+        from ._plan import FUSED_RNN_VJP, Plan
+
+        if type(self).fused_rnn_vjp is not Backend.fused_rnn_vjp:
+            return Plan(self.name, FUSED_RNN_VJP, "offered to the backend's fused_rnn_vjp (the "
+                                                  "generic path runs it if that returns "
+                                                  "NotImplemented)")
+        return self.generic_vjp_plan(call)
+
+    def generic_vjp_plan(self, call: RnnCall) -> Plan:
+        """The vjp plan of the generic path (forward as ``plan`` decides)."""
+        from ._plan import GENERIC, Plan
+
+        return Plan(self.name, GENERIC, "the step's derivative in the generic reverse loop; "
+                                        f"forward on the {self.plan(call).path} path")
+
+    def run_vjp_plan(self, plan: Plan, call: RnnCall, given: tuple) -> tuple[Any, Any]:
+        """Run ``call`` as the vjp ``plan`` says: ``fused_rnn_vjp`` unless the plan is generic
+        (or it returns NotImplemented); ``given``: ``(inputs, initial_states)`` as passed."""
+        from ._plan import GENERIC, Plan, log_plan
+        from ._vjp.generic import generic_vjp
+        from ._vjp.pullback import Pullback
+
+        if plan.path != GENERIC:
+            fused = self.fused_rnn_vjp(call)
+            if fused is not NotImplemented:
+                result, backward = fused
+                return result, Pullback(call, result, backward, given)
+            log_plan(Plan(self.name, GENERIC, "fused_rnn_vjp returned NotImplemented", plan.path),
+                     call, "gpukb.rnn_vjp")
+        return generic_vjp(self, self.plan(call), call, given)
+
+    def fused_rnn_vjp(self, call: RnnCall) -> Any:
+        """The forward and backward of a validated ``RnnCall`` with fused kernels, or
+        NotImplemented to let the generic path run it.
+
+        Returns ``(result, backward)``: ``result`` is ``(last_output, outputs, new_states)``,
+        exactly ``rnn``'s for the call; ``backward(d_out, d_last, d_states)`` receives the
+        checked cotangents as lists of leaves (``outputs``', ``last_output``'s, the new states'
+        in ``initial_states``' order; zeros where the user gave None) and returns a
+        ``gpukb._vjp.Grads`` (``inputs``, ``initial_states``, ``constants``, ``weights``)."""
         return NotImplemented
 
     # -- session ------------------------------------------------------------------------------

@@ -38,15 +38,19 @@ class CPUBackend(Backend):
     def _load_xp(self):
         return numpy
 
+    def _cell_plan(self, call, fused_does):
+        """The plan for a cell: fused (the fused kernels do ``fused_does``) or why not."""
+        problem = cell_problem(call)
+        if problem is None:
+            cell = call.step_function
+            return Plan(self.name, FUSED_CELL,
+                        f"{cell.kernel_layout.name} cell in {numpy.dtype(cell.dtype)}: "
+                        f"{fused_does}")
+        return Plan(self.name, GENERIC, f"not fused: {problem}")
+
     def plan(self, call):
         if isinstance(call.step_function, Cell):
-            problem = cell_problem(call)
-            if problem is None:
-                cell = call.step_function
-                return Plan(self.name, FUSED_CELL,
-                            f"{cell.kernel_layout.name} cell in {numpy.dtype(cell.dtype)}: the "
-                            "fused kernel runs the whole sequence")
-            return Plan(self.name, GENERIC, f"not fused: {problem}")
+            return self._cell_plan(call, "the fused kernel runs the whole sequence")
         problem = _jit_loop.problem(call)
         if problem is None:
             return Plan(self.name, JIT_LOOP, "a step compiled by Numba: the whole time loop runs "
@@ -65,6 +69,29 @@ class CPUBackend(Backend):
             log_plan(Plan(self.name, GENERIC, "the jit loop did not compile for these types",
                           JIT_LOOP), call)
         return run_generic(call)
+
+    def plan_vjp(self, call):
+        if isinstance(call.step_function, Cell):
+            return self._cell_plan(call, "the fused kernel runs the forward, the fused backward "
+                                         "kernel the pullback")
+        return self.generic_vjp_plan(call)
+
+    def run_vjp_plan(self, plan, call, given):
+        if plan.path == FUSED_CELL:
+            from .._vjp.pullback import Pullback
+
+            result, backward = self.fused_rnn_vjp(call)
+            return result, Pullback(call, result, backward, given)
+        return super().run_vjp_plan(plan, call, given)
+
+    def fused_rnn_vjp(self, call):
+        """The documented hook: the fused cell vjp, or NotImplemented when the vjp plan is the
+        generic path."""
+        from .._vjp.fused_cpu import fused_cell_vjp
+
+        if self.plan_vjp(call).path != FUSED_CELL:
+            return NotImplemented
+        return fused_cell_vjp(call)
 
     def fused_rnn(self, call):
         """The documented hook, for callers that use it: the planned fused path, or

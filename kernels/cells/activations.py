@@ -91,3 +91,28 @@ def activate(code, x):
     if code == HARD_SIGMOID_KERAS3:
         return hard_sigmoid_keras3(x)
     return x  # LINEAR
+
+
+# --------------------------------------------------------------------------------------------
+# Derivatives (the backward kernels): d activate(code, x) / dx, from the output y = activate(x)
+
+
+@jitable
+def derivative(code, y):
+    """The slope of activation ``code`` where its output is ``y``: tanh 1 - y^2, sigmoid
+    y (1 - y), the hard sigmoids their slope where 0 < y < 1 (else 0), relu 1 where y > 0 (else
+    0), linear 1. From the output, so a backward pass needs no pre-activations; at a kink of a
+    piecewise linear activation it takes the flat side."""
+    one = constant(y, 1.0)
+    zero = constant(y, 0.0)
+    if code == TANH:
+        return one - y * y
+    if code == SIGMOID:
+        return y * (one - y)
+    if code == HARD_SIGMOID:
+        return constant(y, 0.2) if zero < y < one else zero
+    if code == HARD_SIGMOID_KERAS3:
+        return one / constant(y, 6.0) if zero < y < one else zero
+    if code == RELU:
+        return one if y > zero else zero
+    return one  # LINEAR

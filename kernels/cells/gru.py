@@ -16,7 +16,7 @@ Then z, r = ract(zz), ract(zr) and ``h' = z * h + (1 - z) * hh`` (the output is 
 from __future__ import annotations
 
 from ._jit import constant, jitable
-from .activations import activate
+from .activations import activate, derivative
 from .layout import GRU, GRU_BEFORE, Layout
 
 GATE_NAMES = ("z", "r", "h")
@@ -61,3 +61,25 @@ def gates_reset_before(zz, zr, h, ract):
 def update_reset_before(z, h, candidate_preactivation, act):
     """reset_after=False, second half: h' from z, h and x_h + (r * h) @ U_h."""
     return blend(z, h, activate(act, candidate_preactivation))
+
+
+@jitable
+def blend_backward(z, h, candidate, dh, act, ract):
+    """Both modes, the blend backwards: from z, the old h, the activated candidate and the
+    cotangent dh of h', return ``(dz_z, d_candidate_preactivation, dh_old_direct)``."""
+    return (dh * (h - candidate) * derivative(ract, z),
+            dh * (constant(h, 1.0) - z) * derivative(act, candidate), dh * z)
+
+
+@jitable
+def candidate_backward(d_pre, r, rec_h, ract):
+    """reset_after=True: from the cotangent of the candidate's pre-activation, r and rec_h,
+    return ``(dz_r, d_rec_h)``."""
+    return d_pre * rec_h * derivative(ract, r), d_pre * r
+
+
+@jitable
+def reset_backward(d_rh, r, h, ract):
+    """reset_after=False: from the cotangent of r * h, r and the old h, return
+    ``(dz_r, dh_old_part)``."""
+    return d_rh * h * derivative(ract, r), d_rh * r

@@ -11,7 +11,7 @@ states ``[h, c]``. For one unit of one sample, with the pre-activations
 from __future__ import annotations
 
 from ._jit import jitable
-from .activations import activate
+from .activations import activate, derivative
 from .layout import LSTM, Layout
 
 LAYOUT = Layout(LSTM, "lstm", gate_names=("i", "f", "c", "o"), state_names=("h", "c"))
@@ -36,3 +36,13 @@ def update(z_i, z_f, z_c, z_o, c, act, ract):
     """(h', c') from the four pre-activations and c; ``act``/``ract``: activation codes."""
     new_c = cell_state(activate(ract, z_f), c, activate(ract, z_i), activate(act, z_c))
     return hidden(activate(ract, z_o), activate(act, new_c)), new_c
+
+
+@jitable
+def backward(i, f, g, o, c, a, dh, dc, act, ract):
+    """One unit's step backwards: from the activated gates i, f, g (candidate), o, the old cell
+    state c, a = act(c'), and the cotangents dh of h' and dc of c', return the cotangents of the
+    four pre-activations and of c: ``(dz_i, dz_f, dz_c, dz_o, dc_old)``."""
+    dc_new = dc + dh * o * derivative(act, a)
+    return (dc_new * g * derivative(ract, i), dc_new * c * derivative(ract, f),
+            dc_new * i * derivative(act, g), dh * a * derivative(ract, o), dc_new * f)

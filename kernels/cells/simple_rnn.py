@@ -7,7 +7,7 @@ Layout: kernel ``(D, H)``, recurrent_kernel ``(H, H)``, bias ``(H,)``; states ``
 from __future__ import annotations
 
 from ._jit import jitable
-from .activations import activate
+from .activations import activate, derivative
 from .layout import SIMPLE_RNN, Layout
 
 LAYOUT = Layout(SIMPLE_RNN, "simple_rnn", gate_names=("h",), state_names=("h",))
@@ -17,3 +17,9 @@ LAYOUT = Layout(SIMPLE_RNN, "simple_rnn", gate_names=("h",), state_names=("h",))
 def update(z, act):
     """h' from the pre-activation z."""
     return activate(act, z)
+
+
+@jitable
+def backward(y, dh, act):
+    """The cotangent of the pre-activation from the output y = h' and its cotangent dh."""
+    return dh * derivative(act, y)
