@@ -7,6 +7,9 @@ semantics run on a namespace of torch functions bound to the inputs' device.
 gpukb loads this module in every process that discovers backends, so it must stay light:
 importing torch takes seconds, and happens only when a tensor is actually dispatched here
 (``namespace`` and ``_load_xp`` import ``.namespace``, which imports torch).
+
+``gpukb_torch.LSTM`` and ``gpukb_torch.GRU`` (``nn``) are drop-ins for torch.nn.LSTM/GRU on
+gpukb's fused kernels; they too load torch only when first named.
 """
 
 from __future__ import annotations
@@ -16,15 +19,20 @@ from typing import Any
 
 import gpukb
 
-__all__ = ["TorchBackend", "TorchNamespace"]
+__all__ = ["GRU", "LSTM", "TorchBackend", "TorchNamespace"]
 
 
 def __getattr__(name: str) -> Any:
-    # ``from gpukb_torch import TorchNamespace`` still works; it imports torch at that moment.
+    # ``from gpukb_torch import TorchNamespace`` (or LSTM, GRU) still works; it imports torch
+    # at that moment.
     if name == "TorchNamespace":
         from .namespace import TorchNamespace
 
         return TorchNamespace
+    if name in ("LSTM", "GRU"):
+        from . import nn
+
+        return getattr(nn, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

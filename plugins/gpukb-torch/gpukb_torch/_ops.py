@@ -1,0 +1,158 @@
+"""One direction of one recurrent layer as PyTorch custom operators over gpukb's kernels.
+
+- ``gpukb_torch::rnn_forward``: ``gpukb.rnn`` with a ``gpukb.cells`` LSTM or GRU made from torch's
+  weights (``_weights``), on zero-copy views of the tensors (``_arrays``);
+- ``gpukb_torch::rnn_backward``: its gradients through ``gpukb.rnn_vjp``.
+
+Both are opaque to ``torch.compile`` (``register_fake`` gives the shapes) and the first has the
+second as its autograd formula. The backward runs ``gpukb.rnn_vjp``, which re-runs the fused
+forward to build its pullback: a forward and backward costs one extra forward, and the graph keeps
+only the op's arguments (no gate activations).
+
+Layout: ``input`` is ``(B, T, D)``, or ``(T, B, D)`` with ``time_major``; ``mask`` (or None) has
+the same leading two dimensions, True = a valid step. Masked steps hold the state and output zeros
+(``zero_output_for_mask``), so a right-padded mask gives what torch gives for a packed sequence.
+``reverse`` runs the sequence backwards (``go_backwards``) and returns the outputs in input-time
+order, as torch's reverse direction does. Outputs: ``(output, h_n, c_n)``; a GRU's ``c_n`` is an
+empty tensor (a custom op always returns the same number of tensors).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+import gpukb
+
+from . import _arrays, _weights
+
+Tensor = torch.Tensor
+
+
+def _cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+    kernel, recurrent_kernel, bias = (
+        _arrays.as_array(w) for w in _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
+    if mode == "lstm":
+        return gpukb.cells.lstm(kernel, recurrent_kernel, bias)
+    if mode == "gru":
+        return gpukb.cells.gru(kernel, recurrent_kernel, bias, reset_after=True)
+    raise ValueError(f"gpukb_torch::rnn_forward: mode must be 'lstm' or 'gru', got {mode!r}.")
+
+
+def _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major):
+    """Positional and keyword arguments of the ``gpukb.rnn``/``rnn_vjp`` call of this op."""
+    states = [_arrays.as_array(h0)] + ([_arrays.as_array(c0)] if mode == "lstm" else [])
+    kwargs = dict(go_backwards=reverse, time_major=time_major, zero_output_for_mask=True,
+                  mask=None if mask is None else _arrays.as_array(mask))
+    return (_cell(mode, w_ih, w_hh, b_ih, b_hh), _arrays.as_array(input), states), kwargs
+
+
+def _time_flip(outputs, time_major: bool):
+    """gpukb's go_backwards outputs are in processing order; torch's are in input-time order."""
+    return outputs[::-1] if time_major else outputs[:, ::-1]
+
+
+@torch.library.custom_op("gpukb_torch::rnn_forward", mutates_args=())
+def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
+                mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                b_hh: Optional[Tensor], reverse: bool, time_major: bool
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
+                                  time_major)
+    with _arrays.on_device_of(input):
+        _, outputs, states = gpukb.rnn(*args, **kwargs)
+    if reverse:
+        outputs = _time_flip(outputs, time_major)
+    output = _arrays.as_tensor(outputs)
+    h_n = _arrays.as_tensor(states[0])
+    c_n = _arrays.as_tensor(states[1]) if mode == "lstm" else h0.new_empty(0)
+    output, h_n, c_n = _unaliased([output, h_n, c_n],
+                                  [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh])
+    return output, h_n, c_n
+
+
+@rnn_forward.register_fake
+def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major):
+    hidden = w_hh.shape[1]
+    output = input.new_empty((*input.shape[:2], hidden))
+    c_n = torch.empty_like(h0) if mode == "lstm" else h0.new_empty(0)
+    return output, torch.empty_like(h0), c_n
+
+
+@torch.library.custom_op("gpukb_torch::rnn_backward", mutates_args=())
+def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
+                 mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, d_output: Tensor,
+                 d_h_n: Tensor, d_c_n: Tensor) -> list[Tensor]:
+    """Gradients ``[d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh]``; the ones of absent
+    arguments (a GRU's c0, no bias) are empty tensors."""
+    args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
+                                  time_major)
+    d_output = d_output.contiguous()
+    d_states = [_arrays.as_array(d_h_n.contiguous())]
+    if mode == "lstm":
+        d_states.append(_arrays.as_array(d_c_n.contiguous()))
+    with _arrays.on_device_of(input):
+        _, pullback = gpukb.rnn_vjp(*args, **kwargs)
+        d_out = _arrays.as_array(d_output)
+        grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
+                         d_new_states=d_states)
+    d_bias = grads.weights.get("bias")
+    d_weights = _weights.grads_to_torch(
+        mode, _arrays.as_tensor(grads.weights["kernel"]),
+        _arrays.as_tensor(grads.weights["recurrent_kernel"]),
+        None if d_bias is None else _arrays.as_tensor(d_bias))
+    d_states_0 = [_arrays.as_tensor(g) for g in grads.initial_states]
+    results = [_arrays.as_tensor(grads.inputs), d_states_0[0],
+               d_states_0[1] if mode == "lstm" else input.new_empty(0),
+               *(input.new_empty(0) if g is None else g for g in d_weights)]
+    return _unaliased(results, [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, d_output, d_h_n,
+                                d_c_n])
+
+
+def _unaliased(results: list[Tensor], arguments: list[Optional[Tensor]]) -> list[Tensor]:
+    """``results``, each sharing memory with no argument and no other result (a custom op's
+    rule): gpukb may hand back an array it was given (a state no step changed), so such a
+    result is copied."""
+    seen = {t.untyped_storage().data_ptr() for t in arguments if t is not None and t.numel()}
+    fresh = []
+    for t in results:
+        if t.numel():
+            if t.untyped_storage().data_ptr() in seen:
+                t = t.clone()
+            seen.add(t.untyped_storage().data_ptr())
+        fresh.append(t)
+    return fresh
+
+
+@rnn_backward.register_fake
+def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, d_output, d_h_n,
+      d_c_n):
+    like = [input, h0, c0, w_ih, w_hh, b_ih, b_hh]
+    return [input.new_empty(0) if t is None else torch.empty_like(t) for t in like]
+
+
+def _setup_context(ctx, inputs, output):
+    mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major = inputs
+    ctx.save_for_backward(input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh)
+    ctx.flags = (mode, reverse, time_major)
+
+
+def _backward(ctx, d_output, d_h_n, d_c_n):
+    mode, reverse, time_major = ctx.flags
+    input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+    # An output that took no part in the loss may come as None: its cotangent is zeros.
+    d_output = torch.zeros((*input.shape[:2], w_hh.shape[1]), dtype=input.dtype,
+                           device=input.device) if d_output is None else d_output
+    d_h_n = torch.zeros_like(h0) if d_h_n is None else d_h_n
+    if d_c_n is None or mode != "lstm":
+        d_c_n = torch.zeros_like(h0) if mode == "lstm" else h0.new_empty(0)
+    grads = rnn_backward(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major,
+                         d_output, d_h_n, d_c_n)
+    d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
+    return (None, d_input, d_h0, None if c0 is None else d_c0, None, d_w_ih, d_w_hh,
+            None if b_ih is None else d_b_ih, None if b_hh is None else d_b_hh, None, None)
+
+
+rnn_forward.register_autograd(_backward, setup_context=_setup_context)

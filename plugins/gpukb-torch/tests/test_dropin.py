@@ -1,0 +1,346 @@
+"""gpukb_torch.LSTM / GRU against torch.nn.LSTM / GRU (the same weights), against a plain float64
+loop for masks torch cannot express, and the custom operators' own checks (gradcheck, opcheck,
+torch.compile)."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="gpukb-torch needs PyTorch")
+gpukb_torch = pytest.importorskip("gpukb_torch", reason="gpukb-torch is not installed")
+
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
+
+from gpukb_torch._ops import rnn_forward  # noqa: E402
+
+F64 = torch.float64
+PAIRS = {"lstm": (gpukb_torch.LSTM, torch.nn.LSTM), "gru": (gpukb_torch.GRU, torch.nn.GRU)}
+
+
+def _pair(mode, *args, dtype=F64, **kwargs):
+    """(gpukb module, torch module) with the same weights (torch's loaded from gpukb's)."""
+    ours_cls, torch_cls = PAIRS[mode]
+    torch.manual_seed(0)
+    ours = ours_cls(*args, dtype=dtype, **kwargs)
+    theirs = torch_cls(*args, dtype=dtype, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _hx(mode, shape, dtype=F64, requires_grad=True):
+    make = lambda: torch.randn(shape, dtype=dtype, requires_grad=requires_grad)  # noqa: E731
+    return (make(), make()) if mode == "lstm" else make()
+
+
+def _flat(result):
+    """(output, h_n) / (output, (h_n, c_n)) -> a list of tensors (a packed output's data)."""
+    output, hidden = result
+    output = output.data if hasattr(output, "batch_sizes") else output
+    return [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def _grads(module, result, leaves):
+    """Gradients of a fixed random projection of every result, w.r.t. ``leaves`` and the
+    module's parameters (None where nothing flowed)."""
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum()
+               for t in _flat(result))
+    params = [p for _, p in sorted(module.named_parameters())]
+    return torch.autograd.grad(loss, [*leaves, *params], allow_unused=True)
+
+
+def _assert_close_lists(ours, theirs, **tol):
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a, b, msg=lambda m: f"item {i}: {m}", **tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters: names, shapes, initialisation
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_parameters_and_initialisation_are_torchs(mode):
+    ours_cls, torch_cls = PAIRS[mode]
+    for kwargs in ({}, {"num_layers": 2, "bidirectional": True, "bias": False}):
+        torch.manual_seed(3)
+        ours = ours_cls(3, 5, **kwargs)
+        torch.manual_seed(3)
+        theirs = torch_cls(3, 5, **kwargs)
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert list(a) == list(b)  # names and order
+        for name in b:
+            assert torch.equal(a[name], b[name]), name  # one seed, the same weights
+        ours.load_state_dict(b)
+        theirs.load_state_dict(a)  # both ways, strict
+
+
+# ---------------------------------------------------------------------------------------------
+# Against torch.nn.LSTM / GRU: outputs, final states, every gradient
+# ---------------------------------------------------------------------------------------------
+
+CONFIGS = [
+    dict(kwargs={}, batched=True, hx=False),
+    dict(kwargs={"num_layers": 2, "bidirectional": True}, batched=True, hx=True),
+    dict(kwargs={"batch_first": True, "bias": False}, batched=True, hx=True),
+    dict(kwargs={"bidirectional": True, "batch_first": True}, batched=False, hx=True),
+]
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(map(str, c["kwargs"])) or
+                         "plain")
+def test_matches_torch_outputs_states_and_gradients(mode, config):
+    kwargs = config["kwargs"]
+    ours, theirs = _pair(mode, 3, 4, **kwargs)
+    T, B, D = 6, 3, 3
+    shape = (T, D) if not config["batched"] else ((B, T, D) if kwargs.get("batch_first")
+                                                  else (T, B, D))
+    x = torch.randn(shape, dtype=F64, requires_grad=True)
+    layers = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    hx = None
+    leaves = [x]
+    if config["hx"]:
+        hx = _hx(mode, (layers, B, 4) if config["batched"] else (layers, 4))
+        leaves += list(hx) if mode == "lstm" else [hx]
+    result, expected = ours(x, hx), theirs(x, hx)
+    _assert_close_lists(_flat(result), _flat(expected), rtol=1e-10, atol=1e-12)
+    _assert_close_lists(_grads(ours, result, leaves), _grads(theirs, expected, leaves),
+                        rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_float32_matches_torch(mode):
+    ours, theirs = _pair(mode, 3, 8, num_layers=2, dtype=torch.float32)
+    x = torch.randn(10, 4, 3, requires_grad=True)
+    result, expected = ours(x), theirs(x)
+    assert result[0].dtype == torch.float32
+    _assert_close_lists(_flat(result), _flat(expected), rtol=1e-5, atol=1e-6)
+    _assert_close_lists(_grads(ours, result, [x]), _grads(theirs, expected, [x]),
+                        rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed sequences and masks
+# ---------------------------------------------------------------------------------------------
+
+LENGTHS = torch.tensor([3, 7, 1, 5, 7])  # unsorted, with ties and a length-1 sequence
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_packed_sequence_matches_torch(mode):
+    """Both directions, two layers, hx given: torch reverses each sequence within its length."""
+    ours, theirs = _pair(mode, 3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 5, 3, dtype=F64, requires_grad=True)
+    hx = _hx(mode, (4, 5, 4))
+    leaves = [x, *(hx if mode == "lstm" else [hx])]
+    pack = lambda: pack_padded_sequence(x, LENGTHS, enforce_sorted=False)  # noqa: E731
+    result, expected = ours(pack(), hx), theirs(pack(), hx)  # one graph each
+    output = result[0]
+    assert isinstance(output, torch.nn.utils.rnn.PackedSequence)
+    for field in ("batch_sizes", "sorted_indices", "unsorted_indices"):
+        assert torch.equal(getattr(output, field), getattr(expected[0], field))
+    _assert_close_lists(_flat(result), _flat(expected), rtol=1e-10, atol=1e-12)
+    _assert_close_lists(_grads(ours, result, leaves), _grads(theirs, expected, leaves),
+                        rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_packed_sequence_equals_the_right_padded_mask(mode):
+    """The mask extension: a right-padded mask gives the packed results, zeros at padded steps
+    (what pad_packed_sequence gives), and final states at each sequence's last valid step."""
+    ours, _ = _pair(mode, 3, 4, bidirectional=True, batch_first=True)
+    x = torch.randn(5, 7, 3, dtype=F64)
+    mask = torch.arange(7)[None, :] < LENGTHS[:, None]
+    packed_out, packed_hidden = ours(pack_padded_sequence(x, LENGTHS, batch_first=True,
+                                                          enforce_sorted=False))
+    masked_out, masked_hidden = ours(x, mask=mask)
+    padded, _ = pad_packed_sequence(packed_out, batch_first=True)
+    assert torch.equal(masked_out, padded)
+    assert torch.equal(masked_out[~mask], torch.zeros_like(masked_out[~mask]))
+    _assert_close_lists(_flat((masked_out, masked_hidden))[1:],
+                        _flat((masked_out, packed_hidden))[1:], rtol=0, atol=0)
+
+
+def _reference(mode, module, x, hx, mask):
+    """A plain float64 loop over torch.nn.LSTMCell/GRUCell (batch_first, one layer, both
+    directions) with gpukb's mask rule: a masked step holds every state and outputs zeros."""
+    cell_cls = torch.nn.LSTMCell if mode == "lstm" else torch.nn.GRUCell
+    outputs, finals = [], []
+    for direction, suffix in enumerate(["", "_reverse"]):
+        cell = cell_cls(x.shape[-1], module.hidden_size, dtype=F64)
+        cell.weight_ih = getattr(module, "weight_ih_l0" + suffix)
+        cell.weight_hh = getattr(module, "weight_hh_l0" + suffix)
+        cell.bias_ih = getattr(module, "bias_ih_l0" + suffix)
+        cell.bias_hh = getattr(module, "bias_hh_l0" + suffix)
+        state = tuple(h[direction] for h in hx) if mode == "lstm" else hx[direction]
+        out = [None] * x.shape[1]
+        steps = range(x.shape[1])
+        for t in (reversed(steps) if direction else steps):
+            new = cell(x[:, t], state)
+            keep = mask[:, t, None]
+            if mode == "lstm":
+                state = tuple(torch.where(keep, n, s) for n, s in zip(new, state))
+                out[t] = torch.where(keep, new[0], 0.0)
+            else:
+                state = torch.where(keep, new, state)
+                out[t] = torch.where(keep, new, 0.0)
+        outputs.append(torch.stack(out, dim=1))
+        finals.append(state)
+    output = torch.cat(outputs, dim=-1)
+    if mode == "lstm":
+        return output, tuple(torch.stack([f[i] for f in finals]) for i in range(2))
+    return output, torch.stack(finals)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_any_mask_matches_a_plain_loop(mode):
+    """Masks torch cannot express: random holes, left padding, an all-masked row, a first
+    step masked; both directions; outputs, states and gradients."""
+    ours, _ = _pair(mode, 2, 3, bidirectional=True, batch_first=True)
+    B, T = 5, 6
+    gen = torch.Generator().manual_seed(2)
+    mask = torch.rand((B, T), generator=gen) < 0.6
+    mask[0] = False                                 # all masked
+    mask[1] = torch.arange(T) >= 2                  # left padding
+    mask[2, 0], mask[2, 1:] = False, True           # first step masked
+    x = torch.randn(B, T, 2, dtype=F64, requires_grad=True)
+    hx = _hx(mode, (2, B, 3))
+    leaves = [x, *(hx if mode == "lstm" else [hx])]
+    result = ours(x, hx, mask=mask)
+    expected = _reference(mode, ours, x, hx, mask)
+    _assert_close_lists(_flat(result), _flat(expected), rtol=1e-10, atol=1e-12)
+    _assert_close_lists(_grads(ours, result, leaves), _grads(ours, expected, leaves),
+                        rtol=1e-9, atol=1e-11)
+
+
+def test_unbatched_input_with_a_mask_is_one_row_of_a_batch():
+    ours, _ = _pair("lstm", 2, 3, bidirectional=True)
+    x = torch.randn(6, 2, dtype=F64)
+    mask = torch.tensor([True, False, True, True, False, True])
+    output, (h, c) = ours(x, mask=mask)
+    batched, (h_b, c_b) = ours(x[:, None], mask=mask[None])
+    assert output.shape == (6, 6) and h.shape == (2, 3)
+    _assert_close_lists([output, h, c], [batched[:, 0], h_b[:, 0], c_b[:, 0]], rtol=0, atol=0)
+
+
+def test_importing_the_plugin_does_not_import_torch_until_a_module_is_named():
+    code = ("import sys, gpukb, gpukb_torch; gpukb.list_backends(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "gpukb_torch.LSTM; assert 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------------
+
+def test_dropout_acts_between_layers_in_training_only():
+    ours, theirs = _pair("gru", 3, 4, num_layers=2, dropout=0.5)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours(x)[0], theirs(x)[0])  # eval: no dropout, as torch
+    ours.train()
+    torch.manual_seed(0)
+    first = ours(x)[0]
+    assert not torch.allclose(first, ours.eval()(x)[0])
+    one_layer, _ = _pair("gru", 3, 4, num_layers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's warning: dropout with one layer does nothing
+        dropped, _ = _pair("gru", 3, 4, num_layers=1, dropout=0.5)
+    torch.testing.assert_close(dropped.train()(x)[0], one_layer(x)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# The custom operator: gradcheck, opcheck, torch.compile
+# ---------------------------------------------------------------------------------------------
+
+def _op_args(mode, reverse, time_major, requires_grad=True):
+    T, B, D, H = 4, 3, 2, 3
+    G = {"lstm": 4, "gru": 3}[mode] * H
+    gen = torch.Generator().manual_seed(4)
+    rand = lambda *s: (0.5 * torch.randn(s, generator=gen, dtype=F64)  # noqa: E731
+                       ).requires_grad_(requires_grad)
+    mask = torch.rand((T, B) if time_major else (B, T), generator=gen) < 0.7
+    x = rand(T, B, D) if time_major else rand(B, T, D)
+    c0 = rand(B, H) if mode == "lstm" else None
+    return (mode, x, rand(B, H), c0, mask, rand(G, D), rand(G, H), rand(G), rand(G), reverse,
+            time_major)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse,time_major", [(False, False), (True, True)])
+def test_gradcheck(mode, reverse, time_major):
+    args = list(_op_args(mode, reverse, time_major))
+    positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def op(*tensors):
+        for i, t in zip(positions, tensors):
+            args[i] = t
+        return rnn_forward(*args)
+
+    assert torch.autograd.gradcheck(op, [args[i] for i in positions])
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_opcheck(mode):
+    torch.library.opcheck(rnn_forward, _op_args(mode, reverse=True, time_major=False))
+
+
+def test_torch_compile_sees_one_op_per_direction_without_graph_breaks():
+    module = gpukb_torch.LSTM(3, 4, batch_first=True, bidirectional=True, dtype=F64)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")  # fullgraph: no breaks
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    output, (h, c) = compiled(x)
+    expected, (h_e, c_e) = module(x)
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    (grad,) = torch.autograd.grad(output.sum() + c.sum(), x)
+    (grad_e,) = torch.autograd.grad(expected.sum() + c_e.sum(), x)
+    torch.testing.assert_close(grad, grad_e, rtol=0, atol=0)
+
+
+def test_results_do_not_alias_the_arguments():
+    """An all-masked sequence keeps its initial state; h_n must still be a new tensor."""
+    module = gpukb_torch.GRU(2, 3, batch_first=True, dtype=F64)
+    h0 = torch.randn(1, 2, 3, dtype=F64)
+    output, h_n = module(torch.randn(2, 4, 2, dtype=F64), h0, mask=torch.zeros(2, 4, dtype=bool))
+    assert torch.equal(h_n, h0) and h_n.data_ptr() != h0.data_ptr()
+    assert torch.equal(output, torch.zeros_like(output))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: clear, of the right type, before any work
+# ---------------------------------------------------------------------------------------------
+
+def test_errors():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        gpukb_torch.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="hidden_size must be greater than zero"):
+        gpukb_torch.GRU(3, 0)
+    with pytest.raises(TypeError, match="input_size must be an int"):
+        gpukb_torch.GRU(3.0, 4)
+    with pytest.raises(ValueError, match="dropout"):
+        gpukb_torch.GRU(3, 4, dropout=1.5)
+    lstm = gpukb_torch.LSTM(3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="Expected input to be 2D or 3D, got 4D"):
+        lstm(x[None])
+    with pytest.raises(ValueError, match="input.size\\(-1\\) must equal input_size=3"):
+        lstm(torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match="does not match the weights' dtype"):
+        lstm(x.double())
+    with pytest.raises(TypeError, match="float32 or float64"):
+        lstm(x.half())
+    with pytest.raises(ValueError, match=r"mask must have shape \(2, 5\)"):
+        lstm(x, mask=torch.ones(5, 2, dtype=bool))
+    with pytest.raises(TypeError, match="mask must have dtype torch.bool"):
+        lstm(x, mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match="either a PackedSequence or a mask"):
+        lstm(pack_padded_sequence(x, [5, 3], batch_first=True), mask=torch.ones(2, 5, dtype=bool))
+    with pytest.raises(TypeError, match=r"hx must be a tuple \(h_0, c_0\)"):
+        lstm(x, torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match=r"c_0 must have shape \(1, 2, 4\)"):
+        lstm(x, (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
