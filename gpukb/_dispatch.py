@@ -20,7 +20,9 @@ Selection, first match wins
      handles NumPy or CuPy arrays; plugins compete, by ``priority``, for the types no built-in
      backend accepts (e.g. ``torch:Tensor``). To send NumPy arrays to a plugin, select it with
      1, 2 or 3.
-  Arrays of two libraries in one call are a TypeError naming both. A backend chosen by 1-3 must
+  Arrays of two libraries in one call are a TypeError naming both, unless a backend takes them
+  together: some of its own ``array_types``, the rest its ``companion_types`` (the dask plugin
+  takes NumPy states next to Dask inputs); such a call goes to that backend, chosen as above. A backend chosen by 1-3 must
   accept the arrays given (TypeError otherwise). Unknown names are a ValueError listing the known
   ones; a known backend that is unavailable is a RuntimeError with the reason and what to install.
   ``backend_available(name)`` answers the same question without raising, and
@@ -281,7 +283,7 @@ def _claims(records) -> list[tuple[str, type]]:
     """(claim string, class) for every claimed array type whose library is imported."""
     seen = {}
     for record in records:
-        for spec in record.backend.array_types:
+        for spec in record.backend.array_types + tuple(record.backend.companion_types):
             if spec not in seen:
                 cls = resolve_array_type(spec)
                 if cls is not None:
@@ -306,32 +308,51 @@ def _library(spec: str) -> str:
     return spec.partition(":")[0]
 
 
+def _takes(backend: Backend, kinds: list[str]) -> bool:
+    """Whether ``backend`` takes a call with arrays of these types: at least one of its own
+    ``array_types``, the rest its own or its ``companion_types``."""
+    own = backend.array_types
+    return any(kind in own for kind in kinds) and all(
+        kind in own or kind in backend.companion_types for kind in kinds)
+
+
 def select_backend(leaves, backend: Any = None) -> Backend:
     """Pick the backend for a call whose array arguments flatten to ``leaves``."""
     kinds = array_kinds(leaves)
     first_of_library: dict[str, str] = {}
     for kind in kinds:
         first_of_library.setdefault(_library(kind), kind)
-    if len(first_of_library) > 1:
-        raise TypeError(
-            "gpukb.rnn got arrays of different libraries in one call: "
-            + " and ".join(first_of_library.values())
-            + ". Convert them to one library first."
-        )
+    mixed = len(first_of_library) > 1
+    # Arrays of several libraries in one call only go to a backend that takes them together.
+    hosts = [r for r in _records().values() if _takes(r.backend, kinds)] if mixed else []
+    mixed_error = TypeError(
+        "gpukb.rnn got arrays of different libraries in one call: "
+        + " and ".join(first_of_library.values())
+        + ". Convert them to one library first."
+    )
+    if mixed and not hosts:
+        raise mixed_error
     if backend is not None:
         name, origin = backend, "backend="
     else:
         name, origin = _explicit_default()
     if name is not None:
         record = _record_for(name, origin=origin)
-        accepted = record.backend.array_types
-        for kind in kinds:
-            if kind not in accepted:
-                raise TypeError(
-                    f"backend {record.name!r} (chosen by {origin}) accepts "
-                    f"{', '.join(accepted) or 'no array type'}, but the call has {kind} arrays."
-                )
+        if kinds and not _takes(record.backend, kinds):
+            if mixed:
+                raise mixed_error
+            accepted = record.backend.array_types
+            companions = record.backend.companion_types
+            raise TypeError(
+                f"backend {record.name!r} (chosen by {origin}) accepts "
+                f"{', '.join(accepted) or 'no array type'}"
+                + (f" (and {', '.join(companions)} next to those)" if companions else "")
+                + f", but the call has {' and '.join(kinds)} arrays."
+            )
         return record.backend
+    if mixed:
+        best = min(hosts, key=lambda r: (not r.builtin, -r.backend.priority, r.name))
+        return _record_for(best.name, origin=f"automatic selection for {' and '.join(kinds)} arrays").backend
     if not kinds:
         known = sorted({spec for r in _records().values() for spec in r.backend.array_types})
         types = sorted({f"{type(leaf).__module__}.{type(leaf).__qualname__}" for leaf in leaves})

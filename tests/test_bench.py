@@ -445,6 +445,30 @@ def test_only_backends_with_their_own_kernels_run_by_default():
     assert "generic Python loop" in reason and "--backends generic" in reason
 
 
+class _TakesOver(gpukb.Backend):
+    name = "takes_over"
+    array_types = ("numpy:ndarray",)
+
+    def _load_xp(self):
+        return np
+
+    def rnn(self, step_function, inputs, initial_states, **options):
+        return gpukb.rnn(step_function, inputs, initial_states, backend="cpu", **options)
+
+
+def test_a_plugin_that_takes_calls_over_is_left_out_by_default():
+    """Such a plugin (the dask one) runs gpukb's own kernels elsewhere: no kernel of its own."""
+    from gpukb import _dispatch
+
+    records = {r.name: r for r in _dispatch.backend_records()}
+    assert not implementations.takes_calls_over(records["cpu"])   # gpukb's own backend
+    names, left_out = implementations.default_backends(
+        [records["cpu"], _record("takes_over", _TakesOver())])
+    assert names == ["cpu"]
+    [(key, reason)] = left_out
+    assert key == "gpukb[takes_over]" and "--backends takes_over" in reason
+
+
 def test_a_generic_loop_backend_is_labelled_so(monkeypatch):
     from gpukb import _dispatch
 

@@ -81,6 +81,16 @@ class OffBackend(gpukb.Backend):
         return gpukb.Availability(False, "the off device is switched off")
 
 
+class CompanionBackend(gpukb.Backend):
+    """Takes lazyplug_mod arrays, and NumPy arrays next to them (as gpukb-dask does)."""
+    name = "sidecar"
+    array_types = ("lazyplug_mod:LazyArray",)
+    companion_types = ("numpy:ndarray",)
+
+    def rnn(self, step_function, inputs, initial_states, **options):
+        return "ran on sidecar"
+
+
 class RaisingBackend(gpukb.Backend):
     name = "raising"
 
@@ -104,6 +114,7 @@ fake = fakeplug_mod:FakeBackend
 greedy = fakeplug_mod:GreedyBackend
 rival = fakeplug_mod:RivalBackend
 off = fakeplug_mod:OffBackend
+sidecar = fakeplug_mod:CompanionBackend
 raising = fakeplug_mod:RaisingBackend
 misnamed = fakeplug_mod:Misnamed
 notabackend = fakeplug_mod:NotABackend
@@ -115,6 +126,7 @@ cpu = fakeplug_mod:GreedyBackend
 def write_plugin_distribution(folder):
     (folder / "fakeplug_mod.py").write_text(PLUGIN_MODULE)
     (folder / "brokenplug_mod.py").write_text(BROKEN_MODULE)
+    (folder / "lazyplug_mod.py").write_text("class LazyArray:\n    pass\n")
     info = folder / "fakeplug-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fakeplug\nVersion: 0.1\n")
@@ -135,7 +147,7 @@ def plugin(tmp_path, monkeypatch):
     fakeplug_mod.CALLS.clear()
     yield fakeplug_mod, caught
     gpukb.set_backend(None)
-    for name in ("fakeplug_mod", "brokenplug_mod"):
+    for name in ("fakeplug_mod", "brokenplug_mod", "lazyplug_mod"):
         sys.modules.pop(name, None)
     monkeypatch.undo()
     gpukb.refresh_backends()
@@ -244,6 +256,25 @@ def test_mixed_array_libraries_are_a_type_error_naming_both(plugin):
     assert module.CALLS == []
 
 
+def test_a_backend_takes_its_companion_types_next_to_its_own(plugin):
+    module, _ = plugin
+    import lazyplug_mod
+
+    lazy = lazyplug_mod.LazyArray()
+    assert gpukb.rnn(step, lazy, [np.zeros((1, 1))]) == "ran on sidecar"
+    assert gpukb.rnn(step, np.zeros((1, 2, 1)), [lazy], backend="sidecar") == "ran on sidecar"
+    # Companion types alone never select the backend, and it refuses them when chosen.
+    assert gpukb._dispatch.select_backend([np.zeros(1)]).name == "cpu"
+    with pytest.raises(TypeError, match=r"accepts lazyplug_mod:LazyArray \(and numpy:ndarray next "
+                                        r"to those\), but the call has numpy:ndarray arrays"):
+        gpukb.rnn(*ARGS, backend="sidecar")
+    # A library that is neither its own nor a companion is still a mix that nobody takes.
+    for backend in (None, "sidecar"):
+        with pytest.raises(TypeError, match=r"lazyplug_mod:LazyArray and fakeplug_mod:FakeArray"):
+            gpukb.rnn(step, lazy, [module.FakeArray(0)], backend=backend)
+    assert module.CALLS == []
+
+
 def test_explicit_backend_must_accept_the_arrays(plugin):
     with pytest.raises(TypeError, match=r"backend 'fake' \(chosen by backend=\) accepts "
                                         r"fakeplug_mod:FakeArray, but the call has numpy:ndarray"):
@@ -253,8 +284,9 @@ def test_explicit_backend_must_accept_the_arrays(plugin):
 def test_unknown_backend_is_a_value_error_listing_known_ones(plugin):
     for call in (lambda: gpukb.get_backend("nope"), lambda: gpukb.set_backend("nope"),
                  lambda: gpukb.use_backend("nope").__enter__(), lambda: gpukb.rnn(*ARGS, backend="nope")):
+        # ('dask': the gpukb-dask plugin, when the test environment installs it)
         with pytest.raises(ValueError, match=r"unknown backend 'nope'; known backends: 'cpu', 'cuda', "
-                                             r"'fake', 'greedy', 'off', 'rival'"):
+                                             r"('dask', )?'fake', 'greedy', 'off', 'rival', 'sidecar'"):
             call()
 
 

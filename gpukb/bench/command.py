@@ -19,8 +19,9 @@ ms, GFLOP/s, the ratio to the fastest peer and the relative error against a floa
 reference. Each implementation runs in its own process; its first two calls (compilation,
 warm-up) are not timed. Peers that are not installed are listed as skipped; to install them:
 {install}
-Plugin backends without a kernel of their own (they run gpukb's generic Python loop) only run
-when named with --backends.
+Plugin backends without a kernel of their own (they run gpukb's generic Python loop, or take
+each call over to run gpukb's kernels elsewhere, as the dask plugin does) only run when named
+with --backends.
 
 With --model PATH: time a saved Keras model (.keras or .h5) run by gpukb.keras against Keras
 itself loading the same file: Keras 3 with each backend (jax, torch, numpy, tensorflow; one

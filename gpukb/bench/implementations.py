@@ -109,6 +109,7 @@ class GpukbBackend(Implementation):
             raise Skipped("it runs on Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1): "
                           "its timings say nothing about a GPU")
         self.backend = record.backend
+        self.record = record
         self.generic_loop = runs_generic_loop_only(record.backend)
         self.versions = {"gpukb": gpukb.__version__}
         if self.name == "cpu":
@@ -130,13 +131,19 @@ class GpukbBackend(Implementation):
 
         backend, name = self.backend, self.name
         convert = backend.asarray
-        cell = problem.cell().converted(convert)
+        # A backend that takes calls over (the dask plugin) runs cells with NumPy weights on its
+        # workers; the others get the cell in their own arrays.
+        cell = problem.cell()
+        if not takes_calls_over(self.record):
+            cell = cell.converted(convert)
         inputs = convert(problem.x)
         states = [convert(s) for s in problem.states]
         sync = synchronizer(backend)
 
         def run():
             outputs = gpukb.rnn(cell, inputs, states, backend=name)[1]
+            if hasattr(outputs, "__dask_graph__"):   # lazy (the dask plugin): computing counts
+                outputs = outputs.compute()
             sync()  # inside the timed region: queued GPU work counts
             return outputs
 
@@ -152,9 +159,18 @@ def runs_generic_loop_only(backend) -> bool:
     return cls.fused_rnn is Backend.fused_rnn and cls.rnn is Backend.rnn
 
 
+def takes_calls_over(record) -> bool:
+    """True for a plugin backend that takes every call over (its own ``rnn``), as the dask plugin
+    does to schedule gpukb's kernels on workers: its time is not one of gpukb's kernels."""
+    from gpukb import Backend
+
+    return record.distribution != "gpukb" and type(record.backend).rnn is not Backend.rnn
+
+
 def default_backends(records) -> tuple[list[str], list[tuple[str, str]]]:
     """The backends ``gpukb bench`` runs when ``--backends`` is not given, and the ones it leaves
-    out as ``(key, reason)``: those that only run the generic loop."""
+    out as ``(key, reason)``: those that only run the generic loop, and plugins that take every
+    call over (``takes_calls_over``)."""
     names, left_out = [], []
     for record in records:
         if runs_generic_loop_only(record.backend):
@@ -162,6 +178,11 @@ def default_backends(records) -> tuple[list[str], list[tuple[str, str]]]:
                              f"not run by default: the {record.name!r} backend "
                              f"({record.distribution}) has no kernel of its own, it runs gpukb's "
                              f"generic Python loop; --backends {record.name} runs it"))
+        elif takes_calls_over(record):
+            left_out.append((f"gpukb[{record.name}]",
+                             f"not run by default: the {record.name!r} backend "
+                             f"({record.distribution}) takes each call over and runs it on "
+                             f"other backends; --backends {record.name} runs it"))
         else:
             names.append(record.name)
     return names, left_out

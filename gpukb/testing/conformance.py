@@ -29,11 +29,26 @@ def to_backend(backend, tree):
 
 
 def to_numpy(backend, tree):
-    return optree.tree_map(lambda x: x if isinstance(x, (int, float)) else backend.to_numpy(x), tree)
+    leaves, treespec = optree.tree_flatten(tree)
+    if leaves and all(hasattr(leaf, "__dask_graph__") for leaf in leaves):
+        # Lazy results (the dask plugin's) are computed together, as a user computes them: each
+        # separately would run the rnn once per result.
+        import dask
+
+        leaves = list(dask.compute(*leaves))
+    return optree.tree_unflatten(
+        treespec, [x if isinstance(x, (int, float)) else backend.to_numpy(x) for x in leaves])
 
 
 class BackendStep:
-    """A NumPy step function, callable with the backend's arrays."""
+    """A NumPy step function, callable with the backend's arrays.
+
+    It answers in the array type it is called with: the backend's, or NumPy where the backend
+    runs its steps on NumPy pieces of its arrays (the dask plugin's blocks). ``calls`` counts the
+    calls on a non-empty batch: a backend may call the step once on an empty batch to learn the
+    shapes and dtypes of its outputs before running anything (the dask plugin does, as Dask's
+    ``map_blocks`` does), which the one-process semantics of T calls do not count.
+    """
 
     def __init__(self, backend, numpy_step):
         self.backend = backend
@@ -41,9 +56,13 @@ class BackendStep:
         self.calls = 0
 
     def __call__(self, step_input, states):
-        self.calls += 1
+        leaves = optree.tree_leaves(step_input)
+        if leaves and leaves[0].shape[0] != 0:
+            self.calls += 1
         output, new_states = self.numpy_step(to_numpy(self.backend, step_input),
                                              tuple(to_numpy(self.backend, list(states))))
+        if all(_is_numpy(leaf) for leaf in leaves):
+            return output, new_states
         return to_backend(self.backend, output), to_backend(self.backend, new_states)
 
 

@@ -77,7 +77,9 @@ class RandomCell:
         batch = x_leaves[0].shape[0]
         current = optree.tree_leaves(tuple(states[: self.n_states]))
         consts = optree.tree_leaves(tuple(states[self.n_states:]))
-        parts = [a.reshape(batch, -1).astype(dtype) for a in x_leaves + current + consts]
+        # An explicit width, not -1: NumPy cannot infer -1 for an empty batch, on which a backend
+        # may probe the step (see gpukb.testing.conformance.BackendStep).
+        parts = [a.reshape(batch, int(np.prod(a.shape[1:]))).astype(dtype) for a in x_leaves + current + consts]
         z = np.concatenate(parts, axis=1) if parts else np.zeros((batch, 0), dtype)
         z = np.tanh(z @ self.w.astype(dtype) + self.b.astype(dtype))
         new_leaves = [

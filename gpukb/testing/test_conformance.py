@@ -12,7 +12,7 @@ import os
 import numpy as np
 import optree
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import gpukb
 from gpukb.testing.conformance import (
@@ -49,8 +49,8 @@ def test_generic_step_matches_reference(backend, problem):
     step = BackendStep(backend, problem.step_function)
     kwargs["step_function"] = step
     result = gpukb.rnn(**kwargs, backend=backend.name)
-    assert step.calls == problem.time_steps
     last, outputs, states = to_numpy(backend, result)
+    assert step.calls == problem.time_steps  # once the results are read: a backend may be lazy
     tol = tolerance(problem.dtype)
     assert_close_trees(outputs, expected[1], what="outputs", **tol)
     assert_close_trees(last, expected[0], what="last_output", **tol)
@@ -106,6 +106,10 @@ def test_keras_cells_match_reference(backend, problem):
     cell, x, states, options = problem
     cell64 = cell.converted(lambda w: np.asarray(w, np.float64))
     expected = rnn_reference(cell64, x.astype(np.float64), [s.astype(np.float64) for s in states], **options)
+    # Unbounded activations (relu, linear) can grow without limit: where the float64 values leave
+    # float32's useful range, float32 rounding (or overflow) is not a conformance question.
+    if x.dtype == np.float32:
+        assume(all(np.all(np.abs(leaf) < 1e6) for leaf in optree.tree_leaves(expected)))
     kwargs = backend_kwargs(backend, dict(inputs=x, initial_states=states, **options))
     result = gpukb.rnn(cell, **kwargs, backend=backend.name)
     last, outputs, new_states = to_numpy(backend, result)
