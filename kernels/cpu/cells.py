@@ -19,7 +19,7 @@ once and compiled once per cell kind, which it sees as a compile-time constant.
 Threads (``_chunks``): a large batch is split by rows, each thread running the whole loop on its
 rows; a small one by units (not GRU without reset_after), each thread computing its units of
 every gate, the threads meeting after every step. So that no thread overwrites an h that another
-still reads, h is double-buffered. Either way every output element is computed by the same
+still reads, h is then double-buffered. Either way every output element is computed by the same
 arithmetic in the same order: the results are bitwise those of one thread.
 """
 
@@ -48,8 +48,9 @@ def _masked_row(out, h_old, h, u0, u1, zero_out, seen):
 
 def _make_time_loop(kind):
     """The time loop of cell kind ``kind`` over rows [n0, n1), units [u0, u1) and steps
-    [s_begin, s_end). The state h is double-buffered (step s reads hb[s % 2], writes
-    hb[(s + 1) % 2]), so threads that split the units meet once per step (``sync``)."""
+    [s_begin, s_end). When threads split the units, h is double-buffered (step s reads
+    hb[s % 2], writes hb[(s + 1) % 2]) and the threads meet once per step (``sync``); one thread
+    updates hb[0] in place."""
 
     def time_loop(x, weights, states, buffers, out, mask, seen, flags, activations, sync,
                   threads, n0, n1, u0, u1, s_begin, s_end):
@@ -73,8 +74,10 @@ def _make_time_loop(kind):
             for s in range(s0, s1):
                 t = T - 1 - s if back else s
                 z = xpb[s - s0]
-                h_old = hb[s % 2]
-                h = hb[(s + 1) % 2]
+                # one thread: h in place (the updates read h[j] before they write it, and the
+                # loops vectorise as they do not when reading one array and writing another)
+                h_old = hb[s % 2] if threads > 1 else hb[0]
+                h = hb[(s + 1) % 2] if threads > 1 else hb[0]
                 slot = ad(xpb) + (s - s0) * B * Gp * es
                 if kind == GRU:   # zb = recurrent bias + h @ U: the reset gate multiplies it
                     gate_columns(xpb, ad(zb), zb.shape[1], ad(bias_h), I0, ad(h_old), H, PU, H,
@@ -175,7 +178,7 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     row_flops = 2.0 * layout.gates * H * (H + xc.shape[2])   # per row and step
     rows, chunks, sync = _chunks(layout, B, H, row_flops, T, dt)
     held = [np.array(s, dtype=dt, order="C", copy=True) for s in states]
-    hb = np.empty((2, B, H), dt)   # h, double-buffered: step s reads hb[s % 2]
+    hb = np.empty((2, B, H), dt)   # h; with a unit split double-buffered: step s reads hb[s % 2]
     hb[0] = held[0]
     c = held[1] if layout.n_states == 2 else np.zeros((1, 1), dt)
     mask, has_mask = C.mask_arg(step_mask, T, B)
@@ -188,5 +191,5 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     C.run_chunks(time_loop(kind), args, chunks, T, C.row_step_seconds(row_flops, dt),
                  buffers[0].shape[0], sync)
     last = (out[-1] if options.time_major else out[:, -1]).copy()
-    h = hb[T % 2].copy()
+    h = hb[T % 2 if sync is not None else 0].copy()
     return last, out, (h, c) if layout.n_states == 2 else (h,)

@@ -15,11 +15,18 @@ from .activations import act_inplace
 
 
 @cached_njit(error_model="numpy", inline="always")
+def _copy(dst, src):
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@cached_njit(error_model="numpy", inline="always")
 def _blend_row(z, candidate, h_old, h, out):
+    # The loop writes only out, then out is copied to h: a loop that reads four arrays and
+    # writes two needs more runtime alias checks than LLVM allows, and would not vectorise.
     for j in range(h.shape[0]):
-        v = cell.blend(z[j], h_old[j], candidate[j])
-        h[j] = v
-        out[j] = v
+        out[j] = cell.blend(z[j], h_old[j], candidate[j])
+    _copy(h, out)
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -28,12 +35,11 @@ def update_row(x, rec, h_old, h, out, H, u0, u1, act, ract):
     used as scratch); rec: its recurrent bias + h @ recurrent_kernel (3H); h_old: its state;
     h: its new state (written); out: its output row."""
     n = u1 - u0
-    if act == TANH and ract == SIGMOID:
+    if act == TANH and ract == SIGMOID:   # writes out only, then h (see _blend_row)
         for j in range(u0, u1):
-            v = cell.update(x[j] + rec[j], x[H + j] + rec[H + j], x[2 * H + j], rec[2 * H + j],
-                            h_old[j], TANH, SIGMOID)
-            h[j] = v
-            out[j] = v
+            out[j] = cell.update(x[j] + rec[j], x[H + j] + rec[H + j], x[2 * H + j],
+                                 rec[2 * H + j], h_old[j], TANH, SIGMOID)
+        _copy(h[u0:u1], out[u0:u1])
         return
     xz = x[u0:u1]
     xr = x[H + u0:H + u1]
