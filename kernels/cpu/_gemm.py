@@ -14,11 +14,13 @@ place). The kernels use it for:
 - each step: z_t += h @ recurrent_kernel, in place.
 
 The micro-kernel (``_tile*``) keeps an MR x NR block of Z in vector registers across the whole
-k loop (NR = 2 AVX2 vectors = 16 float32 / 8 float64 columns; MR = 6 or 4 rows; 1-2 rows take
-2-4 panels at once to keep enough accumulators in flight): each k loads the panel's vectors
-once and broadcasts MR scalars of A into the FMAs. Plain Numba loops cannot do this (arrays
-carry no no-alias information, so LLVM keeps accumulators in memory); this runs at 80-90
-GFLOP/s float32 (about 40 float64) on one Zen 4 core, on par with OpenBLAS, and has no
+k loop (NR = 2 vectors: 32 float32 / 16 float64 columns where Numba compiles for AVX-512, 16 / 8
+with AVX2 (``VECTOR_BYTES``); MR = 6 or 4 rows; 1-2 rows take 2-4 panels at once to keep enough
+accumulators in flight): each k loads the panel's vectors once and broadcasts MR scalars of A
+into the FMAs. The vector width changes only how many columns one instruction covers, never the
+arithmetic: results are bitwise the same with either. Plain Numba loops cannot do this (arrays
+carry no no-alias information, so LLVM keeps accumulators in memory); with AVX2 vectors this
+runs at 80-90 GFLOP/s float32 (about 40 float64) on one Zen 4 core, on par with OpenBLAS, and has no
 per-call overhead for the tiny products of small batches. Batches of at most WIDE_MAX_ROWS rows
 use one-row tiles over 8-vector panels (a quarter of the tile calls). Every tile accumulates k
 in order, so a row's result is bitwise independent of the batch and of the thread split.
@@ -48,15 +50,32 @@ _PANEL_BLOCK_BYTES = 256 * 1024
 WIDE_MAX_ROWS = 3  # up to this many batch rows, use one-row tiles over wide panels
 
 
+def _vector_bytes():
+    """64 where Numba compiles for a CPU with AVX-512 (NUMBA_CPU_FEATURES, else the host's), else
+    32 (AVX2). Measured on a Sapphire Rapids core: 512-bit tiles run the recurrent GEMM about 1.5-2x
+    faster than 256-bit ones; without AVX-512, LLVM would split a 512-bit vector in two."""
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 64 if "+avx512f" in str(features).split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+# A wide panel (one-row tiles) has 64 float32 / 32 float64 columns whatever the vector width, so
+# that a unit split of a small batch still finds whole panels at H = 128.
+WIDE_VECTORS = 256 // VECTOR_BYTES
+
+
 def panel_vectors(rows):
-    """Vectors per panel row: 2 (MR = 6/4/2/1-row tiles), or 8 (one-row tiles, for a batch of
-    at most WIDE_MAX_ROWS rows: 8 independent accumulators and 4x fewer tile calls)."""
-    return 8 if rows <= WIDE_MAX_ROWS else 2
+    """Vectors per panel row: 2 (MR = 6/4/2/1-row tiles), or WIDE_VECTORS (one-row tiles, for a
+    batch of at most WIDE_MAX_ROWS rows: 4-8 independent accumulators, fewer tile calls)."""
+    return WIDE_VECTORS if rows <= WIDE_MAX_ROWS else 2
 
 
 def panel_width(dtype, nv=2):
-    """Columns per packed panel: nv AVX2 vectors of float32 (8) or float64 (4)."""
-    return (8 if np.dtype(dtype).itemsize == 4 else 4) * nv
+    """Columns per packed panel: nv vectors of VECTOR_BYTES."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize * nv
 
 
 def _make_tile(MR, NP, NV):
@@ -79,7 +98,7 @@ def _make_tile(MR, NP, NV):
         def codegen(context, builder, sig, args):
             is32 = fdt == types.float32
             fty = ir.FloatType() if is32 else ir.DoubleType()
-            VL = 8 if is32 else 4
+            VL = VECTOR_BYTES // (4 if is32 else 8)
             NR = VL * NV
             esz = 4 if is32 else 8
             vty = ir.VectorType(fty, VL)
@@ -174,22 +193,18 @@ _tile2x2 = _make_tile(2, 2, 2)
 _tile2 = _make_tile(2, 1, 2)
 _tile1x4 = _make_tile(1, 4, 2)
 _tile1 = _make_tile(1, 1, 2)
-_tile1w = _make_tile(1, 1, 8)
+_tile1w = _make_tile(1, 1, WIDE_VECTORS)
 
 
-@cached_njit(error_model="numpy")
 def pack(u, c0, ncols, NR):
-    """Columns [c0, c0+ncols) of u (K, N) as zero-padded panels (ceil(ncols/NR), K, NR)."""
+    """Columns [c0, c0+ncols) of u (K, N) as zero-padded panels (ceil(ncols/NR), K, NR).
+    NumPy, not a compiled function: a copy, so the same bits either way, and a process's first
+    call has one compiled function less to load (with the np.zeros implementation it imports)."""
     K = u.shape[0]
     npan = (ncols + NR - 1) // NR
-    P = np.zeros((npan, K, NR), u.dtype)
-    for p in range(npan):
-        for k in range(K):
-            for c in range(NR):
-                j = p * NR + c
-                if j < ncols:
-                    P[p, k, c] = u[k, c0 + j]
-    return P
+    P = np.zeros((K, npan * NR), u.dtype)
+    P[:, :ncols] = u[:, c0:c0 + ncols]
+    return np.ascontiguousarray(P.reshape(K, npan, NR).transpose(1, 0, 2))
 
 
 @cached_njit(error_model="numpy", nogil=True)
@@ -202,7 +217,7 @@ def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
     only carries the dtype.
     """
     es = zarr.itemsize
-    NR = (8 if es == 4 else 4) * nv
+    NR = VECTOR_BYTES // es * nv
     ps = k * NR                      # elements per panel
     # Panels in blocks of about _PANEL_BLOCK_BYTES of weights, so that a block stays in L2
     # while every row tile goes over it.

@@ -32,7 +32,8 @@ from ..cells import masking
 from ..cells.activations import code
 from . import _common as C
 from . import gru, lstm, simple_rnn
-from ._gemm import I0, ad, fused_rows, gate_columns, pack, panel_vectors, panel_width, project_block
+from ._gemm import (I0, VECTOR_BYTES, ad, fused_rows, gate_columns, pack, panel_vectors, panel_width,
+                    project_block)
 from ._numba_cache import cached_njit
 from ._sync import meet
 
@@ -65,7 +66,7 @@ def _make_time_loop(kind):
         H = hb.shape[2]
         G = (4 if kind == LSTM else 1 if kind == SIMPLE_RNN else 3)
         es = x.itemsize
-        nv = PU.shape[2] // (8 if es == 4 else 4)  # vectors per panel row of U
+        nv = PU.shape[2] * es // VECTOR_BYTES  # vectors per panel row of U
         tau = xpb.shape[0]
         Gp = xpb.shape[2]
         for s0 in range(s_begin, s_end, tau):   # see _common.run_chunks

@@ -35,6 +35,22 @@ def update_row(x, rec, h_old, h, out, H, u0, u1, act, ract):
     used as scratch); rec: its recurrent bias + h @ recurrent_kernel (3H); h_old: its state;
     h: its new state (written); out: its output row."""
     n = u1 - u0
+    if act == TANH and ract == SIGMOID and h_old.ctypes.data == h.ctypes.data:
+        # One thread updates h in place: over slices, reading and writing h, the loop
+        # vectorises (LLVM's alias checks fail with h_old and h as two arrays).
+        xz = x[u0:u1]
+        xr = x[H + u0:H + u1]
+        xh = x[2 * H + u0:2 * H + u1]
+        hz = rec[u0:u1]
+        hr = rec[H + u0:H + u1]
+        hh = rec[2 * H + u0:2 * H + u1]
+        hs = h[u0:u1]
+        o = out[u0:u1]
+        for j in range(n):
+            v = cell.update(xz[j] + hz[j], xr[j] + hr[j], xh[j], hh[j], hs[j], TANH, SIGMOID)
+            hs[j] = v
+            o[j] = v
+        return
     if act == TANH and ract == SIGMOID:   # writes out only, then h (see _blend_row)
         for j in range(u0, u1):
             out[j] = cell.update(x[j] + rec[j], x[H + j] + rec[H + j], x[2 * H + j],
