@@ -23,6 +23,10 @@ ptx_check = pytest.importorskip("gpukb.tools.ptx_check", reason="numba-cuda is n
 
 KERNELS = {"lstm_step", "gru_step", "gru_gates", "gru_before_step", "simple_rnn_step", "persistent",
            "masked_step"}
+# The backward kernels of rnn_vjp (gpukb.kernels.cuda.backward).
+KERNELS |= {f"{kind}_backward_{part}" for kind in ("lstm", "gru", "gru_before", "simple_rnn")
+            for part in ("step", "gates")}
+KERNELS |= {"states_before", "lstm_cell_states", "gru_before_candidate", "gru_before_reset"}
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,9 @@ DEBUG; see ``gpukb._plan``), then runs it (``run_plan``); the kernels are ``gpuk
 - ``generic``: any other call: the shared generic loop, with ONE masking kernel per step
   (``_cuda_generic``) when the call has a mask; the plan says why.
 Everything is queued on CuPy's current stream; the time loop never waits for the GPU.
+``rnn_vjp`` (``plan_vjp``): a cell the forward fuses runs that forward with every output kept,
+then the per-step fused backward (``_cuda_vjp``: one fused kernel and one cuBLAS GEMM per step);
+any other call the generic path.
 
 Options (environment variables read when the backend is created; attributes of the instance,
 ``gpukb.get_backend("cuda", check_available=False)``, that can be read and set at any time, with or
@@ -56,11 +59,19 @@ CELL_PATHS = ("auto", "step", "persistent", "generic")
 _VIEWED_TYPES = ("numba.cuda.cudadrv.devicearray:DeviceNDArray",)
 
 
+def _driver_names() -> list:
+    """The names to load the driver by. On Linux, ctypes.util.find_library would only find a
+    soname that the dynamic loader's own search (``libcuda.so.1``) already covers, after running
+    ldconfig and a compiler: 0.1 s of every CPU-only process's first gpukb.rnn call."""
+    if sys.platform.startswith("linux"):
+        return ["libcuda.so.1", "libcuda.so"]
+    return ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda"), "nvcuda.dll"]
+
+
 def _cuda_driver_problem() -> str | None:
     """None when the driver loads and sees at least one device, else the reason."""
-    names = ["libcuda.so.1", "libcuda.so", ctypes.util.find_library("cuda"), "nvcuda.dll"]
     driver = None
-    for name in filter(None, names):
+    for name in filter(None, _driver_names()):
         try:
             driver = ctypes.CDLL(name)
             break
@@ -220,8 +231,17 @@ class CUDABackend(Backend):
     # -- the rnn loop ------------------------------------------------------------------------------
 
     def rnn(self, step_function, inputs, initial_states, **options):
+        return self._on_inputs_device(super().rnn, step_function, inputs, initial_states, options)
+
+    def rnn_vjp(self, step_function, inputs, initial_states, **options):
+        return self._on_inputs_device(super().rnn_vjp, step_function, inputs, initial_states,
+                                      options)
+
+    def _on_inputs_device(self, run, step_function, inputs, initial_states, options):
+        """``run`` (the base class's rnn or rnn_vjp) with GPU arrays of other libraries viewed as
+        CuPy arrays, on the inputs' GPU (CuPy's current stream of that device)."""
         if self.simulated:
-            return super().rnn(step_function, inputs, initial_states, **options)
+            return run(step_function, inputs, initial_states, **options)
         inputs = self._to_cupy(inputs)
         if isinstance(initial_states, (list, tuple)):
             initial_states = self._to_cupy(initial_states)
@@ -234,28 +254,30 @@ class CUDABackend(Backend):
         device = next((leaf.device for leaf in optree.tree_leaves(inputs)
                        if isinstance(leaf, cupy.ndarray)), None)
         if device is None:
-            return super().rnn(step_function, inputs, initial_states, **options)
-        with device:  # run on the inputs' GPU (CuPy's current stream of that device)
-            return super().rnn(step_function, inputs, initial_states, **options)
+            return run(step_function, inputs, initial_states, **options)
+        with device:
+            return run(step_function, inputs, initial_states, **options)
+
+    def _fused_problem(self, call):
+        """Why no fused cell kernel may run ``call`` (``cell_path`` included), or None."""
+        from .._fused import cell_problem
+        from ..cells import Cell
+
+        if not isinstance(call.step_function, Cell):
+            return "the step function is not a gpukb.cells cell"
+        return "cell_path is 'generic'" if self.cell_path == "generic" else cell_problem(call)
 
     def plan(self, call):
         """The persistent kernel, the per-step path or the generic loop for ``call``, and why
         (``cell_path`` forces a path; see ``gpukb.backends._cuda_cells.choose``)."""
-        from .._fused import cell_problem
-        from ..cells import Cell
-
-        path = self.cell_path  # checked when set
-        if isinstance(call.step_function, Cell):
-            problem = "cell_path is 'generic'" if path == "generic" else cell_problem(call)
-        else:
-            problem = "the step function is not a gpukb.cells cell"
+        problem = self._fused_problem(call)
         if problem is not None:
             masking = ("one masking kernel per step" if call.step_mask is not None
                        else "no mask, so no masking kernel")
             return Plan(self.name, GENERIC, f"not fused: {problem}; {masking}")
         from . import _cuda_cells
 
-        choice = _cuda_cells.choose(call, path)
+        choice = _cuda_cells.choose(call, self.cell_path)
         if choice.tiling is None:
             return Plan(self.name, PER_STEP, choice.reason)
         return Plan(self.name, PERSISTENT, choice.reason, detail=choice.tiling)
@@ -278,6 +300,45 @@ class CUDABackend(Backend):
         NotImplemented when the plan is the generic loop."""
         plan = self.plan(call)
         return NotImplemented if plan.path == GENERIC else self.run_plan(plan, call)
+
+    # -- gradients: rnn_vjp --------------------------------------------------------------------
+
+    def plan_vjp(self, call):
+        """A cell the forward fuses: the fused forward with every output kept, then the per-step
+        fused backward (``_cuda_vjp``; the plan's ``detail`` is the forward's tiling, None for
+        per step); anything else the generic path, and why."""
+        problem = self._fused_problem(call)
+        if problem is not None:
+            return Plan(self.name, GENERIC, f"not fused: {problem}; the step's derivative in the "
+                                            "generic reverse loop")
+        forward = self.plan(call)
+        cell = call.step_function
+        layout = cell.kernel_layout
+        per_step = ("two fused kernels and two cuBLAS GEMMs" if layout.reset_before
+                    else "one fused kernel and one cuBLAS GEMM")
+        return Plan(self.name, PER_STEP,
+                    f"{layout.name} cell in {numpy.dtype(cell.dtype)}: forward on the "
+                    f"{forward.path} path ({forward.reason}); backward per step: {per_step} per "
+                    "step", detail=forward.detail)
+
+    def run_vjp_plan(self, plan, call, given):
+        if plan.path == PER_STEP:
+            from .._vjp.pullback import Pullback
+            from . import _cuda_vjp
+
+            result, backward = _cuda_vjp.fused_cell_vjp(call, plan.detail, self.allow_tf32)
+            return result, Pullback(call, result, backward, given)
+        return super().run_vjp_plan(plan, call, given)
+
+    def fused_rnn_vjp(self, call):
+        """The documented hook: the fused cell vjp, or NotImplemented when the vjp plan is the
+        generic path."""
+        plan = self.plan_vjp(call)
+        if plan.path == GENERIC:
+            return NotImplemented
+        from . import _cuda_vjp
+
+        return _cuda_vjp.fused_cell_vjp(call, plan.detail, self.allow_tf32)
 
     # -- session ---------------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ The CUDA simulator runs the kernels as Python, so it cannot catch what only Numb
 sees: a value typed float64 inside a float32 kernel, an unsupported function, a cast Numba cannot
 lower for some leaf dtype. This module drives the real fused paths on small NumPy problems with a
 launcher that, instead of launching, compiles each kernel for the argument types it would get
-(``numba.cuda.compile_ptx``, NVVM only: no driver, no device) and records the launch shape.
+(``numba.cuda.compile_ptx``, NVVM only: no driver, no device) and records the launch shape; the
+backward kernels of ``rnn_vjp`` (``gpukb.kernels.cuda.backward``) through the cuda backend's fused
+vjp the same way.
 
     python -m gpukb.tools.ptx_check [--cc 9.0] [--no-link] [--json FILE]
 
@@ -185,6 +187,17 @@ def _generic_step(dtypes, batch):
     return step
 
 
+def _run_backward(call):
+    """The per-step fused vjp of ``call``: its forward, then its backward (arrays left unwritten by
+    the compiling launcher hold garbage: nothing is checked but the kernels)."""
+    from gpukb.backends import _cuda_vjp
+
+    result, backward = _cuda_vjp.fused_cell_vjp(call, None)
+    with np.errstate(all="ignore"):
+        backward([np.zeros_like(result[1])], [np.zeros_like(result[0])],
+                 [np.zeros_like(s) for s in call.state_leaves])
+
+
 def run(cc=(9, 0), sm_count=H100_SMS):
     """Compile every kernel; returns the ``Compiled`` records."""
     from gpukb import _rnn
@@ -219,6 +232,10 @@ def run(cc=(9, 0), sm_count=H100_SMS):
                     assert isinstance(chosen, persistent.Plan), (kind, plan_options, chosen)
         for cell, x, states, options in _planner_cases():
             cells.run_cell(_rnn.prepare(cell, x, states, xp=np, **options), cell, path="auto")
+        # The backward kernels (rnn_vjp); the planner's sizes record launches of whole blocks.
+        for cell, x, states, options in itertools.chain(_cell_cases(), _planner_cases()):
+            if not options.get("time_major"):   # they take (T, B, ...) copies either way
+                _run_backward(_rnn.prepare(cell, x, [s.copy() for s in states], xp=np, **options))
         # The generic masking kernel: one launch per leaf dtype, then all of them (several launches).
         dtypes = _leaf_dtypes()
         batch, steps = 3, 2

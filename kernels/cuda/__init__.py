@@ -9,6 +9,7 @@ Arrays and flags in, arrays out: nothing here imports the rest of gpukb (the dri
 - ``step``: the per-step kernel (gates + masking + state hold + output write), one launch per step;
 - ``persistent``: the one-launch persistent kernel and its size rule (``plan``);
 - ``masking``: the masking kernel of the generic loop, for any step function's leaves;
+- ``backward``: the per-step backward kernels of the cells (``rnn_vjp``'s fused path);
 - ``activations``: the activation table (``kernels/cells/activations``) registered for CUDA;
 - ``_runtime``: simulator detection, CuPy stream / device views, kernel cache, TF32 switch.
 

@@ -1,0 +1,196 @@
+"""The cuda backend's fused vjp of a ``gpukb.cells`` cell: the fused forward, then the per-step
+fused backward (``gpukb.kernels.cuda.backward``).
+
+``fused_cell_vjp(call, tiling, allow_tf32)`` runs the forward on the kernel the forward's plan
+picked (``tiling``: the persistent kernel's, or None for per step; see ``_cuda_cells``) with every
+step's output kept, so its values are ``gpukb.rnn``'s bitwise (the kernels compute the same values
+whether they store every output or the last). Its backward is the CPU's algorithm
+(``gpukb/kernels/cpu/backward.py``) on the device: ``cell_backward`` does the GEMMs through the
+call's array library (CuPy -> cuBLAS; NumPy under the simulator) and launches the kernels,
+everything queued on CuPy's current stream. A call keeps what the CPU's keeps: references to its
+arguments and the outputs of every step, ``B * T * H`` values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import numpy as np
+import optree
+
+from gpukb.kernels.cells import GRU, GRU_BEFORE, LAYOUTS, LSTM
+from gpukb.kernels.cells.activations import code as activation_code
+from gpukb.kernels.cuda import _runtime
+from gpukb.kernels.cuda import backward as kernels
+
+from .._fused import loop_options
+from .._vjp.cotangents import Grads, differentiable
+from . import _cuda_cells
+
+
+def _on_device(xp, array):
+    """The CuPy device of ``array`` as a context (nothing to enter for NumPy: the simulator)."""
+    return contextlib.nullcontext() if xp is np else array.device
+
+
+def fused_cell_vjp(call, tiling, allow_tf32: bool = False) -> tuple[tuple, Any]:
+    """``(rnn's result, backward)`` for a call that ``gpukb._fused.cell_problem`` accepts."""
+    cell: Any = call.step_function
+    xp = call.xp
+    options = loop_options(call)
+    x = call.input_leaves[0]
+    kind = cell.kernel_layout.kind
+    ract = getattr(cell, "recurrent_activation", "linear")
+    with _on_device(xp, x):
+        last, every, states = _cuda_cells.run(dataclasses.replace(call, return_all_outputs=True),
+                                              tiling, allow_tf32)
+        outputs = every
+        if not options.return_all_outputs:
+            outputs = (every[-1:] if options.time_major else every[:, -1:]).copy()
+    result = (last, outputs, states)
+
+    def backward(d_out: list, d_last: list, d_states: list) -> Grads:
+        dtype = np.dtype(cell.dtype)
+        with _on_device(xp, x), _runtime.gemm_precision(dtype, allow_tf32):
+            gy = xp.zeros((call.time_steps, call.batch_size, cell.units), dtype=dtype)
+            if options.return_all_outputs:
+                gy[...] = d_out[0] if options.time_major else xp.swapaxes(d_out[0], 0, 1)
+            else:
+                gy[-1] = d_out[0][0] if options.time_major else d_out[0][:, 0]
+            gy[-1] += d_last[0]
+            grads = cell_backward(xp, kind, x, cell.kernel, cell.recurrent_kernel, cell.bias,
+                                  call.state_leaves, call.step_mask, options, cell.activation,
+                                  ract, every, gy, d_states)
+        weights = {"kernel": grads["kernel"], "recurrent_kernel": grads["recurrent_kernel"]}
+        if cell.bias is not None:
+            weights["bias"] = grads["bias"]
+        constants: Any = call.constants
+        leaves, treespec = optree.tree_flatten(constants)
+        d_constants = [xp.zeros_like(c) if differentiable(c) else None for c in leaves]
+        return Grads(inputs=grads["inputs"], initial_states=call.pack_states(grads["states"]),
+                     constants=optree.tree_unflatten(treespec, d_constants) if constants else None,
+                     weights=weights)
+
+    return result, backward
+
+
+def _processing_order(xp, a, time_major, go_backwards):
+    """A (B, T, ...) or (T, B, ...) array as (T, B, ...) in processing order, contiguous."""
+    a = a if time_major else xp.swapaxes(a, 0, 1)
+    return xp.ascontiguousarray(a[::-1] if go_backwards else a)
+
+
+def cell_backward(xp, kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
+                  activation, recurrent_activation, outputs, d_outputs, d_states):
+    """The gradients of a fused forward, as ``kernels.cpu.backward.cell_backward`` returns them
+    (same arguments, same dict), computed on the device (see the module docstring).
+
+    ``outputs``: every step's output in the layout of ``options.time_major``; ``d_outputs``: the
+    cotangent of every processed step's output, ``(T, B, H)`` in processing order."""
+    layout = LAYOUTS[kind]
+    dt = np.dtype(outputs.dtype)
+    activations = (activation_code(activation), activation_code(recurrent_activation))
+    tm, back = bool(options.time_major), bool(options.go_backwards)
+    launcher = _runtime.Launcher(xp)
+    view = launcher.view
+    H = recurrent_kernel.shape[0]
+    G = layout.gates * H
+    xs = _processing_order(xp, x, tm, back)                            # (T, B, D)
+    T, B, D = xs.shape
+    ys = _processing_order(xp, outputs, tm, False)                     # already processed order
+    has_mask = step_mask is not None
+    valid = (xp.ascontiguousarray(step_mask[::-1] if back else step_mask) if has_mask
+             else xp.ones((1, 1), dtype=bool))
+    per_unit, per_gate_unit = kernels.launch_shape(B * H), kernels.launch_shape(T * B * H)
+
+    def launch(kernel, shape, *args):
+        configured = launcher.configure(kernel, *shape)
+        if configured is not None:   # None: nothing to compute (B == 0)
+            configured(*args)
+
+    h_prev = xp.empty((T, B, H), dtype=dt)
+    h0 = xp.ascontiguousarray(states[0])
+    launch(kernels.states_before, per_unit, view(ys), view(valid), has_mask, view(h0), view(h_prev))
+    x2, hp2 = xs.reshape(T * B, D), h_prev.reshape(T * B, H)
+
+    U = xp.ascontiguousarray(recurrent_kernel)
+    z = xp.dot(x2, kernel).reshape(T, B, G)             # input part of the pre-activations
+    rows = None if bias is None else bias.reshape(-1, G)
+    if rows is not None:
+        z += rows[0]
+    placeholder = xp.zeros((1, 1, 1), dtype=dt)
+    rec, c, rh = placeholder, placeholder, placeholder
+    if kind == GRU:
+        rec = xp.dot(hp2, U).reshape(T, B, G)
+        if rows is not None:
+            rec += rows[1]
+    elif kind == GRU_BEFORE:
+        rec = xp.dot(hp2, U[:, :2 * H]).reshape(T, B, 2 * H)
+        rh = xp.empty((T, B, H), dtype=dt)
+    else:
+        z += xp.dot(hp2, U).reshape(T, B, G)
+    launch(kernels.gates_kernel(dt, kind), per_gate_unit, view(z), view(rec), view(h_prev),
+           view(rh), activations)
+    if kind == LSTM:
+        c = xp.empty((T + 1, B, H), dtype=dt)
+        c[0] = states[1]
+        launch(kernels.lstm_cell_states, per_unit, view(z), view(c), view(valid), has_mask)
+    elif kind == GRU_BEFORE:   # the candidate waits for r: (r * h) @ U_h
+        rec_h = xp.dot(rh.reshape(T * B, H), U[:, 2 * H:]).reshape(T, B, H)
+        launch(kernels.gru_before_candidate, per_gate_unit, view(z), view(rec_h), activations[0])
+
+    # The reverse loop: h's cotangent is direct + through (through = the last GEMM's output).
+    direct = xp.array(d_states[0], dtype=dt, order="C", copy=True)
+    through = xp.zeros((B, H), dtype=dt)
+    gc = (xp.array(d_states[1], dtype=dt, order="C", copy=True) if kind == LSTM
+          else xp.zeros((1, 1), dtype=dt))
+    dz = xp.empty((T, B, G), dtype=dt)
+    dz_rec = xp.empty((T, B, G), dtype=dt) if kind == GRU else placeholder
+    if kind == GRU_BEFORE:
+        ut, ut_h = xp.ascontiguousarray(U[:, :2 * H].T), xp.ascontiguousarray(U[:, 2 * H:].T)
+        cand, d_rh, part = (xp.zeros((B, n), dtype=dt) for n in (H, H, 2 * H))
+    else:
+        ut = xp.ascontiguousarray(U.T)
+        cand = xp.zeros((1, 1), dtype=dt)
+    gy = xp.ascontiguousarray(d_outputs)
+    carry = xp.zeros((B, H), dtype=dt)
+    step = launcher.configure(kernels.step_kernel(dt, kind), *per_unit)
+    reset = launcher.configure(kernels.gru_before_reset, *per_unit)
+    step_arrays = (view(z), view(h_prev), view(c), view(rec), view(valid), has_mask,
+                   bool(options.zero_output_for_mask), view(gy), view(direct), view(through),
+                   view(gc), view(carry), view(dz), view(dz_rec), view(cand), activations)
+    if kind == GRU_BEFORE:
+        reset_arrays = (view(z), view(h_prev), view(valid), has_mask, view(d_rh), view(dz),
+                        view(direct), view(part), activations[1])
+    for i in range(T - 1, -1, -1):
+        if step is None:   # B == 0
+            break
+        step(i, *step_arrays)
+        if kind == GRU_BEFORE:
+            xp.dot(cand, ut_h, out=d_rh)
+            reset(i, *reset_arrays)
+            xp.dot(part, ut, out=through)
+        else:
+            xp.dot(dz_rec[i] if kind == GRU else dz[i], ut, out=through)
+    gh = direct + through
+
+    dz2 = dz.reshape(T * B, G)
+    d_x = xp.dot(dz2, xp.asarray(kernel).T).reshape(T, B, D)
+    d_x = d_x[::-1] if back else d_x
+    d_x = xp.ascontiguousarray(d_x if tm else xp.swapaxes(d_x, 0, 1))
+    if kind == GRU_BEFORE:
+        d_u = xp.empty_like(U)
+        d_u[:, :2 * H] = xp.dot(hp2.T, dz2[:, :2 * H])
+        d_u[:, 2 * H:] = xp.dot(rh.reshape(T * B, H).T, dz2[:, 2 * H:])
+    else:
+        d_u = xp.dot(hp2.T, (dz_rec if kind == GRU else dz).reshape(T * B, G))
+    d_bias = None
+    if bias is not None:
+        d_bias = dz2.sum(axis=0)
+        if kind == GRU:
+            d_bias = xp.stack([d_bias, dz_rec.reshape(T * B, G).sum(axis=0)])
+    d_states_out = [gh, gc] if kind == LSTM else [gh]
+    return {"inputs": d_x, "states": d_states_out, "kernel": xp.dot(x2.T, dz2),
+            "recurrent_kernel": d_u, "bias": d_bias}
