@@ -15,6 +15,9 @@ One job per module:
 - ``report``: the table, the JSON document (with machine information) and the plot;
 - ``command``: the ``gpukb bench`` arguments, their validation, and the run;
 - ``worker``: the process that runs one implementation and reports to the parent.
+- ``grid``: ``gpukb bench --grid``, every workload and dtype over batch sizes x units, one worker
+  per implementation, the machine's GEMM peak; ``heatmap``: its Markdown and PNG heat maps
+  (``python -m gpukb.bench.heatmap grid.json`` redraws a saved run).
 - ``cuda``: the cuda backend's cell paths against PyTorch's cuDNN LSTM/GRU, on a GPU
   (``python -m gpukb.bench.cuda``; a command of its own, not part of ``gpukb bench``).
 

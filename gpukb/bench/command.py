@@ -38,7 +38,10 @@ FULL = {"repeats": 30, "budget": 3.0}
 MODEL_BATCH_SIZES = {"full": (1, 8, 64), "quick": (1, 8)}
 #: Options of one mode only: (option, its argparse attribute).
 MODEL_ONLY = (("--steps", "steps"), ("--batch-sizes", "batch_sizes"))
-WORKLOADS_ONLY = (("--workloads", "workloads"), ("--sizes", "sizes"), ("--plot", "plot"))
+#: Options of ``--grid`` only (gpukb/bench/grid.py).
+GRID_ONLY = (("--batches", "batches"), ("--units", "units"), ("--rounds", "rounds"))
+WORKLOADS_ONLY = (("--workloads", "workloads"), ("--sizes", "sizes"), ("--plot", "plot"),
+                  ("--dtypes", "dtypes"), ("--grid", "grid")) + GRID_ONLY
 
 
 def description() -> str:
@@ -73,8 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw the results (needs matplotlib: pip install 'gpukb[plot]')")
     parser.add_argument("--workloads", metavar="LIST",
-                        help=f"comma-separated workloads among "
-                             f"{', '.join(workloads.BENCH_WORKLOADS)} (default: all)")
+                        help=f"comma-separated workloads among {', '.join(workloads.WORKLOADS)} "
+                             f"(default: {', '.join(workloads.BENCH_WORKLOADS)}; with --grid: "
+                             "all)")
+    parser.add_argument("--dtypes", metavar="LIST",
+                        help=f"comma-separated among {', '.join(workloads.DTYPES)} (default: "
+                             "float32; with --grid: both). A peer without a kernel for a dtype "
+                             "is listed as n/a with the reason")
     parser.add_argument("--sizes", metavar="BxTxDxH", nargs="+",
                         help=f"sizes to run instead of the defaults ({sizes})")
     parser.add_argument("--backends", metavar="LIST",
@@ -93,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"({default_text(FULL['budget'], QUICK['budget'])})")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar on stderr")
+    add_grid_arguments(parser)
+    parser.add_argument("--generic", action="store_true",
+                        help="time the generic loop's own cost instead: a plain Python step "
+                             "through gpukb.rnn against a hand-written loop and Keras 3's NumPy "
+                             "rnn, each in its own process (python -m gpukb.bench.generic; "
+                             "--rounds N, default 3)")
     parser.add_argument("--model", metavar="PATH",
                         help="time this saved Keras model (.keras or .h5) with gpukb.keras "
                              "against Keras 3 and tf.keras instead of the gpukb.rnn workloads")
@@ -105,6 +119,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "fixes the batch size gets that one ("
                              + default_text(MODEL_BATCH_SIZES["full"], MODEL_BATCH_SIZES["quick"])
                              + ")")
+
+
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import grid
+
+    parser.add_argument("--grid", action="store_true", default=None,
+                        help="time LSTM, GRU and SimpleRNN, float32 and float64, over batch "
+                             "sizes x units (D = H/2; T from a FLOP target: "
+                             f"{grid.STEPS_RULE}), one worker process per implementation; "
+                             "print the heat map of gpukb / fastest peer as Markdown; --json "
+                             "saves every point, --plot draws the heat map. --quick: "
+                             f"B {','.join(map(str, grid.QUICK_BATCHES))} x H "
+                             f"{','.join(map(str, grid.QUICK_UNITS))}, float32; budget per "
+                             f"point {grid.BUDGET_S:g} s (--quick: {grid.QUICK_BUDGET_S:g})")
+    parser.add_argument("--batches", metavar="LIST",
+                        help="with --grid: comma-separated batch sizes (default: "
+                             f"{','.join(map(str, grid.BATCHES))})")
+    parser.add_argument("--units", metavar="LIST",
+                        help="with --grid: comma-separated even unit counts H (default: "
+                             f"{','.join(map(str, grid.UNITS))})")
+    parser.add_argument("--rounds", type=int, metavar="N",
+                        help="with --grid: run every implementation N times, interleaved, and "
+                             "keep each point's best round (default: 1)")
 
 
 def _list(text: str | None, known, what: str, parser) -> list | None:
@@ -175,11 +212,15 @@ def validate(args, parser) -> dict:
     from . import peers, report, workloads
 
     refuse_options(args, parser, MODEL_ONLY, "only applies with --model")
+    refuse_options(args, parser, GRID_ONLY, "only applies with --grid")
     settings = common_settings(args, parser)
     given = args.workloads if args.workloads is not None else ",".join(workloads.BENCH_WORKLOADS)
-    settings["workloads"] = _list(given, workloads.BENCH_WORKLOADS, "workloads", parser)
+    settings["workloads"] = _list(given, workloads.WORKLOADS, "workloads", parser)
     if not settings["workloads"]:
-        parser.error("--workloads: give at least one of lstm, gru.")
+        parser.error(f"--workloads: give at least one of {', '.join(workloads.WORKLOADS)}.")
+    settings["dtypes"] = _list(args.dtypes or "float32", workloads.DTYPES, "dtypes", parser)
+    if not settings["dtypes"]:
+        parser.error(f"--dtypes: give at least one of {', '.join(workloads.DTYPES)}.")
     if args.sizes:
         try:
             settings["sizes"] = [workloads.Size.parse(s) for s in args.sizes]
@@ -235,18 +276,26 @@ def run(args, parser) -> int:
         from . import model_command
 
         return model_command.run(args, parser)
+    if args.grid:
+        from . import grid
+
+        return grid.run(args, parser)
+    if args.generic:
+        from . import generic
+
+        return generic.main(["--rounds", str(args.rounds or 3)])
     settings = validate(args, parser)
 
     from . import peers, report, runner
 
     keys, left_out = gpukb_keys(settings)
     keys += peers.peer_keys(settings["peers"])
-    workloads, sizes = settings["workloads"], settings["sizes"]
-    progress = runner.ProgressBar(len(keys) * len(workloads) * len(sizes),
+    workloads, sizes, dtypes = settings["workloads"], settings["sizes"], settings["dtypes"]
+    progress = runner.ProgressBar(len(keys) * len(workloads) * len(sizes) * len(dtypes),
                                   enabled=not args.no_progress)
     results, ready, skipped = runner.run_isolated(
         keys, workloads, sizes, repeats=settings["repeats"], budget_s=settings["budget"],
-        progress=progress,
+        progress=progress, dtypes=dtypes,
     )
     progress.close()
     skipped += left_out
@@ -262,7 +311,7 @@ def run(args, parser) -> int:
 
     if settings["json"] is not None:
         recorded = {"mode": mode, "repeats": settings["repeats"], "budget_s": settings["budget"],
-                    "workloads": settings["workloads"],
+                    "workloads": settings["workloads"], "dtypes": settings["dtypes"],
                     "sizes": [s.as_dict() for s in settings["sizes"]],
                     "peers": settings["peers"], "backends": settings["backends"]}
         doc = report.document(results, machine=machine, settings=recorded,

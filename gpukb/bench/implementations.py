@@ -40,13 +40,18 @@ class Implementation:
     kind: str = "peer"
     threads: str = ""
     versions: dict = field(default_factory=dict)
-    workloads: tuple = ("lstm", "gru")
+    workloads: tuple = ("lstm", "gru", "simple_rnn")
 
     def label(self, workload: str) -> str:
         return self.key
 
     def prepare(self) -> None:
         """Import what is needed; raise ``Skipped(reason)`` when it cannot run here."""
+
+    def unsupported(self, workload: str, dtype: str) -> str | None:
+        """Why this (prepared) implementation cannot run ``workload`` in ``dtype`` (shown as
+        "n/a" with the reason, never run in another type), or None when it can."""
+        return None
 
     def build(self, problem) -> Runnable:
         raise NotImplementedError

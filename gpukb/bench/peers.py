@@ -1,19 +1,30 @@
 """The peers: what a user would run instead of gpukb, each optional.
 
-- ``torch``: ``torch.nn.LSTM`` / ``torch.nn.GRU`` under ``torch.inference_mode()``, on the CPU with
+Each runs the three workloads (LSTM, GRU, SimpleRNN), in float32 or float64. A peer that has no
+float64 kernel for a workload says so (``unsupported``: the row reads "n/a" with the reason); no
+peer is ever run in another type than the one asked for.
+
+- ``torch``: ``torch.nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (tanh) under ``torch.inference_mode()``,
+  float64 as ``module.double()``, on the CPU with
   ``torch.set_num_threads(os.cpu_count())``; a second entry on the GPU when
   ``torch.cuda.is_available()`` (synchronised with ``torch.cuda.synchronize()``).
 - ``jax``: the cell written with ``jax.numpy`` and iterated by ``jax.lax.scan`` under ``jax.jit``,
-  on JAX's default device; XLA's CPU thread pool uses every core by default.
-- ``keras3``: ``keras.layers.LSTM`` / ``GRU`` (Keras 3) called on NumPy arrays; the backend is
+  on JAX's default device; XLA's CPU thread pool uses every core by default. float64 turns on
+  ``jax_enable_x64`` (without it JAX would compute float64 inputs in float32).
+- ``keras3``: ``keras.layers.LSTM`` / ``GRU`` / ``SimpleRNN`` (Keras 3; float64 as the layer's
+  ``dtype``, except where Keras computes float64 in float32: see ``Keras3Peer.unsupported``)
+  called on NumPy arrays; the backend is
   ``KERAS_BACKEND`` (``numpy`` when unset, since that is what a NumPy user gets without another
   framework); the NumPy backend computes with NumPy's BLAS threads.
 - ``tf.keras``: ``tf_keras.layers.LSTM`` / ``GRU`` (Keras 2, ``pip install tf_keras``) inside a
   ``tf.function``; TensorFlow's default thread pools (every core).
-- ``onnxruntime``: a one-node ONNX model (the ``LSTM`` / ``GRU`` operator, the weights stored in
-  it) run by an ``onnxruntime.InferenceSession`` on the CPU, with ``SessionOptions`` defaults
-  (graph optimisations on) except ``intra_op_num_threads = os.cpu_count()``; the input is fed
-  time-major, as the operator wants it (transposed once, outside the timed call).
+- ``onnxruntime``: a one-node ONNX model (the ``LSTM`` / ``GRU`` / ``RNN`` operator, the weights
+  stored in it) run by an ``onnxruntime.InferenceSession`` on the CPU, with ``SessionOptions``
+  defaults (graph optimisations on) except ``intra_op_num_threads = os.cpu_count()``; the input
+  is fed time-major, as the operator wants it (transposed once, outside the timed call). Its
+  CPU kernels of these operators are float32 only (1.32: "LSTM operator does not support double
+  yet", no RNN kernel for double): whether float64 runs is asked of the installed onnxruntime
+  with a one-step model (``OnnxRuntimePeer.unsupported``).
 
 A peer whose library is missing (or fails to import) raises ``Skipped`` from ``prepare``: it is
 listed as skipped, never an error. Weights are the same Keras-layout arrays for every peer; the
@@ -66,7 +77,7 @@ class TorchPeer(Implementation):
         self.device = device
 
     def label(self, workload):
-        layer = {"lstm": "nn.LSTM", "gru": "nn.GRU"}[workload]
+        layer = {"lstm": "nn.LSTM", "gru": "nn.GRU", "simple_rnn": "nn.RNN"}[workload]
         return f"torch {layer}" + ("" if self.device == "cpu" else f" ({self.device})")
 
     def prepare(self):
@@ -88,6 +99,9 @@ class TorchPeer(Implementation):
         if problem.workload == "lstm":
             module = torch.nn.LSTM(D, H, batch_first=True)
             w_ih, w_hh, b_ih, b_hh = W.T, U.T, b, np.zeros_like(b)
+        elif problem.workload == "simple_rnn":
+            module = torch.nn.RNN(D, H, nonlinearity="tanh", batch_first=True)
+            w_ih, w_hh, b_ih, b_hh = W.T, U.T, b, np.zeros_like(b)
         else:  # Keras z, r, h -> torch r, z, n
             module = torch.nn.GRU(D, H, batch_first=True)
 
@@ -96,7 +110,7 @@ class TorchPeer(Implementation):
 
             w_ih, w_hh, b_ih, b_hh = order(W).T, order(U).T, order(b[0]), order(b[1])
         dev = torch.device(self.device)
-        module = module.to(dev).eval()
+        module = module.to(device=dev, dtype=getattr(torch, problem.dtype)).eval()
         with torch.no_grad():
             for param, value in ((module.weight_ih_l0, w_ih), (module.weight_hh_l0, w_hh),
                                  (module.bias_ih_l0, b_ih), (module.bias_hh_l0, b_hh)):
@@ -143,7 +157,8 @@ class JaxPeer(Implementation):
             pass
         self.threads = ("GPU" if self.platform != "cpu"
                         else f"XLA CPU thread pool (default: all {os.cpu_count()} cores)")
-        self._compiled = {"lstm": jax.jit(self._forward_lstm), "gru": jax.jit(self._forward_gru)}
+        self._compiled = {"lstm": jax.jit(self._forward_lstm), "gru": jax.jit(self._forward_gru),
+                          "simple_rnn": jax.jit(self._forward_simple_rnn)}
 
     def _forward_lstm(self, x, W, U, b, h0, c0):
         jax, jnp = self.jax, self.jnp
@@ -178,10 +193,25 @@ class JaxPeer(Implementation):
         _, hs = jax.lax.scan(step, h0, xw)
         return jnp.swapaxes(hs, 0, 1)
 
+    def _forward_simple_rnn(self, x, W, U, b, h0):
+        jax, jnp = self.jax, self.jnp
+        xw = jnp.einsum("btd,dk->tbk", x, W) + b
+
+        def step(h, xt):
+            h = jnp.tanh(xt + h @ U)
+            return h, h
+
+        _, hs = jax.lax.scan(step, h0, xw)
+        return jnp.swapaxes(hs, 0, 1)
+
     def build(self, problem):
         jnp = self.jnp
+        if problem.dtype == "float64":  # float32 problems keep float32 arrays either way
+            self.jax.config.update("jax_enable_x64", True)
         f = self._compiled[problem.workload]
         args = [jnp.asarray(a) for a in (problem.x, *problem.weights, *problem.states)]
+        if args[0].dtype != problem.x.dtype:
+            raise TypeError(f"JAX turned {problem.dtype} inputs into {args[0].dtype}.")
 
         def run():
             return f(*args).block_until_ready()
@@ -193,11 +223,17 @@ class JaxPeer(Implementation):
 # Keras 3 and tf.keras
 # --------------------------------------------------------------------------------------------
 
+#: The Keras layer of each workload.
+KERAS_LAYERS = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "SimpleRNN"}
+
+
 def _keras_layer(layers, problem, time_steps=None):
-    H = problem.size.H
+    H, dtype = problem.size.H, problem.dtype  # the layer's dtype: its weights and its compute
     if problem.workload == "lstm":
-        return layers.LSTM(H, return_sequences=True)
-    return layers.GRU(H, return_sequences=True, reset_after=True)
+        return layers.LSTM(H, return_sequences=True, dtype=dtype)
+    if problem.workload == "simple_rnn":
+        return layers.SimpleRNN(H, return_sequences=True, dtype=dtype)
+    return layers.GRU(H, return_sequences=True, reset_after=True, dtype=dtype)
 
 
 class Keras3Peer(Implementation):
@@ -205,7 +241,7 @@ class Keras3Peer(Implementation):
         super().__init__(key="keras3")
 
     def label(self, workload):
-        layer = {"lstm": "LSTM", "gru": "GRU"}[workload]
+        layer = KERAS_LAYERS[workload]
         backend = getattr(self, "backend_name", "?")
         return f"keras3 {layer} ({backend})"
 
@@ -220,6 +256,17 @@ class Keras3Peer(Implementation):
         self.versions = {"keras": version}
         self.threads = (blas_threads() if self.backend_name == "numpy"
                         else f"the {self.backend_name} backend's default")
+
+    def unsupported(self, workload, dtype):
+        """Keras 3 promotes types as JAX does without x64: on every backend but tensorflow,
+        ``keras.backend.result_type("float64", "float64")`` is float32 (3.15), so a float64
+        layer's products and activations run in float32 (measured: 1e-7 relative error)."""
+        promoted = self.keras.backend.result_type(dtype, dtype)
+        if promoted != dtype:
+            return (f"float32 only: Keras {self.keras.__version__} on the {self.backend_name} "
+                    f"backend computes {dtype} in {promoted} "
+                    f"(keras.backend.result_type('{dtype}', '{dtype}') == '{promoted}')")
+        return None
 
     def build(self, problem):
         keras = self.keras
@@ -240,8 +287,7 @@ class TfKerasPeer(Implementation):
         super().__init__(key="tf.keras")
 
     def label(self, workload):
-        layer = {"lstm": "LSTM", "gru": "GRU"}[workload]
-        return f"tf.keras {layer} (tf.function)"
+        return f"tf.keras {KERAS_LAYERS[workload]} (tf.function)"
 
     def prepare(self):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -279,8 +325,10 @@ class TfKerasPeer(Implementation):
 # --------------------------------------------------------------------------------------------
 
 #: Where each ONNX gate block comes from in the Keras layout: ONNX LSTM is i, o, f, c and Keras
-#: i, f, c, o; ONNX GRU and Keras are both z, r, h.
-ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (0, 1, 2)}
+#: i, f, c, o; ONNX GRU and Keras are both z, r, h; RNN has one block.
+ONNX_GATE_ORDER = {"lstm": (0, 3, 1, 2), "gru": (0, 1, 2), "simple_rnn": (0,)}
+#: The ONNX operator of each workload (RNN's default activation is Tanh, as SimpleRNN's).
+ONNX_OPERATORS = {"lstm": "LSTM", "gru": "GRU", "simple_rnn": "RNN"}
 #: opset 17 and IR version 8: readable by every onnxruntime the ``peers`` extra allows (>= 1.17).
 ONNX_OPSET, ONNX_IR_VERSION = 17, 8
 
@@ -288,8 +336,8 @@ ONNX_OPSET, ONNX_IR_VERSION = 17, 8
 def onnx_weights(problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The problem's Keras-layout weights as the ONNX operator takes them: W ``[1, gates*H, D]``,
     R ``[1, gates*H, H]`` (the Keras kernels transposed, gate blocks reordered) and B
-    ``[1, 2*gates*H]`` = input biases ++ recurrent biases. Keras LSTM has one bias (the recurrent
-    one is zero); Keras GRU with ``reset_after=True`` has both, its (2, 3H) rows."""
+    ``[1, 2*gates*H]`` = input biases ++ recurrent biases. Keras LSTM and SimpleRNN have one bias
+    (the recurrent one is zero); Keras GRU with ``reset_after=True`` has both, its (2, 3H) rows."""
     W, U, b = problem.weights
     H = problem.size.H
     order = ONNX_GATE_ORDER[problem.workload]
@@ -297,10 +345,10 @@ def onnx_weights(problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     def reorder(a):  # the gate blocks lie along the last axis
         return np.concatenate([a[..., g * H:(g + 1) * H] for g in order], axis=-1)
 
-    if problem.workload == "lstm":
-        biases = (reorder(b), np.zeros_like(b))
-    else:
+    if problem.workload == "gru":
         biases = (reorder(b[0]), reorder(b[1]))
+    else:
+        biases = (reorder(b), np.zeros_like(b))
     return reorder(W).T[None], reorder(U).T[None], np.concatenate(biases)[None]
 
 
@@ -315,8 +363,8 @@ def onnx_model(onnx, problem):
     attributes = {"hidden_size": H}
     if problem.workload == "gru":
         attributes["linear_before_reset"] = 1  # Keras reset_after=True
-    node = helper.make_node(problem.workload.upper(), ["X", "W", "R", "B", "", *states], ["Y"],
-                            **attributes)
+    node = helper.make_node(ONNX_OPERATORS[problem.workload], ["X", "W", "R", "B", "", *states],
+                            ["Y"], **attributes)
     inputs = [helper.make_tensor_value_info("X", elem, [T, B, D])]
     inputs += [helper.make_tensor_value_info(name, elem, [1, B, H]) for name in states]
     weights = [numpy_helper.from_array(np.ascontiguousarray(a, problem.x.dtype), name)
@@ -330,12 +378,17 @@ def onnx_model(onnx, problem):
     return model
 
 
+#: How onnxruntime 1.32 says a kernel lacks a type: "LSTM operator does not support double yet"
+#: (LSTM, GRU: when run), "Could not find an implementation for RNN(14) node" (RNN: when loaded).
+MISSING_KERNEL = ("does not support double", "Could not find an implementation")
+
+
 class OnnxRuntimePeer(Implementation):
     def __init__(self):
         super().__init__(key="onnxruntime")
 
     def label(self, workload):
-        return f"onnxruntime {workload.upper()}"
+        return f"onnxruntime {ONNX_OPERATORS[workload]}"
 
     def prepare(self):
         install = "pip install onnx onnxruntime"
@@ -346,10 +399,37 @@ class OnnxRuntimePeer(Implementation):
         self.intra_op_threads = os.cpu_count() or 1
         self.threads = (f"{self.intra_op_threads} intra-op "
                         "(SessionOptions.intra_op_num_threads = os.cpu_count())")
+        self._unsupported = {}  # (workload, dtype) -> the reason, or None
 
-    def build(self, problem):
+    def unsupported(self, workload, dtype):
+        """Asks the installed onnxruntime: a one-step model of ``workload`` in ``dtype`` that
+        fails to load or run means its CPU kernel lacks the type (float64, up to 1.32 at least)."""
+        if dtype == "float32":
+            return None
+        if (workload, dtype) not in self._unsupported:
+            from .workloads import Size, make_problem
+
+            problem = make_problem(workload, Size(1, 1, 1, 1), dtype=np.dtype(dtype))
+            try:
+                runnable = self.build(problem, quiet=True)
+                runnable.run()
+            except Exception as error:  # noqa: BLE001 - its message is the reason shown
+                message = " ".join(str(error).split())
+                if not any(sign in message for sign in MISSING_KERNEL):
+                    raise  # another failure: not a missing type, so not "n/a"
+                message = message.split("Status Message:")[-1].split("\x1b")[0].strip()
+                self._unsupported[workload, dtype] = (
+                    f"float32 only: onnxruntime {self.ort.__version__} has no {dtype} CPU "
+                    f"kernel for {ONNX_OPERATORS[workload]} ({message[:120]})")
+            else:
+                self._unsupported[workload, dtype] = None
+        return self._unsupported[workload, dtype]
+
+    def build(self, problem, quiet: bool = False):
         options = self.ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
+        if quiet:  # the float64 probe: its expected failure is reported, not logged
+            options.log_severity_level = 4
         session = self.ort.InferenceSession(onnx_model(self.onnx, problem).SerializeToString(),
                                             options, providers=["CPUExecutionProvider"])
         feeds = {"X": np.ascontiguousarray(problem.x.transpose(1, 0, 2))}

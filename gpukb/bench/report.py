@@ -27,6 +27,9 @@ LEGEND = (
 # --------------------------------------------------------------------------------------------
 
 def _row(r) -> tuple:
+    if r.status == "n/a":  # the reason starts with its short form, e.g. "float32 only: ..."
+        return (r.workload, r.size.label, r.implementation, f"n/a ({na_short(r.error)})", "",
+                "", "")
     if r.status != "ok":
         return (r.workload, r.size.label, r.implementation, "error", "", "", "")
     ratio = "" if r.ratio_to_fastest_peer is None else f"{r.ratio_to_fastest_peer:.2f}x"
@@ -34,13 +37,34 @@ def _row(r) -> tuple:
             f"{r.gflops:.2f}", ratio, f"{r.relative_error:.1e}")
 
 
+def na_short(reason: str) -> str:
+    """``"float32 only"`` from an n/a reason ``"float32 only: why"``."""
+    return reason.split(":", 1)[0]
+
+
 def format_table(results, *, skipped=(), threads=None, legend: bool = True) -> str:
-    """The results as an aligned text table, followed by the skipped implementations (with the
-    reason), the threads each implementation used, and a legend."""
-    lines = aligned(COLUMNS, results, [_row(r) for r in results], numeric={3, 4, 5, 6})
+    """The results as an aligned text table, followed by the rows that failed or are n/a (with
+    the reason, once per implementation, workload and dtype for n/a), the skipped
+    implementations (with the reason), the threads each implementation used, and a legend. A
+    dtype column appears when a row is not float32."""
+    columns: tuple = COLUMNS
+    rows: list[tuple] = [_row(r) for r in results]
+    numeric = {3, 4, 5, 6}
+    if any(r.dtype != "float32" for r in results):
+        columns = columns[:1] + ("dtype",) + columns[1:]
+        rows = [row[:1] + (r.dtype,) + row[1:] for r, row in zip(results, rows)]
+        numeric = {i + 1 for i in numeric}
+    lines = aligned(columns, results, rows, numeric=numeric)
     lines += [f"error: {r.implementation}, {r.workload} {r.size.label}: {r.error}"
-              for r in results if r.status != "ok"]
-    return "\n".join(lines + trailer(skipped, threads, LEGEND if legend else None))
+              for r in results if r.status == "error"]
+    not_run = {(r.implementation, r.workload, r.dtype): r.error
+               for r in results if r.status == "n/a"}
+    lines += [f"n/a: {name}, {workload} {dtype}: {reason}"
+              for (name, workload, dtype), reason in not_run.items()]
+    text = LEGEND
+    if any(r.workload == "simple_rnn" for r in results):
+        text = text.replace("GRU 3)", "GRU 3, SimpleRNN 1)")
+    return "\n".join(lines + trailer(skipped, threads, text if legend else None))
 
 
 def aligned(columns, results, rows, *, numeric) -> list[str]:
@@ -195,6 +219,7 @@ def machine_info(implementations=()) -> dict:
 def result_dict(r) -> dict:
     return {
         "workload": r.workload,
+        "dtype": r.dtype,
         "size": r.size.as_dict(),
         "implementation": r.implementation,
         "key": r.key,
@@ -262,7 +287,8 @@ def plot(results, path, *, machine: dict | None = None) -> None:
     groups: dict = {}
     for r in results:
         if r.status == "ok":
-            groups.setdefault((r.workload, r.size), []).append(r)
+            workload = r.workload if r.dtype == "float32" else f"{r.workload} {r.dtype}"
+            groups.setdefault((workload, r.size), []).append(r)
     workloads = list(dict.fromkeys(w for w, _ in groups))
     sizes = list(dict.fromkeys(s for _, s in groups))
     if not groups:

@@ -110,7 +110,8 @@ class Result:
     key: str                      # the stable name, e.g. "torch", "gpukb[cpu]"
     kind: str                     # "gpukb" or "peer"
     flops: int
-    status: str = "ok"            # "ok" or "error"
+    dtype: str = "float32"        # of the inputs, weights and outputs
+    status: str = "ok"            # "ok", "error", or "n/a" (the dtype unsupported: see error)
     error: str = ""
     median_s: float | None = None
     min_s: float | None = None
@@ -122,7 +123,7 @@ class Result:
     @property
     def group(self) -> tuple:
         """The problem this row measures: rows of one group are compared with each other."""
-        return (self.workload, self.size)
+        return (self.workload, self.dtype, self.size)
 
     @property
     def gflops(self) -> float | None:
@@ -134,7 +135,11 @@ class Result:
 def run_one(implementation, problem, *, repeats: int, budget_s: float) -> Result:
     """Build, warm up, check against the reference and time one implementation on one problem."""
     result = Result(problem.workload, problem.size, implementation.label(problem.workload),
-                    implementation.key, implementation.kind, problem.flops)
+                    implementation.key, implementation.kind, problem.flops, problem.dtype)
+    reason = implementation.unsupported(problem.workload, problem.dtype)
+    if reason:
+        result.status, result.error = "n/a", reason
+        return result
 
     def check(outputs):
         result.relative_error = problem.relative_error(outputs)
@@ -191,28 +196,33 @@ def result_from_wire(data: dict) -> Result:
 WORKER_MARK = "@@gpukb-bench@@ "
 
 
-def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progress=None,
-                 python: str | None = None):
-    """Run each implementation (by key) in a fresh worker process, one after the other, on every
-    workload x size (see ``run_workers``). Returns (results in table order, the prepared
-    implementations as records, skipped as [(key, reason)])."""
+def crashed_result(key: str, started: dict, why: str) -> Result:
+    """The error row of the problem a worker died on (its ``start`` event)."""
     from .workloads import Size, flops
 
+    size = Size(**started["size"])
+    return Result(started["workload"], size, started["label"], key, started["kind"],
+                  flops(started["workload"], size), started.get("dtype", "float32"),
+                  status="error", error=why)
+
+
+def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progress=None,
+                 python: str | None = None, dtypes=("float32",)):
+    """Run each implementation (by key) in a fresh worker process, one after the other, on every
+    workload x dtype x size (see ``run_workers``). Returns (results in table order, the prepared
+    implementations as records, skipped as [(key, reason)])."""
     spec = {"workloads": list(workloads), "sizes": [s.as_dict() for s in sizes],
-            "repeats": repeats, "budget_s": budget_s}
-
-    def crashed(key: str, started: dict, why: str) -> Result:
-        size = Size(**started["size"])
-        return Result(started["workload"], size, started["label"], key, started["kind"],
-                      flops(started["workload"], size), status="error", error=why)
-
-    results, ready, skipped = run_workers(keys, spec, per_key=len(workloads) * len(sizes),
-                                          from_wire=result_from_wire, crashed=crashed,
+            "dtypes": list(dtypes), "repeats": repeats, "budget_s": budget_s}
+    results, ready, skipped = run_workers(keys, spec,
+                                          per_key=len(workloads) * len(dtypes) * len(sizes),
+                                          from_wire=result_from_wire, crashed=crashed_result,
                                           progress=progress, python=python)
     order_w = {w: i for i, w in enumerate(workloads)}
+    order_d = {d: i for i, d in enumerate(dtypes)}
     order_s = {s: i for i, s in enumerate(sizes)}
     order_k = {k: i for i, k in enumerate(keys)}
-    results.sort(key=lambda r: (order_w[r.workload], order_s[r.size], order_k[r.key]))
+    results.sort(key=lambda r: (order_w[r.workload], order_d[r.dtype], order_s[r.size],
+                                order_k[r.key]))
     add_ratios(results)
     return results, ready, skipped
 

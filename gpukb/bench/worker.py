@@ -4,7 +4,9 @@ Reads a JSON spec on stdin and writes events as JSON lines prefixed with ``runne
 on stdout: ``skipped`` (with the reason) or ``ready`` (threads, versions), then ``start`` (with a
 ``title`` for the progress bar) and ``result`` per problem, then ``done``. Two kinds of spec:
 
-- ``gpukb.rnn`` workloads: ``key``, ``workloads``, ``sizes``, ``repeats``, ``budget_s``;
+- ``gpukb.rnn`` workloads: ``key``, ``workloads``, ``sizes``, ``dtypes`` (default float32),
+  ``repeats``, ``budget_s``; or, instead of the three lists, ``points`` (``gpukb bench --grid``:
+  each a workload, dtype and size) and ``check_rows`` (see ``workloads.Problem``);
 - a saved model (``gpukb bench --model``): ``key``, ``model`` (the file), ``problems`` (batch
   size -> the ``.npz`` of its inputs and reference outputs), ``calls``, ``repeats``, ``budget_s``.
 """
@@ -42,6 +44,16 @@ def _prepared(implementation, *steps) -> bool:
     return False
 
 
+def workload_points(spec: dict) -> list[dict]:
+    """The problems of a workloads spec, in run order: its ``points``, or every workload x dtype
+    x size."""
+    if "points" in spec:
+        return spec["points"]
+    return [{"workload": workload, "dtype": dtype, "size": size}
+            for workload in spec["workloads"] for dtype in spec.get("dtypes", ["float32"])
+            for size in spec["sizes"]]
+
+
 def run_workloads(spec: dict) -> None:
     from .implementations import make_implementation
     from .runner import result_to_wire, run_one
@@ -50,19 +62,19 @@ def run_workloads(spec: dict) -> None:
     implementation = make_implementation(spec["key"])
     if not _prepared(implementation, implementation.prepare):
         return
-    for workload in spec["workloads"]:
+    for point in workload_points(spec):
+        workload, dtype, size = point["workload"], point["dtype"], Size(**point["size"])
         if workload not in implementation.workloads:
             continue
-        for size_dict in spec["sizes"]:
-            size = Size(**size_dict)
-            label = implementation.label(workload)
-            _emit({"event": "start", "workload": workload, "size": size_dict,
-                   "title": f"{workload} {size.label} {label}", "label": label,
-                   "kind": implementation.kind})
-            problem = make_problem(workload, size)
-            result = run_one(implementation, problem, repeats=spec["repeats"],
-                             budget_s=spec["budget_s"])
-            _emit({"event": "result", "result": result_to_wire(result)})
+        label = implementation.label(workload)
+        shown = workload if dtype == "float32" else f"{workload} {dtype}"
+        _emit({"event": "start", "workload": workload, "dtype": dtype, "size": point["size"],
+               "title": f"{shown} {size.label} {label}", "label": label,
+               "kind": implementation.kind})
+        problem = make_problem(workload, size, dtype=dtype, check_rows=spec.get("check_rows"))
+        result = run_one(implementation, problem, repeats=spec["repeats"],
+                         budget_s=spec["budget_s"])
+        _emit({"event": "result", "result": result_to_wire(result)})
     _emit({"event": "done"})
 
 

@@ -17,8 +17,12 @@ import numpy as np
 
 #: Kernel columns per unit for each cell kind.
 GATES = {"lstm": 4, "gru": 3, "simple_rnn": 1}
-#: The workloads ``gpukb bench`` runs (the ones every peer implements).
+#: Every workload ``--workloads`` accepts (every peer implements each one).
+WORKLOADS = ("lstm", "gru", "simple_rnn")
+#: The workloads ``gpukb bench`` runs when ``--workloads`` is not given.
 BENCH_WORKLOADS = ("lstm", "gru")
+#: The floating-point types ``--dtypes`` accepts; float32 unless asked.
+DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -84,11 +88,19 @@ class Problem:
     bias: np.ndarray
     h0: np.ndarray
     c0: np.ndarray | None
+    #: Check only the first ``check_rows`` samples (None: all). Samples are independent, so the
+    #: reference of a large batch need not cost as much as the whole batch.
+    check_rows: int | None = None
     _reference: np.ndarray | None = None
 
     @property
     def flops(self) -> int:
         return flops(self.workload, self.size)
+
+    @property
+    def dtype(self) -> str:
+        """``"float32"`` or ``"float64"``: the type of the inputs, weights and states."""
+        return self.x.dtype.name
 
     @property
     def states(self) -> list:
@@ -109,17 +121,26 @@ class Problem:
     @property
     def reference(self) -> np.ndarray:
         if self._reference is None:
-            self._reference = reference(self.workload, self.x, *self.weights, *self.states)
+            rows = slice(self.check_rows)
+            self._reference = reference(self.workload, self.x[rows], *self.weights,
+                                        *(s[rows] for s in self.states))
         return self._reference
 
     def relative_error(self, outputs) -> float:
-        return relative_error(outputs, self.reference)
+        return relative_error(np.asarray(outputs)[:self.check_rows], self.reference)
 
 
-def make_problem(workload: str, size: Size, seed: int = 0, dtype=np.float32) -> Problem:
-    """Random inputs and weights (scaled like Glorot so activations stay in range)."""
+def make_problem(workload: str, size: Size, seed: int = 0, dtype=np.float32,
+                 check_rows: int | None = None) -> Problem:
+    """Random inputs and weights (scaled like Glorot so activations stay in range), in ``dtype``
+    (float32 or float64: the same random draws, rounded to ``dtype``).
+    ``check_rows``: see ``Problem.check_rows``."""
     if workload not in GATES:
         raise ValueError(f"unknown workload {workload!r}; known: {', '.join(GATES)}.")
+    if np.dtype(dtype).name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {np.dtype(dtype).name}.")
+    if check_rows is not None and (not isinstance(check_rows, int) or check_rows < 1):
+        raise ValueError(f"check_rows must be a positive integer or None, got {check_rows!r}.")
     rng = np.random.default_rng(seed)
     B, T, D, H = size.B, size.T, size.D, size.H
     width = GATES[workload] * H
@@ -130,7 +151,7 @@ def make_problem(workload: str, size: Size, seed: int = 0, dtype=np.float32) -> 
     bias = (rng.standard_normal(bias_shape) * 0.1).astype(dtype)
     h0 = np.zeros((B, H), dtype)
     c0 = np.zeros((B, H), dtype) if workload == "lstm" else None
-    return Problem(workload, size, x, kernel, recurrent_kernel, bias, h0, c0)
+    return Problem(workload, size, x, kernel, recurrent_kernel, bias, h0, c0, check_rows)
 
 
 def make_mask(kind: str, batch: int, steps: int, seed: int = 0) -> np.ndarray | None:
