@@ -3,8 +3,10 @@
 ``Program`` holds everything that is the same for every block (the step function with its
 weights, the constants sent whole, the flags, the structures): the graph keeps it under one key
 that every block task depends on, so Dask sends it to each worker once, not once per task.
-This module imports only gpukb and optree: it is unpickled on workers, where Dask is present
-anyway but the client-side modules of the plugin are not needed.
+A block's own arguments are chunks of Dask arrays or slices of NumPy arrays written into its task;
+NumPy ones next to chunks of another type (CuPy) become that type here, with the block backend's
+``asarray``. This module imports only NumPy, gpukb and optree: it is unpickled on workers, where
+the client-side modules of the plugin are not needed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optree
 
 import gpukb
@@ -31,41 +34,39 @@ class Program:
     state_treespec: Any
     constants: tuple | None        # with a PerSample where a block's own piece goes
     options: dict                  # the normalised flags of the call
-    backend: str                   # "cpu" for NumPy chunks, "cuda" for CuPy chunks
+    backend: str                   # the chunk type's backend: "cpu" for NumPy, "cuda" for CuPy
+    convert_numpy: bool            # chunks are not NumPy: NumPy arguments become the chunk type
     expected: tuple                # (shape, None at the batch axis; dtype) of each result leaf
     result_treespecs: tuple        # (last_output, outputs, new_states)
 
 
-
-def fill_constants(template: Any, pieces: list, backend: str) -> Any:
+def fill_constants(template: Any, pieces: list) -> Any:
     """The constants of one block: its own pieces where the template has a PerSample, the rest
-    whole (NumPy arrays as CuPy arrays when the block runs on the cuda backend)."""
+    whole."""
     if template is None:
         return None
-    to_chunk_type = _to_cupy if backend == "cuda" else (lambda c: c)
-    return optree.tree_map(lambda c: pieces[c.index] if isinstance(c, PerSample) else to_chunk_type(c),
+    return optree.tree_map(lambda c: pieces[c.index] if isinstance(c, PerSample) else c,
                            template, is_leaf=lambda c: isinstance(c, PerSample))
 
 
-def _to_cupy(value: Any) -> Any:
-    import numpy
-
-    if isinstance(value, numpy.ndarray):
-        import cupy
-
-        return cupy.asarray(value)
-    return value
+def as_chunks(backend: str, tree: Any) -> Any:
+    """``tree`` with each NumPy array as an array of ``backend`` (CuPy for ``cuda``)."""
+    to_chunks = gpukb.get_backend(backend).asarray
+    return optree.tree_map(lambda v: to_chunks(v) if isinstance(v, np.ndarray) else v, tree)
 
 
 def run_block(program: Program, inputs: list, states: list, mask: Any, input_length: Any,
               constant_pieces: list) -> tuple:
     """``gpukb.rnn`` on one block; the flat leaves of (last_output, outputs, new_states)."""
+    constants: Any = fill_constants(program.constants, constant_pieces)
+    if program.convert_numpy:
+        inputs, states, mask, input_length, constants = as_chunks(
+            program.backend, (inputs, states, mask, input_length, constants))
     result = gpukb.rnn(
         program.step_function,
         optree.tree_unflatten(program.input_treespec, inputs),
-        optree.tree_unflatten(program.state_treespec, states),
-        mask=mask, input_length=input_length,
-        constants=fill_constants(program.constants, constant_pieces, program.backend),
+        optree.tree_unflatten(program.state_treespec, states),  # type: ignore[arg-type]
+        mask=mask, input_length=input_length, constants=constants,
         backend=program.backend, **program.options,
     )
     leaves = [leaf for part in result for leaf in optree.tree_leaves(part)]

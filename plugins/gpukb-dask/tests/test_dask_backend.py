@@ -22,6 +22,7 @@ from gpukb.testing.test_conformance import (  # noqa: F401  (pytest collects the
     test_keras_cells_match_reference,
     test_returns_the_backends_array_type,
 )
+from gpukb_dask_fake_device import DeviceArray
 from gpukb_dask_test_steps import lstm_problem
 
 
@@ -194,10 +195,46 @@ def test_bad_calls_raise_gpukbs_error_before_anything_runs():
             gpukb.rnn(step, unknown, [h])
         with pytest.raises(TypeError, match=r"initial_states must be a list or tuple"):
             gpukb.rnn(step, x, h)
+        device_x = x.map_blocks(DeviceArray, meta=DeviceArray(np.empty((0, 0, 0))))
+        with pytest.raises(TypeError, match=r"rnn: inputs is a Dask array of gpukb_dask_fake_device.DeviceArray "
+                                            r"chunks, and no installed gpukb backend takes"):
+            gpukb.rnn(step, device_x, [h])
+        device_h = da.zeros((6, 2)).map_blocks(DeviceArray, meta=DeviceArray(np.empty((0, 0))))
+        with pytest.raises(TypeError, match=r"rnn: initial_states\[0\] has gpukb_dask_fake_device.DeviceArray "
+                                            r"chunks but the inputs have numpy.ndarray chunks"):
+            gpukb.rnn(step, x, [device_h])
         cell, *_ = lstm_problem(units=2)
         with pytest.raises(ValueError, match=r"LSTMCell: step_input must have shape \(batch, 3\), got shape \(0, 2\)"):
             gpukb.rnn(cell, x, [h, h])  # raised by the probe: the Cell's own error, at the call
     assert calls == []
+
+
+def _scheduled(*collections):
+    """The graph the scheduler gets for computing ``collections`` together, optimised."""
+    from dask.base import collections_to_expr
+
+    return dict(collections_to_expr(list(collections), optimize_graph=True).optimize().__dask_graph__())
+
+
+def test_a_block_costs_one_rnn_task_and_one_getitem_per_result_array():
+    """What a call adds to the graph of its Dask arguments: per block, the rnn task, a getitem
+    per result array (Dask arrays are a key per chunk) and, only when the block's arguments are
+    split along time, features or other batch chunks, their rechunk; one key for the Program.
+    NumPy states, masks and lengths are sliced into the block tasks: no task of their own."""
+    cell, x, states, mask = lstm_problem(batch=12)
+    lengths = np.arange(12) % 8
+    per_block = 1 + 4  # the rnn, and the getitems of last_output, outputs, h, c
+    # more per block: Dask's rechunk (a merge of 3 time chunks; 2 pieces and a merge for a mask in 6s)
+    for x_chunks, mask_chunks, more_per_block in [((4, 7, 3), None, 0), ((4, 3, 3), None, 1),
+                                                  ((4, 7, 3), (4, 7), 0), ((4, 7, 3), (6, 7), 3)]:
+        xd = da.from_array(x, chunks=x_chunks)
+        md = mask if mask_chunks is None else da.from_array(mask, chunks=mask_chunks)
+        result = gpukb.rnn(cell, xd, states, mask=md)
+        arguments = _scheduled(xd) if mask_chunks is None else _scheduled(xd, md)
+        added = set(_scheduled(result[0], result[1], *result[2])) - set(arguments)
+        assert len(added) <= 3 * (per_block + more_per_block) + 1, (x_chunks, mask_chunks, sorted(map(str, added)))
+    result = gpukb.rnn(cell, xd, states, input_length=lengths, go_backwards=True)
+    assert len(set(_scheduled(result[0], result[1], *result[2])) - set(_scheduled(xd))) == 3 * per_block + 1
 
 
 def test_dask_lengths_are_checked_where_they_are_computed():

@@ -16,6 +16,7 @@ da = pytest.importorskip("dask.array")
 import dask
 
 import gpukb
+import gpukb_dask_fake_device as fake
 from gpukb_dask_test_steps import CountedStep, counted_step_problem, lstm_problem, unpickled
 
 
@@ -70,23 +71,63 @@ def test_the_step_and_its_weights_reach_each_worker_once(client):
     np.testing.assert_allclose(got[1], gpukb.rnn(CountedStep(weights), x, [h0])[1], rtol=1e-12, atol=1e-14)
 
 
-def test_a_worker_killed_mid_computation_loses_nothing(tmp_path):
-    """Blocks lost with a killed worker process are recomputed elsewhere: same result."""
-    weights, x, h0 = counted_step_problem(batch=8, steps=5)
+@pytest.fixture
+def fake_device(client, tmp_path):
+    """The ``fakedevice`` backend (a stand-in for CuPy and the cuda backend) discovered here and
+    on the workers; forgotten afterwards."""
+    fake.install(str(tmp_path))
+    fake.use(str(tmp_path))
+    client.run(fake.use, str(tmp_path))
+    yield
+    client.run(fake.forget, str(tmp_path))
+    fake.forget(str(tmp_path))
+
+
+def test_blocks_of_another_chunk_type_run_on_its_backend_on_the_workers(client, fake_device):
+    """The non-NumPy path (CuPy chunks on the cuda backend) with a stand-in that needs no GPU:
+    results declared with the chunk type's meta, each block run by the backend that owns the
+    chunk type, on a worker, with the NumPy companions (states, mask, lengths) converted to it."""
+    cell, x, states, mask = lstm_problem(batch=20)
+    expected = gpukb.rnn(cell, x, states, mask=mask)
+    meta = fake.DeviceArray(np.empty((0, 0, 0), x.dtype))
+    xd = da.from_array(x, chunks=(8, 7, 3)).map_blocks(fake.DeviceArray, meta=meta)
+    last, outputs, new_states = gpukb.rnn(cell, xd, states, mask=mask)
+    for array in (last, outputs, *new_states):
+        assert type(array._meta) is fake.DeviceArray and array._meta.dtype == np.float32
+        assert array.chunks[0] == (8, 8, 4)
+    # The raw blocks, not concatenated; optimize_graph=False, or Dask fuses the block's rnn task into
+    # each array's own graph and runs it once per array.
+    got = dask.compute(*[block for array in (last, outputs, *new_states)
+                         for block in array.to_delayed(optimize_graph=False).ravel()], scheduler=client)
+    assert all(type(block) is fake.DeviceArray for block in got)
+    for i, want in enumerate([expected[0], expected[1], *expected[2]]):
+        np.testing.assert_array_equal(np.concatenate([block.data for block in got[3 * i:3 * i + 3]]), want)
+    assert [c[1:] for c in fake.calls()] == [(0, ["DeviceArray"])]  # the probe, on the client
+    on_workers = sorted(c[1:] for calls in client.run(fake.calls).values() for c in calls)
+    assert on_workers == [(4, ["DeviceArray"])] + [(8, ["DeviceArray"])] * 2
+
+
+def test_a_worker_killed_mid_computation_loses_nothing(client, tmp_path):
+    """Blocks lost with a killed worker process are recomputed elsewhere: same result. Last in
+    the module: the killed worker's nanny starts a new one, which no later test needs (it is
+    waited for, so that closing the cluster does not wait for a worker still starting)."""
+    weights, x, h0 = counted_step_problem(batch=4, steps=3)
     step = CountedStep(weights, delay=0.1, marker=str(tmp_path))
     expected = gpukb.rnn(CountedStep(weights), x, [h0])
-    with _cluster(2) as cluster, distributed.Client(cluster, set_as_default=False) as client:
-        workers = set(client.run(os.getpid).values())
-        futures = client.compute(list(gpukb.rnn(step, da.from_array(x, chunks=(2, 5, 3)), [h0])))
-        deadline = time.monotonic() + 60
-        while not os.listdir(tmp_path):  # wait until a block runs its steps on some worker
-            assert time.monotonic() < deadline, "no block started"
-            time.sleep(0.02)
-        victim = int(os.listdir(tmp_path)[0].split("-")[0])
-        assert victim in workers
-        os.kill(victim, signal.SIGKILL)
-        last, outputs, states = client.gather(futures)
+    workers = set(client.run(os.getpid).values())
+    futures = client.compute(list(gpukb.rnn(step, da.from_array(x, chunks=(2, 3, 3)), [h0])))
+    deadline = time.monotonic() + 60
+    while not os.listdir(tmp_path):  # wait until a block runs its steps on some worker
+        assert time.monotonic() < deadline, "no block started"
+        time.sleep(0.01)
+    victim = int(os.listdir(tmp_path)[0].split("-")[0])
+    assert victim in workers
+    os.kill(victim, signal.SIGKILL)
+    last, outputs, states = client.gather(futures)
     np.testing.assert_allclose(outputs, expected[1], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(states[0], expected[2][0], rtol=1e-12, atol=1e-14)
-    # 4 blocks x 5 steps, plus the steps the killed worker ran before it died
-    assert len(os.listdir(tmp_path)) > 4 * 5
+    # 2 blocks x 3 steps, plus the steps the killed worker ran before it died
+    assert len(os.listdir(tmp_path)) > 2 * 3
+    client.wait_for_workers(2, timeout=60)
+
+
