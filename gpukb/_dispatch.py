@@ -88,8 +88,7 @@ def _skip(entry_point, distribution: str, error: str) -> None:
     )
 
 
-def _load_record(entry_point) -> BackendRecord | None:
-    distribution = _distribution_name(entry_point)
+def _load_record(entry_point, distribution: str) -> BackendRecord | None:
     try:
         cls = entry_point.load()
     except BaseException as error:  # a broken plugin must never break gpukb
@@ -113,23 +112,41 @@ def _load_record(entry_point) -> BackendRecord | None:
     return BackendRecord(entry_point.name, entry_point.value, distribution, backend, availability)
 
 
+def _distribution_names(entry_points) -> dict[int, str]:
+    """{id(entry point): its distribution's name}, each distribution's name read once (reading it
+    parses the distribution's whole METADATA file)."""
+    by_distribution: dict[int, str] = {}
+    names = {}
+    for entry_point in entry_points:
+        dist = getattr(entry_point, "dist", None)
+        if dist is None:
+            names[id(entry_point)] = _distribution_name(entry_point)
+            continue
+        if id(dist) not in by_distribution:
+            by_distribution[id(dist)] = _distribution_name(entry_point)
+        names[id(entry_point)] = by_distribution[id(dist)]
+    return names
+
+
 def _discover() -> dict[str, BackendRecord]:
     records: dict[str, BackendRecord] = {}
+    found = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
+    distribution = _distribution_names(found)
     entry_points = sorted(
-        metadata.entry_points(group=ENTRY_POINT_GROUP),
+        found,
         # built-in first, so a plugin can never shadow 'cpu' or 'cuda'
-        key=lambda ep: (_distribution_name(ep) != BUILTIN_DISTRIBUTION, ep.name),
+        key=lambda ep: (distribution[id(ep)] != BUILTIN_DISTRIBUTION, ep.name),
     )
     for entry_point in entry_points:
         if entry_point.name in records:
             first = records[entry_point.name]
             if first.entry_point == entry_point.value:
                 continue  # the same distribution seen twice on sys.path
-            _skip(entry_point, _distribution_name(entry_point),
+            _skip(entry_point, distribution[id(entry_point)],
                   f"the name {entry_point.name!r} is already taken by {first.entry_point!r} "
                   f"(distribution {first.distribution!r})")
             continue
-        record = _load_record(entry_point)
+        record = _load_record(entry_point, distribution[id(entry_point)])
         if record is not None:
             records[record.name] = record
             _state.register_clear_session_hook(_clear_loaded_backends)

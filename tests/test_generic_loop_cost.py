@@ -211,3 +211,15 @@ def test_a_bad_later_step_raises_the_full_checks_error(later):
         loop.check_step_output(call, result[0], first)
         loop.check_new_states(call, result[1], set())
     assert str(raised.value) == str(direct.value)
+
+
+def test_gpukb_bench_generic_runs_the_generic_loop_benchmark(monkeypatch):
+    """``gpukb bench --generic`` is ``python -m gpukb.bench.generic`` (its rounds passed on)."""
+    from gpukb import cli
+    from gpukb.bench import generic
+
+    calls = []
+    monkeypatch.setattr(generic, "main", lambda argv=None: calls.append(argv) or 0)
+    assert cli.main(["bench", "--generic", "--rounds", "2"]) == 0
+    assert cli.main(["bench", "--generic"]) == 0
+    assert calls == [["--rounds", "2"], ["--rounds", "3"]]

@@ -139,10 +139,18 @@ def projection_buffer(T, B, Gp, dtype, rows, chunks, width=None):
 
 
 def max_threads():
+    """``numba.get_num_threads()``: NUMBA_NUM_THREADS, or what ``numba.set_num_threads`` set.
+    Until Numba's own thread pool runs (set_num_threads starts it) that is the configured number,
+    read here without starting the pool: the kernels run on threads of their own, and starting
+    Numba's costs a process's first call tens of milliseconds."""
     try:
         import numba
+        from numba.np.ufunc import parallel
 
-        n = numba.get_num_threads()
+        if getattr(parallel, "_is_initialized", True):
+            n = numba.get_num_threads()
+        else:
+            n = numba.config.NUMBA_NUM_THREADS
     except Exception:  # pragma: no cover - numba without threading support
         n = os.cpu_count() or 1
     return max(1, int(n))

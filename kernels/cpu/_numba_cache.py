@@ -1,6 +1,6 @@
 """Numba's on-disk cache for the CPU kernels, made safe wherever gpukb is installed.
 
-``cached_njit(**options)`` is ``numba.njit(cache=True, **options)`` with two differences:
+``cached_njit(**options)`` is ``numba.njit(cache=True, **options)`` with three differences:
 
 - No usable cache location (a read-only installation with an unwritable home, an unusable
   ``NUMBA_CACHE_DIR``): plain ``cache=True`` raises ``RuntimeError: cannot cache function ...: no
@@ -9,6 +9,10 @@
 - A cached index or data file that cannot be read back (truncated or corrupt, e.g. by a crashed
   writer or a full disk): Numba raises on every call. Here that function's cache files are
   deleted, it compiles and writes them anew, with one RuntimeWarning per process.
+- Loading a function from the cache does not "refresh" Numba's target context first: that
+  imports and installs every implementation Numba has (``numba.np.arraymath`` imports
+  ``scipy.linalg``), a few tenths of a second of a process's first call that only compiling
+  needs, and Numba's compiler refreshes the context itself before it compiles anything.
 
 ``ensure_fresh_cache()`` drops the package's cache files when any kernel source changed: Numba
 keys a cached function on its own file only, and the kernels inline the activations, the GEMM, the
@@ -24,6 +28,7 @@ import warnings
 from numba import njit
 from numba.core.caching import FunctionCache
 from numba.core.dispatcher import Dispatcher
+from numba.core.runtime import rtsys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CELLS = os.path.join(os.path.dirname(_HERE), "cells")  # the cell definitions, inlined too
@@ -60,8 +65,11 @@ class _SelfHealingCache(FunctionCache):
         return [base + ".nbi"] + glob.glob(glob.escape(base) + ".*.nbc")
 
     def load_overload(self, sig, target_context):
+        # Numba's version first "refreshes" the target context (see the module docstring).
+        rtsys.initialize(target_context)   # what loaded code needs: Numba's runtime (NRT)
         try:
-            return super().load_overload(sig, target_context)
+            with self._guard_against_spurious_io_errors():
+                return self._load_overload(sig, target_context)
         except Exception as err:  # EOFError, UnpicklingError, ...: unreadable, so useless
             _remove(self.files())
             _warn_once("corrupt", f"dropped an unreadable Numba cache file in {self._cache_path} "
