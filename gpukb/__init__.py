@@ -23,6 +23,7 @@ from ._keras_tensor import KerasTensor, is_keras_tensor, placeholder
 from ._backend import Availability, Backend
 from ._dispatch import (
     backend_available,
+    backend_for,
     get_backend,
     list_backends,
     refresh_backends,
@@ -43,6 +44,7 @@ __all__ = [
     "Backend",
     "KerasTensor",
     "backend_available",
+    "backend_for",
     "clear_session",
     "epsilon",
     "floatx",

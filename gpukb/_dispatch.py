@@ -367,7 +367,30 @@ def select_backend(leaves, backend: Any = None) -> Backend:
                 + f", but the call has {' and '.join(kinds)} arrays."
             )
         return record.backend
-    if mixed:
+    return _automatic_backend(leaves, kinds, hosts if mixed else None)
+
+
+def backend_for(*arrays: Any) -> Backend:
+    """The backend that ``gpukb.rnn`` picks by itself for a call on ``arrays`` (rule 4: by array
+    type, built-in backends first, then the highest priority, then the name), whatever
+    ``backend=``, ``use_backend``, ``set_backend`` or the configuration would choose. A plugin
+    that runs gpukb on blocks of other arrays (gpukb-dask) asks it which backend takes a block.
+    TypeError when no backend takes these arrays together; RuntimeError, with the backend's
+    reason, when the one that does is unavailable here."""
+    kinds = array_kinds(arrays)
+    libraries = {_library(kind) for kind in kinds}
+    hosts = None
+    if len(libraries) > 1:
+        hosts = [r for r in _records().values() if _takes(r.backend, kinds)]
+        if not hosts:
+            raise TypeError(f"no backend takes {' and '.join(kinds)} arrays in one call.")
+    return _automatic_backend(arrays, kinds, hosts)
+
+
+def _automatic_backend(leaves, kinds: list[str], hosts) -> Backend:
+    """Rule 4 of select_backend; ``hosts``: for arrays of several libraries, the backends that
+    take them together (else None)."""
+    if hosts is not None:
         best = min(hosts, key=lambda r: (not r.builtin, -r.backend.priority, r.name))
         return _record_for(best.name, origin=f"automatic selection for {' and '.join(kinds)} arrays").backend
     if not kinds:

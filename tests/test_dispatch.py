@@ -249,6 +249,22 @@ def test_plugins_compete_by_priority_for_types_no_builtin_accepts(plugin):
     assert _dispatch.select_backend([x], "rival").name == "rival"
 
 
+def test_backend_for_is_the_automatic_choice_whatever_was_chosen_explicitly(plugin):
+    module, _ = plugin
+    import lazyplug_mod
+
+    gpukb.set_backend("greedy")
+    with gpukb.use_backend("greedy"):
+        assert gpukb.backend_for(np.zeros(1)).name == "cpu"       # built-in first, as select_backend
+        assert gpukb.backend_for(module.FakeArray(1)).name == "fake"   # then priority (rival: 1)
+        assert gpukb.backend_for(lazyplug_mod.LazyArray(), np.zeros(1)).name == "sidecar"
+    assert gpukb.backend_for(np.zeros(1)) is gpukb.get_backend("cpu")
+    with pytest.raises(TypeError, match=r"no backend accepts the arrays of this call \(builtins.list"):
+        gpukb.backend_for([1.0])
+    with pytest.raises(TypeError, match=r"no backend takes numpy:ndarray and fakeplug_mod:FakeArray"):
+        gpukb.backend_for(np.zeros(1), module.FakeArray(1))
+
+
 def test_mixed_array_libraries_are_a_type_error_naming_both(plugin):
     module, _ = plugin
     with pytest.raises(TypeError, match=r"numpy:ndarray and fakeplug_mod:FakeArray"):
