@@ -876,3 +876,19 @@ def test_tf_keras_runs_a_tf_keras_file_and_keras3_is_skipped_on_it(capsys):
     assert float(rows[("predict", "tf.keras")][-1]) < 1e-5
     if importlib.util.find_spec("keras") is not None:
         assert "skipped: keras3[numpy]: Keras 3." in out and "cannot load this file" in out
+
+
+def test_backward_bench_times_gradients_checked_against_float64(capsys):
+    """gpukb bench --backward: each implementation in its own process, its input gradient
+    compared with the float64 reference (a wrong gradient would show a large rel. error)."""
+    from gpukb.bench import backward
+    from gpukb.bench.workloads import Size
+
+    results = backward.run((Size(2, 5, 3, 4),), implementations=("gpukb[cpu]", "torch"),
+                           repeats=2, budget=0.05)
+    table = capsys.readouterr().out
+    assert {(r.workload, r.key) for r in results} >= {("lstm", "gpukb[cpu]"), ("gru", "gpukb[cpu]")}
+    for r in results:
+        assert r.status == "ok", r.error
+        assert r.relative_error < 1e-5 and r.median_s > 0
+    assert "rel. error" in table and "gpukb.rnn_vjp + pullback" in table

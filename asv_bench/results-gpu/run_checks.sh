@@ -10,8 +10,9 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl optree
 #
-# Writes to $OUT (or ./gpu-out): env.txt, pytest-gpu.txt + .xml, bench.txt + bench.json (the cuDNN
-# comparison), overhead.txt (per-step cost at T=1000). Copy what comes back into a dated folder
+# Writes to $OUT (or ./gpu-out): env.txt, pytest-gpu.txt + .xml, pytest-vjp.txt + .xml (rnn_vjp's
+# fused backward), bench.txt + bench.json (the cuDNN comparison), overhead.txt (per-step cost at
+# T=1000). Copy what comes back into a dated folder
 # here, with the device and versions, and update README.md beside this script.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,6 +43,13 @@ timeout 240 $py -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
   "$repo/tests/test_cuda_gpu.py" "$repo/tests/test_cells.py" --junitxml "$out/pytest-gpu.xml" \
   2>&1 | tee "$out/pytest-gpu.txt" | tail -25
 
+# 1b. rnn_vjp's fused CUDA backward (per step; so far verified only under the CUDA simulator) on
+#     CuPy arrays, against the cpu backend's fused vjp: the simulator's test file, run on the GPU
+#     (--noconftest: its folder's conftest collects it only under the simulator).
+timeout 150 $py -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
+  "$repo/tests/cuda_sim/test_sim_vjp.py" --junitxml "$out/pytest-vjp.xml" \
+  2>&1 | tee "$out/pytest-vjp.txt" | tail -15
+
 # 2. Against cuDNN (PyTorch nn.LSTM / nn.GRU), float32, T=100, D=H, masks none/right/random.
 timeout 240 $py -m gpukb.bench.cuda --cells lstm,gru \
   --shapes 1x256,8x256,32x512,64x1024,256x1024 --steps 100 --masks none,right,random \
@@ -53,3 +61,20 @@ timeout 60 $py -m gpukb.bench.cuda --cells lstm --shapes 1x64,8x128 --steps 1000
 
 echo "== overhead (T=1000) =="; grep -E "^lstm" "$out/overhead.txt"
 echo "== vs cuDNN (T=100) =="; grep -E "^(lstm|gru) " "$out/bench.txt"
+
+# 4. gpukb-dask (issue 15): CuPy chunks through the cuda backend on a dask_cuda.LocalCUDACluster,
+#    against one process; and the plugin's CuPy test on Dask's threads. Needs dask, distributed and
+#    dask-cuda with their pure-Python dependencies in .whl/ (the image has none of them, as far as
+#    known), e.g. python3 -m pip download --no-deps -d .whl dask distributed dask-cuda cloudpickle
+#    toolz partd locket fsspec msgpack psutil sortedcontainers tblib tornado zict pyyaml click
+#    (add --only-binary/--platform as for optree above for msgpack, psutil and pyyaml). Without
+#    dask-cuda, gpu_check.py uses a plain LocalCluster and says so; without dask it is skipped.
+if $py -c "import dask.array, distributed" >/dev/null 2>&1; then
+  $py -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" "$repo/plugins/gpukb-dask" \
+    && timeout 150 $py "$repo/plugins/gpukb-dask/gpu_check.py" 2>&1 | tee "$out/dask-gpu.txt" | tail -12
+  timeout 90 $py -m pytest -q -p no:cacheprovider -o addopts="" \
+    "$repo/plugins/gpukb-dask/tests/test_dask_backend.py" -k cupy 2>&1 | tee -a "$out/dask-gpu.txt" | tail -3
+else
+  echo "gpukb-dask GPU check skipped: dask/distributed not importable (carry their wheels in .whl/)" \
+    | tee "$out/dask-gpu.txt"
+fi

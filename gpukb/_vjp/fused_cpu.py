@@ -3,9 +3,12 @@
 
 The forward is ``run_cell`` with every step's output kept (``return_all_outputs=True``): the same
 computation as ``gpukb.rnn``'s, which only stores the last step's output in that case, so the
-values are ``gpukb.rnn``'s bitwise; the backward rebuilds the states before each step from those
-outputs. What a call keeps for its pullback: references to its arguments and the outputs of every
-step, ``B * T * H`` values (``gpukb.rnn`` returns them anyway with ``return_all_outputs``).
+values are ``gpukb.rnn``'s bitwise. The forward also fills what the backward needs
+(``kernels.cpu.backward.kept_buffers``: the gates' pre-activations, the LSTM's cell states); the
+backward rebuilds the states before each step from the outputs. What a call keeps for its
+pullback: references to its arguments, the outputs of every step (``B * T * H`` values) and the
+kept buffers (LSTM ``5H``, GRU ``6H``, GRU without reset_after ``3H``, SimpleRNN nothing, per
+sample and step); with ``recompute`` only the outputs, and the pullback runs the forward again.
 """
 
 from __future__ import annotations
@@ -20,18 +23,23 @@ from .._rnn import RnnCall
 from .cotangents import Grads, differentiable
 
 
-def fused_cell_vjp(call: RnnCall) -> tuple[tuple, Any]:
-    """``(rnn's result, backward)`` for a call that ``gpukb._fused.cell_problem`` accepts."""
+def fused_cell_vjp(call: RnnCall, recompute: bool = False) -> tuple[tuple, Any]:
+    """``(rnn's result, backward)`` for a call that ``gpukb._fused.cell_problem`` accepts;
+    ``recompute``: keep only the outputs, and run the forward again in the backward."""
     from gpukb.kernels import cpu as kernels  # compiles lazily, on the first fused call
+    from gpukb.kernels.cpu.backward import kept_buffers
 
     cell: Any = call.step_function
     options = loop_options(call)
     ract = getattr(cell, "recurrent_activation", "linear")
     kind = cell.kernel_layout.kind
     x = call.input_leaves[0]
+    kept = None if recompute else kept_buffers(kind, call.time_steps, call.batch_size,
+                                                 cell.units, x.dtype)
     last, every, states = kernels.run_cell(
         kind, x, cell.kernel, cell.recurrent_kernel, cell.bias, call.state_leaves,
-        call.step_mask, options._replace(return_all_outputs=True), cell.activation, ract)
+        call.step_mask, options._replace(return_all_outputs=True), cell.activation, ract,
+        kept=kept)
     outputs = every
     if not options.return_all_outputs:
         outputs = (every[-1:] if options.time_major else every[:, -1:]).copy()
@@ -49,7 +57,7 @@ def fused_cell_vjp(call: RnnCall) -> tuple[tuple, Any]:
         gy[-1] += d_last[0]
         grads = cell_backward(kind, x, cell.kernel, cell.recurrent_kernel, cell.bias,
                               call.state_leaves, call.step_mask, options, cell.activation, ract,
-                              every, gy, d_states)
+                              every, gy, d_states, kept)
         weights = {"kernel": grads["kernel"], "recurrent_kernel": grads["recurrent_kernel"]}
         if cell.bias is not None:
             weights["bias"] = grads["bias"]

@@ -107,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "through gpukb.rnn against a hand-written loop and Keras 3's NumPy "
                              "rnn, each in its own process (python -m gpukb.bench.generic; "
                              "--rounds N, default 3)")
+    parser.add_argument("--backward", action="store_true",
+                        help="time forward + backward (gpukb.rnn_vjp and its pullback) of LSTM "
+                             "and GRU against torch (.backward()) and JAX (jax.vjp of lax.scan), "
+                             "each in its own process (gpukb/bench/backward.py); with --quick: "
+                             "one small size")
     parser.add_argument("--model", metavar="PATH",
                         help="time this saved Keras model (.keras or .h5) with gpukb.keras "
                              "against Keras 3 and tf.keras instead of the gpukb.rnn workloads")
@@ -272,6 +277,13 @@ def failed_gpukb(results) -> int:
 
 
 def run(args, parser) -> int:
+    if getattr(args, "backward", False):
+        from . import backward
+
+        settings = backward.QUICK_SIZES if args.quick else backward.FULL_SIZES
+        budget = args.budget if args.budget is not None else (0.5 if args.quick else 3.0)
+        backward.run(settings, repeats=args.repeats or 30, budget=budget)
+        return 0
     if args.model is not None:
         from . import model_command
 

@@ -1,201 +1,243 @@
 """The fused backward pass of the Keras cells on the CPU (the vjp of ``run_cell``).
 
+    kept = kept_buffers(kind, T, B, H, dtype)      # filled by run_cell(..., kept=kept)
     grads = cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
-                          activation, recurrent_activation, outputs, d_outputs, d_states)
+                          activation, recurrent_activation, outputs, d_outputs, d_states, kept)
 
 ``outputs``: the forward's outputs with every step kept (``run_cell`` with
 ``return_all_outputs=True``), in the layout of ``options.time_major``; ``d_outputs``: the
 cotangent of every processed step's output in processing order ``(T, B, H)`` (zeros where none);
-``d_states``: the cotangents of the final states. Returns a dict: ``"inputs"`` (x's shape),
-``"states"`` (one per state), ``"kernel"``, ``"recurrent_kernel"`` and ``"bias"`` (None without).
+``d_states``: the cotangents of the final states; ``kept``: what the forward kept for the
+backward (``kept_buffers``), or None to run the forward again for it (recomputation: nothing but
+the outputs is held between the forward and the backward). Returns a dict: ``"inputs"`` (x's
+shape), ``"states"`` (one per state), ``"kernel"``, ``"recurrent_kernel"`` and ``"bias"`` (None
+without).
+
+What the forward keeps (``kept_buffers``, per sample and step, beside the outputs): the LSTM its
+4H gate pre-activations and its cell state (5H values), the GRU with reset_after the input and
+recurrent parts of its pre-activations (6H), without reset_after its 3H pre-activations (the
+candidate's is ``x_h + (r * h) @ U_h``), the SimpleRNN nothing (its derivative comes from its
+output).
 
 How it runs (everything in processing order, ``(T, B, ...)``):
 
 1. The states before each step come from the outputs: a cell's output is its new h, and a masked
    step holds h, so h before step i is the output of the sample's last valid step before i
-   (``initial h`` before its first). With every h known, the gates' pre-activations of all steps
-   are two large GEMMs (``x @ kernel``, ``h @ recurrent_kernel``), not T small ones. GRU without
-   reset_after needs one more, ``(r * h) @ U_h``, once r is known.
-2. One pointwise pass activates the gates (and, for the LSTM, runs the cell state forward).
-3. The reverse loop: per step, each sample's derivative along its row (the cells' scalar
-   ``backward`` functions in ``kernels/cells``, one compiled call) gives the pre-activations'
-   cotangents dz, then one GEMM ``dz @ recurrent_kernel.T`` (NumPy's BLAS: Numba's ``np.dot``
-   measured several times slower here) gives the previous h's (GRU without reset_after: two,
-   around the reset gate). At a masked step the state cotangents pass through unchanged and the output
-   cotangent moves to the previous step's output (unless ``zero_output_for_mask``).
-4. The weights' and inputs' gradients are GEMMs over all steps at once: ``x.T @ dz``,
-   ``h.T @ dz``, ``dz @ kernel.T``.
+   (``initial h`` before its first).
+2. The reverse loop (``_make_reverse_loop``, compiled once per cell kind): per step, each
+   sample's derivative along its row (the cells' scalar ``backward`` functions in
+   ``kernels/cells``, the gates activated from the kept pre-activations on the way) gives the
+   pre-activations' cotangents dz, then the GEMM ``dz @ recurrent_kernel.T`` (``_gemm``'s
+   micro-kernel over the transposed kernel, packed once) gives the previous h's cotangent (GRU
+   without reset_after: two products, around the reset gate). At a masked step the state
+   cotangents pass through unchanged and the output cotangent moves to the previous step's
+   output (unless ``zero_output_for_mask``). The threads split it as the forward's time loop
+   (``_common.run_chunks``): a large batch by rows, each thread running the whole loop on its
+   rows; a small one by units, the threads meeting once per step between the pointwise part and
+   the GEMM (each thread's GEMM needs every unit of dz; the next step's pointwise part reads
+   only the thread's own units of the h cotangent).
+3. The weights' and inputs' gradients are GEMMs over all steps at once (NumPy's BLAS, on every
+   core): ``x.T @ dz``, ``h.T @ dz``, ``dz @ kernel.T``.
 """
 
 import threading
 
 import numpy as np
 
-from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM, register
+from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM, SIMPLE_RNN, register
 from ..cells import gru as gru_cell
 from ..cells import lstm as lstm_cell
 from ..cells import simple_rnn as rnn_cell
-from ..cells.activations import activate, code
-from . import activations as _cpu_activations  # noqa: F401  (the CPU's tanh and sigmoid)
-from ._common import KERNEL_OPTIONS, check_dtypes
+from ..cells.activations import code
+from . import _common as C
+from .activations import act_inplace, act_into
+from ._gemm import I0, ad, fused_rows, gate_columns, pack, panel_vectors, panel_width
+from ._gemm_sums import block_columns, summed_products
 from ._numba_cache import cached_njit
+from ._sync import meet
 
 register()
 
+# Pre-activation columns kept per sample and step, in units of H (see the module docstring).
+KEPT_GATES = {LSTM: 4, GRU: 6, GRU_BEFORE: 3, SIMPLE_RNN: 0}
 
-@cached_njit(**KERNEL_OPTIONS, nogil=True)
-def _states_before(outputs, valid, has_mask, h0, h_prev):
-    """h_prev[i]: each sample's h before processing step i (outputs in processing order)."""
-    T, B, H = h_prev.shape
+
+def kept_values_per_step(kind):
+    """Values per sample, step and unit that the forward keeps for the backward (beyond the
+    outputs): pre-activations, plus the LSTM's cell state."""
+    return KEPT_GATES[kind] + (1 if kind == LSTM else 0)
+
+
+def kept_buffers(kind, T, B, H, dtype):
+    """``(kz, kc)``: the arrays ``run_cell(..., kept=...)`` fills for ``cell_backward``
+    (``(T, B, K)`` pre-activations and the LSTM's ``(T, B, H)`` cell states; placeholders where
+    a kind keeps nothing)."""
+    dt = np.dtype(dtype)
+    none = np.zeros((1, 1, 1), dt)
+    K = KEPT_GATES[kind] * H
+    kz = np.empty((T, B, K), dt) if K else none
+    kc = np.empty((T, B, H), dt) if kind == LSTM else none
+    return kz, kc
+
+
+@cached_njit(**C.KERNEL_OPTIONS, nogil=True)
+def _states_before(outputs, tm, back, valid, has_mask, h0, h_prev):
+    """h_prev: each sample's h before each step, in x's layout ((T, B, H) when ``tm``, else
+    (B, T, H)) by input time; ``outputs`` in that layout in processing order."""
+    T = h_prev.shape[0] if tm else h_prev.shape[1]
+    B = h_prev.shape[1] if tm else h_prev.shape[0]
     for n in range(B):
         src = h0[n]
         for i in range(T):
-            h_prev[i, n, :] = src
+            t = T - 1 - i if back else i
+            if tm:
+                h_prev[t, n, :] = src
+            else:
+                h_prev[n, t, :] = src
             if not has_mask or valid[i, n]:
-                src = outputs[i, n]
+                src = outputs[i, n] if tm else outputs[n, i]
 
 
-def _make_gates(kind):
-    """The pointwise pass of step 2 for cell kind ``kind`` (see the module docstring)."""
-    n_gates = LAYOUTS[kind].gates
+@cached_njit(error_model="numpy", inline="always")
+def _row(a, tm, t, n):
+    """Row (t, n) of a (T, B, ...) array when ``tm``, else of a (B, T, ...) one."""
+    return a[t, n] if tm else a[n, t]
 
-    def gates(z, rec, c, valid, has_mask, act, ract):
-        # z: (T, B, G) pre-activations, activated in place (GRU: input part only; GRU_BEFORE:
-        # only z and r here, the candidate in ``activate_candidate``); rec: GRU's recurrent part;
-        # c: LSTM cell states (T + 1, B, H), c[0] given.
-        T, B, G = z.shape
-        H = G // n_gates
-        for i in range(T):
-            for n in range(B):
-                row = z[i, n]
+
+def _make_reverse_loop(kind):
+    """The reverse loop of cell kind ``kind`` over rows [n0, n1), units [u0, u1) and reverse
+    steps [s_begin, s_end) (processing step i = T - 1 - s); see the module docstring, step 2.
+    dz, dz_rec, rh and h_prev are in x's layout, by input time t."""
+
+    def reverse_loop(kept, ys, h_prev, c0, valid, flags, cotangents, work, weights,
+                     activations, sync, threads, n0, n1, u0, u1, s_begin, s_end):
+        kz, kc = kept
+        has_mask, zero_out, tm, back = flags
+        gy, gh, gc = cotangents      # gy (T, B, H) processing order; gh (B, Hp), gc (B, H)
+        dz, dz_rec, carry, direct, d_rh, rh, zeros, acts = work
+        PUt, PUt2, nv = weights      # U.T packed (GRU without reset_after: U_zr.T, U_h.T)
+        act, ract = activations
+        T = gy.shape[0]
+        H = gy.shape[2]
+        G = dz.shape[2]
+        Hp = gh.shape[1]
+        es = dz.itemsize
+        lda = G if tm else T * G     # from dz's row (t, n) to (t, n + 1)
+        for s in range(s_begin, s_end):
+            i = T - 1 - s
+            t = T - 1 - i if back else i
+            for n in range(n0, n1):
+                dzn = _row(dz, tm, t, n)
+                if has_mask and not valid[i, n]:
+                    for j in range(u0, u1):
+                        if not zero_out:
+                            carry[n, j] += gy[i, n, j]
+                        direct[n, j] = gh[n, j]
+                        for g in range(G // H):
+                            dzn[g * H + j] = 0
+                        if kind == GRU:
+                            for g in range(3):
+                                _row(dz_rec, tm, t, n)[g * H + j] = 0
+                        if kind == GRU_BEFORE:
+                            _row(rh, tm, t, n)[j] = 0
+                    continue
+                zrow = kz[i, n]
+                hp = _row(h_prev, tm, t, n)
+                a = acts[n]   # the activated gates first, one vectorised pass each
                 if kind == LSTM:
-                    for j in range(H):
-                        row[j] = activate(ract, row[j])
-                        row[H + j] = activate(ract, row[H + j])
-                        row[2 * H + j] = activate(act, row[2 * H + j])
-                        row[3 * H + j] = activate(ract, row[3 * H + j])
-                    keep = has_mask and not valid[i, n]
-                    for j in range(H):
-                        c[i + 1, n, j] = c[i, n, j] if keep else lstm_cell.cell_state(
-                            row[H + j], c[i, n, j], row[j], row[2 * H + j])
+                    for g in range(4):
+                        act_into(act if g == 2 else ract, a[g * H + u0:g * H + u1],
+                                 zrow[g * H + u0:g * H + u1])
+                    act_into(act, a[4 * H + u0:4 * H + u1], kc[i, n, u0:u1])   # act(c')
                 elif kind == GRU:
-                    r_row = rec[i, n]
-                    for j in range(H):
-                        zz = activate(ract, row[j] + r_row[j])
-                        r = activate(ract, row[H + j] + r_row[H + j])
-                        row[j] = zz
-                        row[H + j] = r
-                        row[2 * H + j] = activate(act, gru_cell.candidate_input(
-                            row[2 * H + j], r, r_row[2 * H + j]))
+                    for j in range(u0, u1):
+                        a[j] = zrow[j] + zrow[3 * H + j]
+                        a[H + j] = zrow[H + j] + zrow[4 * H + j]
+                    act_inplace(ract, a[u0:u1])
+                    act_inplace(ract, a[H + u0:H + u1])
+                    for j in range(u0, u1):
+                        a[2 * H + j] = gru_cell.candidate_input(zrow[2 * H + j], a[H + j],
+                                                                zrow[5 * H + j])
+                    act_inplace(act, a[2 * H + u0:2 * H + u1])
                 elif kind == GRU_BEFORE:
-                    r_row = rec[i, n]
-                    for j in range(2 * H):
-                        row[j] = activate(ract, row[j] + r_row[j])
-                else:
-                    for j in range(H):
-                        row[j] = activate(act, row[j])
-
-    return gates
-
-
-def _make_step(kind):
-    """One step of the reverse loop (step 3) for cell kind ``kind``, before its GEMM."""
-
-    def step(i, a, h_prev, c, rec, valid, has_mask, zero_out, gy, gh, gc, dz, dz_rec, carry,
-             direct, cand, act, ract):
-        # a: activated gates (T, B, G); gy: output cotangents (T, B, H); gh: the new h's
-        # cotangent; gc: the LSTM's cell state cotangent, updated in place; dz[i]: the
-        # pre-activations' cotangents, written (GRU: dz_rec[i], the recurrent part's); carry:
-        # output cotangents handed back by masked steps; direct: the old h's cotangent outside
-        # the GEMM, written; cand: GRU_BEFORE's candidate dz, for d(r * h).
-        B, H = gh.shape
-        for n in range(B):
-            if has_mask and not valid[i, n]:
-                for j in range(H):
-                    if not zero_out:
-                        carry[n, j] += gy[i, n, j]
-                    direct[n, j] = gh[n, j]
-                dz[i, n, :] = 0
-                if kind == GRU:
-                    dz_rec[i, n, :] = 0
-                if kind == GRU_BEFORE:
-                    cand[n, :] = 0
-                continue
-            row = a[i, n]
-            for j in range(H):
-                dh = gy[i, n, j] + carry[n, j] + gh[n, j]
-                carry[n, j] = 0
-                if kind == LSTM:
-                    dzi, dzf, dzc, dzo, dc = lstm_cell.backward(
-                        row[j], row[H + j], row[2 * H + j], row[3 * H + j], c[i, n, j],
-                        activate(act, c[i + 1, n, j]), dh, gc[n, j], act, ract)
-                    dz[i, n, j] = dzi
-                    dz[i, n, H + j] = dzf
-                    dz[i, n, 2 * H + j] = dzc
-                    dz[i, n, 3 * H + j] = dzo
-                    gc[n, j] = dc
-                    direct[n, j] = 0
-                elif kind == GRU or kind == GRU_BEFORE:
-                    dzz, dpre, dd = gru_cell.blend_backward(row[j], h_prev[i, n, j],
-                                                            row[2 * H + j], dh, act, ract)
-                    dz[i, n, j] = dzz
-                    dz[i, n, 2 * H + j] = dpre
-                    direct[n, j] = dd
-                    if kind == GRU:
-                        dzr, drec = gru_cell.candidate_backward(dpre, row[H + j],
-                                                                rec[i, n, 2 * H + j], ract)
-                        dz[i, n, H + j] = dzr
-                        dz_rec[i, n, j] = dzz
-                        dz_rec[i, n, H + j] = dzr
-                        dz_rec[i, n, 2 * H + j] = drec
+                    for g in range(3):
+                        act_into(act if g == 2 else ract, a[g * H:(g + 1) * H],
+                                 zrow[g * H:(g + 1) * H])
+                for j in range(u0, u1):
+                    dh = gy[i, n, j] + carry[n, j] + gh[n, j]
+                    carry[n, j] = 0
+                    if kind == LSTM:
+                        c_old = kc[i - 1, n, j] if i > 0 else c0[n, j]
+                        dzi, dzf, dzc, dzo, dc = lstm_cell.backward(
+                            a[j], a[H + j], a[2 * H + j], a[3 * H + j], c_old, a[4 * H + j], dh,
+                            gc[n, j], act, ract)
+                        dzn[j] = dzi
+                        dzn[H + j] = dzf
+                        dzn[2 * H + j] = dzc
+                        dzn[3 * H + j] = dzo
+                        gc[n, j] = dc
+                        direct[n, j] = 0
+                    elif kind == GRU:
+                        rec_h = zrow[5 * H + j]
+                        dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh,
+                                                                act, ract)
+                        dzr, drec = gru_cell.candidate_backward(dpre, a[H + j], rec_h, ract)
+                        dzn[j] = dzz
+                        dzn[H + j] = dzr
+                        dzn[2 * H + j] = dpre
+                        drow = _row(dz_rec, tm, t, n)
+                        drow[j] = dzz
+                        drow[H + j] = dzr
+                        drow[2 * H + j] = drec
+                        direct[n, j] = dd
+                    elif kind == GRU_BEFORE:
+                        _row(rh, tm, t, n)[j] = gru_cell.reset(a[H + j], hp[j])
+                        dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh,
+                                                                act, ract)
+                        dzn[j] = dzz
+                        dzn[2 * H + j] = dpre
+                        direct[n, j] = dd
                     else:
-                        cand[n, j] = dpre
-                else:
-                    dz[i, n, j] = rnn_cell.backward(row[j], dh, act)
-                    direct[n, j] = 0
+                        y = ys[i, n, j] if tm else ys[n, i, j]
+                        dzn[j] = rnn_cell.backward(y, dh, act)
+                        direct[n, j] = 0
+            if not meet(sync, threads, s + 1):   # every unit of dz[i] is known
+                return
+            row = ad(dz) + ((t * dz.shape[1] * G) if tm else (t * G)) * es   # dz row (t, 0)
+            if kind == GRU_BEFORE:   # d(r * h) = dz_h @ U_h.T; then r's dz; then the z, r GEMM
+                fused_rows(dz, ad(d_rh), Hp, ad(zeros), I0, row + 2 * H * es, lda, ad(PUt2), H,
+                           PUt2.shape[0], nv, n0, n1)
+                for n in range(n0, n1):
+                    if has_mask and not valid[i, n]:
+                        continue
+                    dzn = _row(dz, tm, t, n)
+                    hp = _row(h_prev, tm, t, n)
+                    for j in range(H):
+                        dzr, dh_part = gru_cell.reset_backward(d_rh[n, j], acts[n, H + j], hp[j],
+                                                               ract)
+                        dzn[H + j] = dzr
+                        direct[n, j] += dh_part
+                fused_rows(dz, ad(gh), Hp, ad(direct), Hp, row, lda, ad(PUt), 2 * H,
+                           PUt.shape[0], nv, n0, n1)
+            else:   # gh = direct + dz[i] @ U.T (GRU: the recurrent part's dz)
+                src = ad(dz_rec) - ad(dz) + row if kind == GRU else row
+                gate_columns(dz, ad(gh), Hp, ad(direct), Hp, src, lda, PUt, G, nv, n0, n1, 1, H,
+                             u0, u1)
 
-    return step
-
-
-@cached_njit(**KERNEL_OPTIONS, nogil=True)
-def _reset_step(i, a, h_prev, valid, has_mask, d_rh, dz, direct, part, ract):
-    """GRU_BEFORE, the reset gate of step i once d(r * h) = cand @ U_h.T is known: dz of r, the
-    old h's share, and ``part``, the dz of z and r for the GEMM with their recurrent kernel."""
-    B, H = direct.shape
-    for n in range(B):
-        if has_mask and not valid[i, n]:
-            part[n, :] = 0
-            continue
-        for j in range(H):
-            dzr, dh = gru_cell.reset_backward(d_rh[n, j], a[i, n, H + j], h_prev[i, n, j], ract)
-            dz[i, n, H + j] = dzr
-            direct[n, j] += dh
-            part[n, j] = dz[i, n, j]
-            part[n, H + j] = dzr
+    return reverse_loop
 
 
 _compiled: dict = {}
 _lock = threading.Lock()
 
 
-def _kernels(kind):
+def _reverse_loop(kind):
     with _lock:
-        pair = _compiled.get(kind)
-        if pair is None:
-            jit = cached_njit(**KERNEL_OPTIONS, nogil=True)
-            pair = _compiled[kind] = (jit(_make_gates(kind)), jit(_make_step(kind)))
-        return pair
-
-
-@cached_njit(**KERNEL_OPTIONS, nogil=True)
-def _activate_candidate(z, rec, act):
-    """GRU_BEFORE: the candidate columns of z (x_h + b_h) plus rec ((r * h) @ U_h), activated."""
-    T, B, G = z.shape
-    H = G // 3
-    for i in range(T):
-        for n in range(B):
-            for j in range(H):
-                z[i, n, 2 * H + j] = activate(act, z[i, n, 2 * H + j] + rec[i, n, j])
+        loop = _compiled.get(kind)
+        if loop is None:
+            loop = _compiled[kind] = cached_njit(**C.KERNEL_OPTIONS, nogil=True)(
+                _make_reverse_loop(kind))
+        return loop
 
 
 def _processing_order(a, time_major, go_backwards):
@@ -204,90 +246,187 @@ def _processing_order(a, time_major, go_backwards):
     return a[::-1] if go_backwards else a
 
 
+def _packed_transpose(u, nv, dt):
+    """u.T (u: (H, N)) in the GEMM's panels: the h cotangent is dz @ u.T."""
+    return pack(np.ascontiguousarray(np.asarray(u, dt).T), 0, u.shape[0], panel_width(dt, nv))
+
+
+def _chunks(kind, B, H, G, T, dt):
+    """(chunks (n0, n1, u0, u1), sync or None, the GEMM's panel vectors): rows split over
+    threads when the batch is large enough, else units (not GRU without reset_after), as the
+    forward splits them (kernels/cpu/cells._chunks)."""
+    row_flops = 2.0 * G * H
+    rows = C.row_chunks(B, row_flops * B * T)
+    nv = panel_vectors(max(n1 - n0 for n0, n1 in rows))
+    if len(rows) == 1 and kind != GRU_BEFORE:
+        panel_columns = max(panel_width(dt, nv), panel_width(dt, 2))
+        units = C.unit_chunks(B, H, row_flops * B, panel_columns)
+        if units is not None:
+            return [(0, B, u0, u1) for u0, u1 in units], C.new_sync(), nv
+    return [(n0, n1, 0, H) for n0, n1 in rows], None, nv
+
+
+# Step 3's GEMMs run on the kernels' own micro-kernels (_gemm, _gemm_sums) and threads: NumPy's BLAS would
+# run them on its own threads, which on a busy machine made them tens of times slower (measured:
+# a 1000x256 @ 256x32 product 0.3 ms on one thread, 12-16 ms on two under load).
+@cached_njit(**C.KERNEL_OPTIONS, nogil=True)
+def _gemm_task(z, a, P, init, nv, n0, n1, p0, p1):
+    """Rows [n0, n1) and panels [p0, p1) of z = a @ P (P packed, z padded to whole panels)."""
+    es = z.itemsize
+    NR = P.shape[2]
+    K = P.shape[1]
+    fused_rows(z, ad(z) + p0 * NR * es, z.shape[1], ad(init), I0, ad(a), a.shape[1],
+               ad(P) + p0 * K * NR * es, K, p1 - p0, nv, n0, n1)
+
+
+def _run_tasks(function, tasks):
+    """``function(*task)`` for each task (compiled, without the GIL), on the calling thread and
+    the kernels' pool."""
+    if len(tasks) == 1 or C.max_threads() <= 1:
+        for task in tasks:
+            function(*task)
+        return
+    todo = list(reversed(tasks))
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                task = todo.pop()
+            function(*task)
+
+    workers = min(C.max_threads(), len(tasks)) - 1
+    pool = C._get_pool(workers)
+    futures = [pool.submit(work) for _ in range(workers)]
+    try:
+        work()
+    finally:
+        for f in futures:
+            f.result()
+
+
+def _split(count, parts, align=1):
+    """[(a, b), ...]: range(count) in up to ``parts`` pieces on multiples of ``align``."""
+    parts = max(1, min(parts, count // align or 1))
+    bounds = sorted({min(count, (i * count // parts) // align * align) for i in range(parts)}
+                    | {count})
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+_TASKS_PER_THREAD = 4
+
+
+def _products(products, dt):
+    """``[a2.T @ u2[:, :n] for (a, u, su, n) in products]`` with a2 = a as (rows, M) and u2 = the
+    flat u as rows ``su`` apart (``_gemm_sums``): weight gradients, their columns shared out over
+    the threads."""
+    tasks, outs = [], []
+    NR = block_columns(dt)
+    parts = max(1, C.max_threads() * _TASKS_PER_THREAD // len(products))
+    for a, u, su, n in products:
+        M = a.shape[-1]
+        flat = a.reshape(-1)
+        K = flat.shape[0] // M
+        z = np.empty((M, n), dt)
+        blocks = (n + NR - 1) // NR
+        for b0, b1 in _split(blocks, parts):
+            tasks.append((z, flat, M, u, su, K, b0 * NR, min(n, b1 * NR)))
+        outs.append(z)
+    _run_tasks(summed_products, tasks)
+    return outs
+
+
+def _times_transpose(a, w, dt):
+    """a @ w.T (a: (rows, G), w: (D, G)), its rows shared out over the threads."""
+    nv = 2
+    P = _packed_transpose(w, nv, dt)   # (G, D) in panels
+    z = np.empty((a.shape[0], P.shape[0] * P.shape[2]), dt)
+    init = np.zeros(z.shape[1], dt)
+    tasks = [(z, a, P, init, nv, r0, r1, 0, P.shape[0])
+             for r0, r1 in _split(a.shape[0], C.max_threads() * _TASKS_PER_THREAD, 6)]
+    _run_tasks(_gemm_task, tasks)
+    return z[:, :w.shape[0]]
+
+
 def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
-                  activation, recurrent_activation, outputs, d_outputs, d_states):
+                  activation, recurrent_activation, outputs, d_outputs, d_states, kept=None):
     """The gradients of a ``run_cell`` call (see the module docstring)."""
+    from .cells import run_cell
+
     layout = LAYOUTS[kind]
-    dt = check_dtypes(x, kernel, recurrent_kernel, bias, *states, outputs, d_outputs, *d_states)
+    dt = C.check_dtypes(x, kernel, recurrent_kernel, bias, *states, outputs, d_outputs,
+                        *d_states)
     act, ract = code(activation), code(recurrent_activation)
     tm, back = bool(options.time_major), bool(options.go_backwards)
     H = recurrent_kernel.shape[0]
     G = layout.gates * H
-    xs = np.ascontiguousarray(_processing_order(x, tm, back))          # (T, B, D)
+    xs = _processing_order(x, tm, back)   # (T, B, D), a view
     T, B, D = xs.shape
-    ys = np.ascontiguousarray(_processing_order(outputs, tm, False))    # already processed order
+    if kept is None:   # recomputation: run the forward again, keeping what the backward needs
+        kept = kept_buffers(kind, T, B, H, dt)
+        if kind != SIMPLE_RNN:
+            run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask,
+                     options._replace(return_all_outputs=True), activation,
+                     recurrent_activation, kept=kept)
     has_mask = step_mask is not None
     valid = (np.ascontiguousarray(step_mask[::-1] if back else step_mask, dtype=np.bool_)
              if has_mask else np.ones((1, 1), np.bool_))
-    h_prev = np.empty((T, B, H), dt)
-    _states_before(ys, valid, has_mask, np.ascontiguousarray(states[0], dtype=dt), h_prev)
-    x2, hp2 = xs.reshape(T * B, D), h_prev.reshape(T * B, H)
+    ys = np.ascontiguousarray(outputs)
 
-    rows = None if bias is None else np.asarray(bias, dt).reshape(-1, G)
-    z = (x2 @ kernel).reshape(T, B, G)            # input part of the pre-activations
-    if rows is not None:
-        z += rows[0]
-    placeholder = np.zeros((1, 1, 1), dt)
-    rec, c = placeholder, placeholder
+    def in_x_layout(width):   # (T, B, width) or (B, T, width), by input time
+        return np.empty((T, B, width) if tm else (B, T, width), dt)
+
+    h_prev = in_x_layout(H)
+    _states_before(ys, tm, back, valid, has_mask, np.ascontiguousarray(states[0], dtype=dt),
+                   h_prev)
+    chunks, sync, nv = _chunks(kind, B, H, G, T, dt)
     U = np.asarray(recurrent_kernel, dt)
-    if kind == GRU:
-        rec = (hp2 @ U).reshape(T, B, G)
-        if rows is not None:
-            rec += rows[1]
-    elif kind == GRU_BEFORE:
-        rec = (hp2 @ U[:, :2 * H]).reshape(T, B, 2 * H)
+    placeholder = np.zeros((1, 1, 1), dt)
+    if kind == GRU_BEFORE:
+        PUt, PUt2 = _packed_transpose(U[:, :2 * H], nv, dt), _packed_transpose(U[:, 2 * H:], nv, dt)
     else:
-        z += (hp2 @ U).reshape(T, B, G)
-    if kind == LSTM:
-        c = np.empty((T + 1, B, H), dt)
-        c[0] = states[1]
-    gates, step = _kernels(kind)
-    gates(z, rec, c, valid, has_mask, act, ract)
-    rh = placeholder
-    if kind == GRU_BEFORE:   # the candidate waits for r: (r * h) @ U_h
-        rh = z[:, :, H:2 * H] * h_prev
-        _activate_candidate(z, (rh.reshape(T * B, H) @ U[:, 2 * H:]).reshape(T, B, H), act)
-
-    gh = np.array(d_states[0], dtype=dt, order="C", copy=True)
+        PUt, PUt2 = _packed_transpose(U, nv, dt), placeholder
+    Hp = PUt.shape[0] * PUt.shape[2]   # the GEMM writes whole panels: rows padded to Hp
+    gh = np.zeros((B, Hp), dt)
+    gh[:, :H] = d_states[0]
     gc = (np.array(d_states[1], dtype=dt, order="C", copy=True) if kind == LSTM
           else np.zeros((1, 1), dt))
-    dz = np.empty((T, B, G), dt)
-    dz_rec = np.empty((T, B, G), dt) if kind == GRU else placeholder
-    if kind == GRU_BEFORE:
-        ut, ut2 = np.ascontiguousarray(U[:, :2 * H].T), np.ascontiguousarray(U[:, 2 * H:].T)
-    else:
-        ut, ut2 = np.ascontiguousarray(U.T), np.zeros((1, 1), dt)
+    c0 = (np.ascontiguousarray(states[1], dtype=dt) if kind == LSTM else np.zeros((1, 1), dt))
+    dz = in_x_layout(G)
+    dz_rec = in_x_layout(G) if kind == GRU else placeholder
+    rh = in_x_layout(H) if kind == GRU_BEFORE else placeholder
+    work = (dz, dz_rec, np.zeros((B, H), dt), np.zeros((B, Hp), dt), np.zeros((B, Hp), dt), rh,
+            np.zeros(Hp, dt), np.empty((B, 5 * H), dt))   # acts: a row's activated gates
     gy = np.ascontiguousarray(d_outputs, dtype=dt)
-    carry, direct, cand, d_rh, through_u = (np.zeros((B, H), dt) for _ in range(5))
-    part = np.zeros((B, 2 * H), dt)
-    zero_out = bool(options.zero_output_for_mask)
-    # The GEMMs run in NumPy (its BLAS), between compiled calls: Python sees Ctrl-C each step.
-    for i in range(T - 1, -1, -1):
-        step(i, z, h_prev, c, rec, valid, has_mask, zero_out, gy, gh, gc, dz, dz_rec, carry,
-             direct, cand, act, ract)
-        if kind == GRU_BEFORE:
-            np.dot(cand, ut2, out=d_rh)
-            _reset_step(i, z, h_prev, valid, has_mask, d_rh, dz, direct, part, ract)
-            np.dot(part, ut, out=through_u)
-        else:
-            np.dot(dz_rec[i] if kind == GRU else dz[i], ut, out=through_u)
-        np.add(direct, through_u, out=gh)
+    flags = (has_mask, bool(options.zero_output_for_mask), tm, back)
+    threads = len(chunks) if sync is not None else 1
+    args = (kept, ys, h_prev, c0, valid, flags, (gy, gh, gc), work, (PUt, PUt2, nv),
+            (act, ract), C.new_sync() if sync is None else sync, threads)
+    C.run_chunks(_reverse_loop(kind), args, chunks, T,
+                 C.row_step_seconds(2.0 * G * H * 2, dt), 1, sync)
 
-    dz2 = dz.reshape(T * B, G)
-    d_x = (dz2 @ np.asarray(kernel, dt).T).reshape(T, B, D)
-    d_x = np.ascontiguousarray(_processing_order(d_x, tm, back) if tm
-                               else np.swapaxes(d_x[::-1] if back else d_x, 0, 1))
-    if kind == GRU_BEFORE:
-        d_u = np.empty_like(U)
-        d_u[:, :2 * H] = hp2.T @ dz2[:, :2 * H]
-        d_u[:, 2 * H:] = rh.reshape(T * B, H).T @ dz2[:, 2 * H:]
+    # Step 3: the weights' and inputs' gradients over all steps at once; every array is in x's
+    # layout, so that row k of each is the same (sample, step).
+    xc = np.ascontiguousarray(x, dtype=dt)
+    flat_dz = dz.reshape(-1)
+    if kind == GRU_BEFORE:   # U_h's gradient takes r * h, the others h
+        d_w, d_uzr, d_uh = _products([(xc, flat_dz, G, G), (h_prev, flat_dz, G, 2 * H),
+                                      (rh, flat_dz[2 * H:], G, H)], dt)
+        d_u = np.concatenate([d_uzr, d_uh], axis=1)
     else:
-        d_u = hp2.T @ (dz_rec if kind == GRU else dz).reshape(T * B, G)
+        d_w, d_u = _products([(xc, flat_dz, G, G),
+                              (h_prev, (dz_rec if kind == GRU else dz).reshape(-1), G, G)], dt)
+    d_x = _times_transpose(dz.reshape(T * B, G), np.asarray(kernel, dt), dt)
+    d_x = d_x.reshape(x.shape) if d_x.flags.c_contiguous else np.ascontiguousarray(
+        d_x).reshape(x.shape)
     d_bias = None
     if bias is not None:
-        d_bias = dz2.sum(axis=0)
+        d_bias = dz.reshape(T * B, G).sum(axis=0)
         if kind == GRU:
             d_bias = np.stack([d_bias, dz_rec.reshape(T * B, G).sum(axis=0)])
-    d_states_out = [gh, gc] if kind == LSTM else [gh]
-    return {"inputs": d_x, "states": d_states_out, "kernel": x2.T @ dz2,
+    d_h = np.ascontiguousarray(gh[:, :H])
+    d_states_out = [d_h, gc] if kind == LSTM else [d_h]
+    return {"inputs": d_x, "states": d_states_out, "kernel": d_w,
             "recurrent_kernel": d_u, "bias": d_bias}

@@ -47,17 +47,19 @@ def _masked_row(out, h_old, h, u0, u1, zero_out, seen):
         out[j] = masking.masked_output(masking.cell_previous_output(h_old[j], seen), zero_out)
 
 
-def _make_time_loop(kind):
+def _make_time_loop(kind, keeps=False):
     """The time loop of cell kind ``kind`` over rows [n0, n1), units [u0, u1) and steps
     [s_begin, s_end). When threads split the units, h is double-buffered (step s reads
     hb[s % 2], writes hb[(s + 1) % 2]) and the threads meet once per step (``sync``); one thread
-    updates hb[0] in place."""
+    updates hb[0] in place. ``keeps`` (a compile-time constant): the loop also writes what the
+    backward needs into ``kept`` (see run_cell); without it that code is not compiled in."""
 
     def time_loop(x, weights, states, buffers, out, mask, seen, flags, activations, sync,
-                  threads, n0, n1, u0, u1, s_begin, s_end):
+                  threads, kept, n0, n1, u0, u1, s_begin, s_end):
         PW, PU, PU2, bias_x, bias_h = weights
         hb, c = states
         xpb, zb, rb = buffers   # projections of a block of steps; per-kind scratch (see _prepare)
+        kz, kc = kept           # (T, B, K) pre-activations and (T, B, H) cell states, if keeps
         act, ract = activations
         tm = flags.time_major
         back = flags.go_backwards
@@ -87,12 +89,23 @@ def _make_time_loop(kind):
                     fused_rows(xpb, slot, Gp, slot, Gp, ad(h_old), H, ad(PU), H, PU.shape[0],
                                nv, n0, n1)
                     for n in range(n0, n1):
+                        if keeps:   # the z and r pre-activations, before reset_row activates them
+                            _keep(kz[s, n], z[n], 2, H, 0, H)
                         gru.reset_row(z[n], h_old[n], rb[n], ract)
                     fused_rows(xpb, ad(zb), zb.shape[1], slot + 2 * H * es, Gp, ad(rb), H,
                                ad(PU2), H, PU2.shape[0], nv, n0, n1)
                 else:   # z += h @ U, in place
                     gate_columns(xpb, slot, Gp, slot, Gp, ad(h_old), H, PU, H, nv, n0, n1, G,
                                   H, u0, u1)
+                if keeps:   # the pre-activations, before the updates use z as scratch
+                    for n in range(n0, n1):
+                        if kind == GRU:   # input part, then recurrent part
+                            _keep(kz[s, n], z[n], 3, H, u0, u1)
+                            _keep(kz[s, n, 3 * H:], zb[n], 3, H, u0, u1)
+                        elif kind == GRU_BEFORE:   # the candidate's
+                            _keep(kz[s, n, 2 * H:], zb[n], 1, H, 0, H)
+                        elif kind == LSTM:
+                            _keep(kz[s, n], z[n], 4, H, u0, u1)
                 so = s if flags.return_all_outputs else 0   # else the last step's row stays
                 for n in range(n0, n1):
                     orow = out[so, n] if tm else out[n, so]
@@ -109,23 +122,36 @@ def _make_time_loop(kind):
                         gru.update_reset_before_row(z[n], zb[n], h_old[n], h[n], orow, act)
                     else:
                         simple_rnn.update_row(z[n], h[n], orow, u0, u1, act)
+                if keeps and kind == LSTM:   # the cell state after the step (held when masked)
+                    for n in range(n0, n1):
+                        kc[s, n, u0:u1] = c[n, u0:u1]
                 if not meet(sync, threads, s + 1):   # every unit of h is new before step s + 1
                     return
 
     return time_loop
 
 
+@cached_njit(error_model="numpy", inline="always")
+def _keep(dst, src, gates, H, u0, u1):
+    """Units [u0, u1) of the first ``gates`` gates of a row (``src``, H columns per gate) copied
+    into ``dst``: pre-activations kept for the backward."""
+    for g in range(gates):
+        for j in range(u0, u1):
+            dst[g * H + j] = src[g * H + j]
+
+
 _loops: dict = {}
 _loops_lock = threading.Lock()
 
 
-def time_loop(kind):
-    """The compiled time loop of a cell kind (compiles on its first call; cached on disk)."""
+def time_loop(kind, keeps=False):
+    """The compiled time loop of a cell kind (compiles on its first call; cached on disk);
+    ``keeps``: the variant that also writes what the backward needs (see run_cell)."""
     with _loops_lock:
-        loop = _loops.get(kind)
+        loop = _loops.get((kind, keeps))
         if loop is None:
-            loop = _loops[kind] = cached_njit(**C.KERNEL_OPTIONS, nogil=True)(
-                _make_time_loop(kind))
+            loop = _loops[(kind, keeps)] = cached_njit(**C.KERNEL_OPTIONS, nogil=True)(
+                _make_time_loop(kind, keeps))
         return loop
 
 
@@ -169,8 +195,14 @@ def _chunks(layout, B, H, row_flops, T, dt):
 
 
 def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
-             activation="tanh", recurrent_activation="linear"):
-    """Run one Keras cell over a sequence (see the module docstring)."""
+             activation="tanh", recurrent_activation="linear", kept=None):
+    """Run one Keras cell over a sequence (see the module docstring).
+
+    ``kept``: None, or ``(kz, kc)``, C arrays in processing order that the loop fills for the
+    backward (``kernels.cpu.backward.kept_buffers``): ``kz[s, n]`` the pre-activations of step
+    s (LSTM: the 4H gates; GRU: the 3H input part, then the 3H recurrent part; GRU without
+    reset_after: z, r, then the candidate's ``x_h + (r * h) @ U_h``), ``kc[s, n]`` the LSTM's
+    cell state after step s. Without it the loop compiled has none of that code."""
     layout = LAYOUTS[kind]
     dt = C.check_dtypes(x, kernel, recurrent_kernel, bias, *states)
     activations = (code(activation), code(recurrent_activation))
@@ -187,9 +219,12 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     seen = np.zeros(B, np.bool_)
     weights, buffers = _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks)
     threads = len(chunks) if sync is not None else 1
+    keeps = kept is not None
+    if not keeps:
+        kept = (np.zeros((1, 1, 1), dt), np.zeros((1, 1, 1), dt))
     args = (xc, weights, (hb, c), buffers, out, mask, seen, C.Flags.of(options, has_mask),
-            activations, C.new_sync() if sync is None else sync, threads)
-    C.run_chunks(time_loop(kind), args, chunks, T, C.row_step_seconds(row_flops, dt),
+            activations, C.new_sync() if sync is None else sync, threads, kept)
+    C.run_chunks(time_loop(kind, keeps), args, chunks, T, C.row_step_seconds(row_flops, dt),
                  buffers[0].shape[0], sync)
     last = (out[-1] if options.time_major else out[:, -1]).copy()
     h = hb[T % 2 if sync is not None else 0].copy()

@@ -1,0 +1,164 @@
+"""Products summed over many rows, ``Z[:, c0:c1] = A.T @ U[:, c0:c1]``, for the backward's
+weight gradients (``kernel``: ``x.T @ dz``, ``recurrent_kernel``: ``h.T @ dz``).
+
+A is ``(K, M)`` and U ``(K, N)``, both read in place with any row strides: K runs over every
+(sample, step) row, so packing or transposing them first (what ``_gemm.fused_rows`` needs) would
+copy whole sequences. The micro-kernel (``_tile``) keeps an MR x (NV vectors) block of Z in
+registers over all K rows: per row it broadcasts MR consecutive entries of A's row and loads NV
+vectors of U's row. Columns that do not fill a whole vector block are summed by a plain loop.
+Every element accumulates its K rows in order, so a result does not depend on the thread split.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ._gemm import VECTOR_BYTES
+from ._numba_cache import cached_njit
+
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+NV = 2
+
+
+def _make_tile(MR):
+    """``z[r, v] += sum_k a[k * sk + r] * u[k * su + v]`` for r < MR and NV vectors v (element
+    offsets from the addresses given; z's rows ``ldz`` apart)."""
+
+    @intrinsic
+    def tile(typingctx, zarr, z, ldz, a, sk, u, su, k):
+        if not isinstance(zarr, types.Array) or zarr.dtype not in (types.float32, types.float64):
+            return None
+        fdt = zarr.dtype
+        sig = types.void(zarr, *([types.int64] * 7))
+
+        def codegen(context, builder, sig, args):
+            is32 = fdt == types.float32
+            fty = ir.FloatType() if is32 else ir.DoubleType()
+            esz = 4 if is32 else 8
+            VL = VECTOR_BYTES // esz
+            vty = ir.VectorType(fty, VL)
+            pf, pv = fty.as_pointer(), vty.as_pointer()
+            (_, z_, ldz_, a_, sk_, u_, su_, k_) = args
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                f"llvm.fmuladd.v{VL}f{esz * 8}")
+            splat_mask = ir.Constant(ir.VectorType(_I32, VL), [0] * VL)
+            undef = ir.Constant(vty, ir.Undefined)
+            c64 = lambda v: ir.Constant(_I64, v)  # noqa: E731
+
+            def fptr(base, off):
+                return builder.gep(builder.inttoptr(base, pf), [off])
+
+            acc0 = [builder.load(builder.bitcast(fptr(z_, builder.add(
+                builder.mul(c64(r), ldz_), c64(v * VL))), pv), align=esz)
+                for r in range(MR) for v in range(NV)]
+            pre = builder.block
+            fn = builder.function
+            body = fn.append_basic_block("sums.body")
+            done = fn.append_basic_block("sums.done")
+            builder.cbranch(builder.icmp_signed(">", k_, c64(0)), body, done)
+            builder.position_at_end(body)
+            kk = builder.phi(_I64)
+            kk.add_incoming(c64(0), pre)
+            phis = []
+            for x in acc0:
+                ph = builder.phi(vty)
+                ph.add_incoming(x, pre)
+                phis.append(ph)
+            urow = builder.mul(kk, su_)
+            us = [builder.load(builder.bitcast(fptr(u_, builder.add(urow, c64(v * VL))), pv),
+                               align=esz) for v in range(NV)]
+            arow = builder.mul(kk, sk_)
+            new = list(phis)
+            for r in range(MR):
+                s = builder.load(fptr(a_, builder.add(arow, c64(r))), align=esz)
+                sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
+                                            undef, splat_mask)
+                for v in range(NV):
+                    new[r * NV + v] = builder.call(fma, [sv, us[v], phis[r * NV + v]])
+            kn = builder.add(kk, c64(1))
+            endb = builder.block
+            kk.add_incoming(kn, endb)
+            for ph, x in zip(phis, new):
+                ph.add_incoming(x, endb)
+            builder.cbranch(builder.icmp_signed("<", kn, k_), body, done)
+            builder.position_at_end(done)
+            out = []
+            for x, y in zip(acc0, new):
+                ph = builder.phi(vty)
+                ph.add_incoming(x, pre)
+                ph.add_incoming(y, endb)
+                out.append(ph)
+            for r in range(MR):
+                for v in range(NV):
+                    off = builder.add(builder.mul(c64(r), ldz_), c64(v * VL))
+                    builder.store(out[r * NV + v], builder.bitcast(fptr(z_, off), pv), align=esz)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_tile6 = _make_tile(6)
+_tile4 = _make_tile(4)
+_tile2 = _make_tile(2)
+_tile1 = _make_tile(1)
+
+
+# Rows of A and U per pass over Z: U's share (KC rows of N columns) stays in L2 while every tile
+# of Z goes over it (U's rows are a whole row of dz apart: streamed straight from memory, one
+# row per page, each tile would wait on it).
+_KC = 128
+
+
+@cached_njit(error_model="numpy", fastmath={"contract"}, nogil=True)
+def summed_products(z, a, sk, u, su, K, c0, c1):
+    """``z[m, c] = sum_k a[k * sk + m] * u[k * su + c]`` for every row m of z and columns
+    c0 <= c < c1 (a, u: flat views of the operands; z: (M, N) C-contiguous)."""
+    M = z.shape[0]
+    es = z.itemsize
+    NR = VECTOR_BYTES // es * NV
+    whole = c0 + (c1 - c0) // NR * NR
+    ldz = z.shape[1]
+    for m in range(M):
+        for c in range(c0, c1):
+            z[m, c] = 0
+    za = z.ctypes.data
+    for k0 in range(0, K, _KC):
+        kc = min(_KC, K - k0)
+        aa = a.ctypes.data + k0 * sk * es
+        ua = u.ctypes.data + k0 * su * es
+        for c in range(c0, whole, NR):
+            m = 0
+            while m < M:
+                left = M - m
+                zp = za + (m * ldz + c) * es
+                ap = aa + m * es
+                up = ua + c * es
+                if left >= 6:
+                    _tile6(z, zp, ldz, ap, sk, up, su, kc)
+                    m += 6
+                elif left >= 4:
+                    _tile4(z, zp, ldz, ap, sk, up, su, kc)
+                    m += 4
+                elif left >= 2:
+                    _tile2(z, zp, ldz, ap, sk, up, su, kc)
+                    m += 2
+                else:
+                    _tile1(z, zp, ldz, ap, sk, up, su, kc)
+                    m += 1
+    if whole < c1:   # the last columns, fewer than a vector block
+        for k in range(K):
+            for m in range(M):
+                v = a[k * sk + m]
+                for c in range(whole, c1):
+                    z[m, c] += v * u[k * su + c]
+
+
+def block_columns(dtype):
+    """Columns per vector block (the unit of a split of N over threads)."""
+    return VECTOR_BYTES // np.dtype(dtype).itemsize * NV
