@@ -65,6 +65,9 @@ VECTOR_BYTES = _vector_bytes()
 # A wide panel (one-row tiles) has 64 float32 / 32 float64 columns whatever the vector width, so
 # that a unit split of a small batch still finds whole panels at H = 128.
 WIDE_VECTORS = 256 // VECTOR_BYTES
+# One-row tiles take this many wide panels at once: 8 accumulators in flight either way (one row
+# has no other independent sums to hide the FMA latency behind).
+_WIDE_PANELS = 8 // WIDE_VECTORS
 
 
 def panel_vectors(rows):
@@ -194,6 +197,7 @@ _tile2 = _make_tile(2, 1, 2)
 _tile1x4 = _make_tile(1, 4, 2)
 _tile1 = _make_tile(1, 1, 2)
 _tile1w = _make_tile(1, 1, WIDE_VECTORS)
+_tile1wn = _make_tile(1, _WIDE_PANELS, WIDE_VECTORS)
 
 
 def pack(u, c0, ncols, NR):
@@ -231,10 +235,17 @@ def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
             ir_ = init + n * ldi * es
             ar = a + n * lda * es
             if nv != 2:
-                for p_ in range(pb0, pb1):
+                p_ = pb0
+                while p_ + _WIDE_PANELS <= pb1:
+                    off = p_ * NR * es
+                    _tile1wn(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                             k, ps)
+                    p_ += _WIDE_PANELS
+                while p_ < pb1:
                     off = p_ * NR * es
                     _tile1w(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
                             k, ps)
+                    p_ += 1
                 n += 1
             elif left >= 6:
                 for p_ in range(pb0, pb1):
