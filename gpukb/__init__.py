@@ -4,6 +4,8 @@ Importing gpukb is light: it reads the config file and defines the API. NumPy is
 library it imports; Numba, CuPy and numba.cuda load when a backend first needs them.
 """
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from ._checkout import map_clone_kernels as _map_clone_kernels
 
@@ -30,10 +32,24 @@ from ._dispatch import (
     set_backend,
     use_backend,
 )
-from ._frontend import rnn
-from ._vjp import rnn_vjp
+# The gradient entries load gpukb._vjp (and optree) on their first call.
+from ._frontend import rnn, rnn_pullback, rnn_residual_specs, rnn_vjp
 from ._jit_step import jit_step
-from . import activations, cells, keras
+from . import activations, cells
+
+if TYPE_CHECKING:
+    from . import keras
+else:
+    def __getattr__(name: str):
+        """``gpukb.keras`` is imported on first use: most programs never load a Keras file."""
+        if name == "keras":
+            import importlib
+
+            return importlib.import_module(".keras", __name__)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted(set(globals()) | {"keras"})
 
 __all__ = [
     "__version__",
@@ -58,6 +74,8 @@ __all__ = [
     "refresh_backends",
     "reset_uids",
     "rnn",
+    "rnn_pullback",
+    "rnn_residual_specs",
     "rnn_vjp",
     "set_backend",
     "set_epsilon",

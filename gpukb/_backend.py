@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .cells import Cell
+
 if TYPE_CHECKING:
     from ._plan import Plan
     from ._rnn import RnnCall
@@ -118,13 +120,12 @@ class Backend:
     def rnn(self, step_function: Callable[[Any, Any], Any], inputs: Any,
             initial_states: list[Any] | tuple[Any, ...], **options: Any) -> tuple[Any, Any, Any]:
         """Run ``gpukb.rnn`` on this backend: the shared semantics, fused where possible."""
-        import optree
+        from ._plan import log_plan  # loads logging: not at import gpukb
 
-        from ._plan import log_plan
-        from .cells import Cell
-
-        xp = self.namespace(optree.tree_leaves(inputs))
         if isinstance(step_function, Cell):
+            import optree
+
+            xp = self.namespace(optree.tree_leaves(inputs))
             step_function = step_function.converted(xp.asarray)
             inputs, initial_states = step_function.cast_rnn_arguments(inputs, initial_states)
         call = self.prepare(step_function, inputs, initial_states, **options)
@@ -140,11 +141,14 @@ class Backend:
         refuse a bad call before any work starts. Nothing in the arrays is read except masks and
         per-sample lengths (converted with the namespace's ``asarray``; lengths on the host are
         checked there)."""
-        import optree
-
         from . import _rnn
 
-        xp = self.namespace(optree.tree_leaves(inputs))
+        if type(self).namespace is Backend.namespace:  # the leaves are only namespace's argument
+            xp = self.xp
+        else:
+            import optree
+
+            xp = self.namespace(optree.tree_leaves(inputs))
         return _rnn.prepare(step_function, inputs, initial_states, xp=xp, backend=self.name, **options)
 
     def plan(self, call: RnnCall) -> Plan:
@@ -181,13 +185,52 @@ class Backend:
     # -- gradients: rnn_vjp -------------------------------------------------------------------
 
     def rnn_vjp(self, step_function: Callable[[Any, Any], Any], inputs: Any,
-                initial_states: list[Any] | tuple[Any, ...], **options: Any) -> tuple[Any, Any]:
-        """Run ``gpukb.rnn_vjp`` on this backend: ``(rnn's result, pullback)``."""
+                initial_states: list[Any] | tuple[Any, ...], *, return_residuals: bool = False,
+                **options: Any) -> tuple[Any, ...]:
+        """Run ``gpukb.rnn_vjp`` on this backend: ``(rnn's result, pullback)``, plus the
+        residuals with ``return_residuals`` (``gpukb._vjp.residuals``)."""
+        call, plan, given = self._vjp_call(step_function, inputs, initial_states, options,
+                                           "gpukb.rnn_vjp")
+        result, pullback = self.run_vjp_plan(plan, call, given)
+        if not return_residuals:
+            return result, pullback
+        from ._vjp.residuals import residuals_of
+
+        return result, pullback, residuals_of(self, plan, call, pullback)
+
+    def rnn_pullback(self, residuals: Any, step_function: Callable[[Any, Any], Any], inputs: Any,
+                     initial_states: list[Any] | tuple[Any, ...], **options: Any) -> Any:
+        """Run ``gpukb.rnn_pullback`` on this backend: the call's pullback from residuals."""
+        from ._vjp.residuals import rebuild
+
+        call, plan, given = self._vjp_call(step_function, inputs, initial_states, options,
+                                           "gpukb.rnn_pullback")
+        return rebuild(self, plan, call, given, residuals)
+
+    def rnn_residual_specs(self, step_function: Callable[[Any, Any], Any], inputs: Any,
+                           initial_states: list[Any] | tuple[Any, ...],
+                           **options: Any) -> tuple[Any, ...]:
+        """Run ``gpukb.rnn_residual_specs`` on this backend (validates, computes nothing)."""
+        from ._vjp.residuals import specs_of
+
+        call, plan, _ = self._vjp_call(step_function, inputs, initial_states, options, None)
+        return specs_of(self, plan, call)
+
+    def vjp_residuals(self, plan: Plan, call: RnnCall) -> Any:
+        """How the pullback of vjp ``plan`` is rebuilt from residuals: ``(specs, rebuild)``,
+        ``specs`` the ``(shape, dtype)`` of each array that the plan's backward keeps (its
+        ``backward.residuals``), ``rebuild(residuals)`` returning ``(arrays shaped like rnn's
+        result, backward)``; or None (the default): the plan keeps no residuals, and a pullback
+        rebuilt by ``rnn_pullback`` runs the vjp's forward again."""
+        return None
+
+    def _vjp_call(self, step_function: Callable[[Any, Any], Any], inputs: Any,
+                  initial_states: Any, options: dict, log_as: str | None) -> tuple:
+        """``(call, vjp plan, (inputs, initial_states) as given)``, checked, nothing run."""
         import optree
 
         from ._plan import log_plan
         from ._vjp.generic import step_vjp
-        from .cells import Cell
 
         given = (inputs, initial_states)
         if isinstance(step_function, Cell):   # as in rnn: the cell on our arrays, in its dtype
@@ -196,8 +239,9 @@ class Backend:
         call = self.prepare(step_function, inputs, initial_states, **options)
         step_vjp(call.step_function)   # a step without a derivative: TypeError, before any step
         plan = self.plan_vjp(call)
-        log_plan(plan, call, "gpukb.rnn_vjp")
-        return self.run_vjp_plan(plan, call, given)
+        if log_as is not None:
+            log_plan(plan, call, log_as)
+        return call, plan, given
 
     def plan_vjp(self, call: RnnCall) -> Plan:
         """Decide how ``rnn_vjp`` runs ``call``. The default offers it to ``fused_rnn_vjp`` when

@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 import threading
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Iterator
 
 from . import _state
@@ -129,6 +129,8 @@ def _distribution_names(entry_points) -> dict[int, str]:
 
 
 def _discover() -> dict[str, BackendRecord]:
+    from importlib import metadata  # tens of ms: loaded at the first discovery, not at import
+
     records: dict[str, BackendRecord] = {}
     found = list(metadata.entry_points(group=ENTRY_POINT_GROUP))
     distribution = _distribution_names(found)
@@ -308,9 +310,42 @@ def _claims(records) -> list[tuple[str, type]]:
     return list(seen.items())
 
 
+# (registry, its claimed modules' names, those modules as last seen, the claims then, whether
+# every claimed type of an imported module resolved): ``_claims`` re-resolves every spec, a
+# fifth of a small call's dispatch, yet its answer only changes with the registry or with which
+# of the claimed modules are imported (a library imported after the first call, or removed from
+# sys.modules and imported again, is a new module object).
+_claims_cache: tuple | None = None
+
+
+def _current_claims(registry: dict[str, BackendRecord]) -> list[tuple[str, type]]:
+    """``_claims`` of ``registry``'s records, resolved again only when the registry or the
+    claimed modules in ``sys.modules`` changed."""
+    global _claims_cache
+    cache = _claims_cache
+    if cache is not None and cache[0] is registry:
+        modules = tuple(map(sys.modules.get, cache[1]))
+        if cache[4] and modules == cache[2]:
+            return cache[3]
+        names = cache[1]
+    else:
+        names = tuple(dict.fromkeys(
+            _library(spec) for record in registry.values()
+            for spec in record.backend.array_types + tuple(record.backend.companion_types)))
+        modules = tuple(map(sys.modules.get, names))
+    claims = _claims(registry.values())
+    resolved = {spec for spec, _ in claims}
+    # A module still being imported may not define its class yet: such claims are not kept.
+    complete = all(spec in resolved or sys.modules.get(_library(spec)) is None
+                   for record in registry.values()
+                   for spec in record.backend.array_types + tuple(record.backend.companion_types))
+    _claims_cache = (registry, names, modules, claims, complete)
+    return claims
+
+
 def array_kinds(leaves) -> list[str]:
     """The distinct claimed array types (``"module:QualName"``) among ``leaves``, in order seen."""
-    claims = _claims(_records().values())
+    claims = _current_claims(_records())
     kinds: list[str] = []
     for leaf in leaves:
         for spec, cls in claims:
@@ -387,9 +422,15 @@ def backend_for(*arrays: Any) -> Backend:
     return _automatic_backend(arrays, kinds, hosts)
 
 
+# (registry, {array type: the backend rule 4 picked for it}): the pick depends only on the
+# registry (records, their priorities and availability are fixed at discovery).
+_automatic_cache: tuple = (None, {})
+
+
 def _automatic_backend(leaves, kinds: list[str], hosts) -> Backend:
     """Rule 4 of select_backend; ``hosts``: for arrays of several libraries, the backends that
     take them together (else None)."""
+    global _automatic_cache
     if hosts is not None:
         best = min(hosts, key=lambda r: (not r.builtin, -r.backend.priority, r.name))
         return _record_for(best.name, origin=f"automatic selection for {' and '.join(kinds)} arrays").backend
@@ -401,8 +442,16 @@ def _automatic_backend(leaves, kinds: list[str], hosts) -> Backend:
             f"the installed backends accept: {', '.join(known) or 'nothing'}."
         )
     kind = kinds[0]
-    candidates = [r for r in _records().values() if kind in r.backend.array_types]
+    registry = _records()
+    chosen = _automatic_cache[1].get(kind) if _automatic_cache[0] is registry else None
+    if chosen is not None:
+        return chosen
+    candidates = [r for r in registry.values() if kind in r.backend.array_types]
     builtin = [r for r in candidates if r.builtin]
     pool = builtin or candidates
     best = min(pool, key=lambda r: (-r.backend.priority, r.name))  # ties: alphabetical
-    return _record_for(best.name, origin=f"automatic selection for {kind} arrays").backend
+    chosen = _record_for(best.name, origin=f"automatic selection for {kind} arrays").backend
+    if _automatic_cache[0] is not registry:
+        _automatic_cache = (registry, {})
+    _automatic_cache[1][kind] = chosen
+    return chosen

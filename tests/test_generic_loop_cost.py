@@ -119,20 +119,25 @@ class Sub(np.ndarray):
     """An ndarray subclass: another leaf type than the first step's, same shape and dtype."""
 
 
-def test_results_that_differ_from_the_first_step_take_the_full_checks():
+@pytest.mark.parametrize("mask", [MASK, None], ids=["masked", "unmasked"])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_results_that_differ_from_the_first_step_take_the_full_checks(mask, go_backwards):
     """Lists, tuples, bare arrays, namedtuples and another array type for the states, and an
-    output of another type, at later steps: all valid, all give the plain loop's results."""
+    output of another type, at later steps: all valid, all give the plain loop's results
+    (unmasked: the one-array loop's quick path, and its fallback to the full checks)."""
     Pair = collections.namedtuple("Pair", "h")
     count = [0]
 
     def changing(x, states):
         count[0] += 1
         h = np.tanh(x @ W + states[0] @ U)
-        shapes = [[h], (h,), h, Pair(h), [h.view(Sub)], h.view(Sub)]
+        shapes = [[h], (h,), h, Pair(h), [h.view(Sub)], h.view(Sub), [h * 1.0]]
         return (h.view(Sub) if count[0] % 2 else h), shapes[count[0] % len(shapes)]
 
-    _, outputs, states = run_generic(prepare(changing, X, [np.zeros((B, H))], mask=MASK))
-    want_outputs, want_states = plain_loop(tanh_step, X, [np.zeros((B, H))], mask=MASK)
+    _, outputs, states = run_generic(prepare(changing, X, [np.zeros((B, H))], mask=mask,
+                                             go_backwards=go_backwards))
+    want_outputs, want_states = plain_loop(tanh_step, X, [np.zeros((B, H))], mask=mask,
+                                           go_backwards=go_backwards)
     np.testing.assert_array_equal(outputs, want_outputs)
     np.testing.assert_array_equal(states[0], want_states[0])
 

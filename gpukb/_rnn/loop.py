@@ -39,7 +39,7 @@ def check_new_states(call: RnnCall, new_states: Any, accepted: set) -> list:
     if not isinstance(new_states, (list, tuple)):
         new_states = (new_states,)
     leaves, treespec = optree.tree_flatten(new_states)
-    if treespec not in accepted:
+    if treespec not in accepted and not _flat_match(call, new_states, treespec):
         given = call.initial_states
         if len(new_states) != len(given):
             raise ValueError(
@@ -70,6 +70,14 @@ def check_new_states(call: RnnCall, new_states: Any, accepted: set) -> list:
     return leaves
 
 
+def _flat_match(call: RnnCall, new_states: Any, treespec: Any) -> bool:
+    """Whether ``new_states`` (a list or tuple) has the structure of flat ``initial_states``
+    without comparing paths: as many children, each a leaf (one node and one leaf per child)."""
+    count = len(call.state_leaves)
+    return (len(new_states) == count and treespec.num_leaves == count
+            and treespec.num_nodes == count + 1 and _flat_states(call))
+
+
 def _integer_arguments_hint(call: RnnCall, state_dtype: Any) -> str:
     """The likely cause of a floating state changing dtype: an integer or bool input or constant
     (NumPy computes float32 with int32 or int64 in float64)."""
@@ -94,14 +102,15 @@ def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
     later steps must return the structure, shapes and dtypes of the first.
     """
     paths, leaves, treespec = optree.tree_flatten_with_path(output)
-    names = [format_path("output", p) for p in paths]
     if first is None:
         if not leaves:
             raise ValueError(f"rnn: step_function returned an output with no arrays ({output!r}).")
-        for name, leaf in zip(names, leaves):
+        for path, leaf in zip(paths, leaves):
             if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype") and hasattr(leaf, "ndim")):
+                name = format_path("output", path)
                 raise ValueError(f"rnn: step_function returned a non-array {type(leaf).__name__} as {name}.")
             if leaf.ndim < 1 or leaf.shape[0] != call.batch_size:
+                name = format_path("output", path)
                 raise ValueError(
                     f"rnn: step_function's {name} must have the batch size B={call.batch_size} as "
                     f"its first axis, got shape {tuple(leaf.shape)}."
@@ -113,8 +122,9 @@ def check_step_output(call: RnnCall, output: Any, first: tuple | None) -> tuple:
             f"rnn: step_function returned an output with structure {treespec}, but its first step "
             f"returned {first_treespec}."
         )
-    for name, leaf, ref in zip(names, leaves, first_leaves):
+    for path, leaf, ref in zip(paths, leaves, first_leaves):
         if not hasattr(leaf, "shape") or tuple(leaf.shape) != tuple(ref.shape) or leaf.dtype != ref.dtype:
+            name = format_path("output", path)
             seen = (tuple(leaf.shape), leaf.dtype) if hasattr(leaf, "shape") else type(leaf).__name__
             raise ValueError(
                 f"rnn: step_function's {name} changed from shape/dtype "
@@ -219,7 +229,8 @@ def run_generic(call: RnnCall, masker=WhereMasker):
     steps = call.time_steps
     accepted: set = set()
     t = call.original_time(0)
-    output, new_states = _call_step(call, 0, t, list(call.state_leaves))
+    read_input, pack_states = step_arguments(call)
+    output, new_states = _call_step(call, 0, t, list(call.state_leaves), read_input, pack_states)
     first = check_step_output(call, output, None)
     out_leaves = first[0]
     new_leaves = check_new_states(call, new_states, accepted)
@@ -234,12 +245,16 @@ def run_generic(call: RnnCall, masker=WhereMasker):
     else:
         states = masking.step(t, 0, write_all, out_leaves, new_leaves, list(call.state_leaves))
 
-    read_input, pack_states = step_arguments(call)
     check_result = fast_checks(call, first, new_leaves, accepted)
     step_function = call.step_function
     backwards, last_step = call.go_backwards, steps - 1
     # One output array: stored at its time index without store_outputs' loop.
     store_single = time_writer(call, buffers[0]) if len(buffers) == 1 else None
+    if (masking is None and all_outputs and store_single is not None and steps > 1
+            and first[1].is_leaf() and len(new_leaves) == 1 and _flat_states(call)):
+        states = _one_array_loop(call, read_input, store_single, check_result, out_leaves[0],
+                                 new_leaves[0])
+        steps = 1  # done: the general loop below runs no step
     for i in range(1, steps):
         t = last_step - i if backwards else i
         try:
@@ -265,6 +280,42 @@ def run_generic(call: RnnCall, masker=WhereMasker):
     last = [buf[-1] if call.time_major else buf[:, -1] for buf in buffers]
     last_output = optree.tree_unflatten(treespec, last)
     return last_output, outputs, call.pack_states(states)
+
+
+def _one_array_loop(call: RnnCall, read_input: Callable, store: Callable, check_result: Callable,
+                    first_output: Any, first_state: Any) -> list:
+    """Steps 1 to T-1 of the commonest call: one output array, one state, no mask, every output
+    kept. What ``fast_checks``' ``check_result`` accepts at once is checked inline here (a call
+    and two lists fewer per step); anything else goes through ``check_result`` itself, so the
+    errors and results are the general loop's. Returns the final states."""
+    step_function, constants = call.step_function, call.constants
+    out_kind, out_shape, out_dtype = type(first_output), tuple(first_output.shape), first_output.dtype
+    old = call.state_leaves[0]
+    kind, shape, dtype = type(first_state), tuple(old.shape), old.dtype
+    same_refs = (kind, shape, dtype) == (out_kind, out_shape, out_dtype)
+    backwards, last_step = call.go_backwards, call.time_steps - 1
+    state = first_state
+    for i in range(1, call.time_steps):
+        t = last_step - i if backwards else i
+        try:
+            result = step_function(read_input(t), (state,) + constants if constants else (state,))
+        except Exception as error:  # not BaseException: KeyboardInterrupt and SystemExit pass as they are
+            note_step_error(error, call, i, t)
+            raise  # the same object, traceback intact
+        if type(result) is tuple and len(result) == 2:
+            output, new = result
+            if (type(output) is out_kind and output.shape == out_shape and output.dtype == out_dtype
+                    and (type(new) is list or type(new) is tuple) and len(new) == 1):
+                leaf = new[0]
+                if (leaf is output and same_refs) or (
+                        type(leaf) is kind and leaf.shape == shape and leaf.dtype == dtype):
+                    store(i, output)
+                    state = leaf
+                    continue
+        out_leaves, new_leaves = check_result(result)
+        store(i, out_leaves[0])
+        state = new_leaves[0]
+    return [state]
 
 
 def _time_first(call: RnnCall, array: Any):
@@ -335,9 +386,6 @@ def fast_checks(call: RnnCall, first: tuple, first_states: list, accepted: set):
     checked directly; several with ``map`` (a Python loop over them costs more than the step)."""
     first_leaves, first_treespec, _ = first
     flatten = optree.tree_flatten
-    out_same = _same_leaves([type(leaf) for leaf in first_leaves],
-                            [tuple(leaf.shape) for leaf in first_leaves],
-                            [leaf.dtype for leaf in first_leaves])
 
     if first_treespec.is_leaf():
         out_kind, out_shape, out_dtype = type(first_leaves[0]), tuple(first_leaves[0].shape), first_leaves[0].dtype
@@ -347,13 +395,18 @@ def fast_checks(call: RnnCall, first: tuple, first_states: list, accepted: set):
                 return [output]
             return check_step_output(call, output, first)[0]
     else:
+        out_same = _same_leaves([type(leaf) for leaf in first_leaves],
+                                [tuple(leaf.shape) for leaf in first_leaves],
+                                [leaf.dtype for leaf in first_leaves])
+
         def check_output(output):
             leaves, treespec = flatten(output)
             if treespec == first_treespec and out_same(leaves):
                 return leaves
             return check_step_output(call, output, first)[0]
 
-    if not _flat_states(call):
+    flat = _flat_states(call)
+    if not flat:
         def check_states(new_states):
             return check_new_states(call, new_states, accepted)
     elif len(first_states) == 1:
@@ -382,7 +435,7 @@ def fast_checks(call: RnnCall, first: tuple, first_states: list, accepted: set):
             return check_new_states(call, new_states, accepted)
 
     composed = _composed(check_output, check_states)
-    if first_treespec.is_leaf() and _flat_states(call) and len(first_states) == 1:
+    if first_treespec.is_leaf() and flat and len(first_states) == 1:
         # The common case, one output array and one state, checked without further calls.
         same_refs = (kind, shape, dtype) == (out_kind, out_shape, out_dtype)
         def check_result(result) -> tuple:
@@ -432,9 +485,13 @@ def _raise_not_a_pair(result) -> None:
     )
 
 
-def _call_step(call: RnnCall, i: int, t: int, states: list):
+def _call_step(call: RnnCall, i: int, t: int, states: list, read_input=None, pack_states=None):
+    """The pair step ``i`` (input time ``t``) returns; ``read_input``/``pack_states``: those of
+    ``step_arguments`` (default: ``call.step_input`` and ``call.step_states``)."""
+    read_input = read_input or call.step_input
+    pack_states = pack_states or call.step_states
     try:
-        result = call.step_function(call.step_input(t), call.step_states(states))
+        result = call.step_function(read_input(t), pack_states(states))
     except Exception as error:  # not BaseException: KeyboardInterrupt and SystemExit pass as they are
         note_step_error(error, call, i, t)
         raise  # the same object, traceback intact

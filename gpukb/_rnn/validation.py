@@ -85,8 +85,16 @@ class RnnCall:
         return tuple(self.pack_states(leaves)) + self.constants
 
 
+# The treespec of a lone leaf (one array as ``inputs``): the same for every leaf.
+_A_LEAF: Any = numpy.empty(0)
+_LEAF_TREESPEC = optree.tree_structure(_A_LEAF)
+
+
 def _check_inputs(inputs, time_major):
-    paths, leaves, treespec = optree.tree_flatten_with_path(inputs)
+    if type(inputs) is numpy.ndarray:  # the usual case, an optree leaf: nothing to flatten
+        paths, leaves, treespec = [()], [inputs], _LEAF_TREESPEC
+    else:
+        paths, leaves, treespec = optree.tree_flatten_with_path(inputs)
     names = tuple(format_path("inputs", p) for p in paths)
     if not leaves:
         raise ValueError(f"rnn: inputs holds no arrays (got {inputs!r}).")

@@ -1,5 +1,5 @@
-"""``gpukb.rnn_vjp``: picks the backend for the call's arrays (as ``gpukb.rnn``) and hands the
-call to its ``Backend.rnn_vjp``."""
+"""``gpukb.rnn_vjp``, ``gpukb.rnn_pullback`` and ``gpukb.rnn_residual_specs``: each picks the
+backend for the call's arrays (as ``gpukb.rnn``) and hands the call to that backend's method."""
 
 from __future__ import annotations
 
@@ -9,12 +9,18 @@ from .. import _dispatch
 from .._frontend import _array_leaves
 
 
+def _backend_for(inputs: Any, initial_states: Any, mask: Any, constants: Any,
+                 input_length: Any, backend: str | None) -> Any:
+    leaves = _array_leaves(inputs, initial_states, mask, constants, input_length)
+    return _dispatch.select_backend(leaves, backend)
+
+
 def rnn_vjp(step_function: Callable[[Any, Any], Any], inputs: Any,
             initial_states: list[Any] | tuple[Any, ...], go_backwards: bool = False,
             mask: Any = None, constants: list[Any] | tuple[Any, ...] | None = None,
             unroll: bool = False, input_length: Any = None, time_major: bool = False,
             zero_output_for_mask: bool = False, return_all_outputs: bool = True, *,
-            backend: str | None = None) -> tuple[tuple[Any, Any, Any], Callable[..., Any]]:
+            backend: str | None = None, return_residuals: bool = False) -> tuple[Any, ...]:
     """``gpukb.rnn`` and its pullback: ``((last_output, outputs, new_states), pullback)``.
 
     The values are ``gpukb.rnn``'s for the same call. ``pullback(d_outputs, d_last_output=None,
@@ -22,10 +28,50 @@ def rnn_vjp(step_function: Callable[[Any, Any], Any], inputs: Any,
     ``.weights``) of ``sum(d * value)`` over the results; cotangents left as None are zeros.
     ``step_function`` is a ``gpukb.cells`` cell, or carries its derivative as ``.vjp`` (the
     README's Gradients section); the rules under masks and every flag are in docs/semantics.md.
+    With ``return_residuals``: ``(result, pullback, residuals)``, ``residuals`` the tuple of
+    arrays the pullback keeps beyond the arguments, from which ``gpukb.rnn_pullback`` rebuilds it.
     """
-    leaves = _array_leaves(inputs, initial_states, mask, constants, input_length)
-    chosen = _dispatch.select_backend(leaves, backend)
+    chosen = _backend_for(inputs, initial_states, mask, constants, input_length, backend)
     return chosen.rnn_vjp(
+        step_function, inputs, initial_states, go_backwards=go_backwards, mask=mask,
+        constants=constants, unroll=unroll, input_length=input_length, time_major=time_major,
+        zero_output_for_mask=zero_output_for_mask, return_all_outputs=return_all_outputs,
+        return_residuals=return_residuals,
+    )
+
+
+def rnn_pullback(residuals: tuple[Any, ...], step_function: Callable[[Any, Any], Any],
+                 inputs: Any, initial_states: list[Any] | tuple[Any, ...],
+                 go_backwards: bool = False, mask: Any = None,
+                 constants: list[Any] | tuple[Any, ...] | None = None, unroll: bool = False,
+                 input_length: Any = None, time_major: bool = False,
+                 zero_output_for_mask: bool = False, return_all_outputs: bool = True, *,
+                 backend: str | None = None) -> Callable[..., Any]:
+    """The pullback of ``rnn_vjp`` for this call, from the ``residuals`` that
+    ``rnn_vjp(..., return_residuals=True)`` returned for it (the same arguments, the same backend):
+    its gradients are bitwise those of the pullback ``rnn_vjp`` returned. A fused cell call's
+    pullback runs nothing forward; a call whose residuals are ``()`` (the generic path) runs the
+    forward again. Residuals of the wrong count, array type, shape or dtype are a TypeError or
+    ValueError before any work (docs/semantics.md, "Gradients")."""
+    chosen = _backend_for(inputs, initial_states, mask, constants, input_length, backend)
+    return chosen.rnn_pullback(
+        residuals, step_function, inputs, initial_states, go_backwards=go_backwards, mask=mask,
+        constants=constants, unroll=unroll, input_length=input_length, time_major=time_major,
+        zero_output_for_mask=zero_output_for_mask, return_all_outputs=return_all_outputs,
+    )
+
+
+def rnn_residual_specs(step_function: Callable[[Any, Any], Any], inputs: Any,
+                       initial_states: list[Any] | tuple[Any, ...], go_backwards: bool = False,
+                       mask: Any = None, constants: list[Any] | tuple[Any, ...] | None = None,
+                       unroll: bool = False, input_length: Any = None, time_major: bool = False,
+                       zero_output_for_mask: bool = False, return_all_outputs: bool = True, *,
+                       backend: str | None = None) -> tuple[tuple[tuple[int, ...], Any], ...]:
+    """The ``(shape, numpy dtype)`` of each residual ``rnn_vjp(..., return_residuals=True)`` returns
+    for this call, without running it (for a framework that must declare its outputs' shapes,
+    such as a PyTorch fake kernel)."""
+    chosen = _backend_for(inputs, initial_states, mask, constants, input_length, backend)
+    return chosen.rnn_residual_specs(
         step_function, inputs, initial_states, go_backwards=go_backwards, mask=mask,
         constants=constants, unroll=unroll, input_length=input_length, time_major=time_major,
         zero_output_for_mask=zero_output_for_mask, return_all_outputs=return_all_outputs,

@@ -36,6 +36,12 @@ class Pullback:
     def out_treespec(self) -> Any:
         return self._out_treespec
 
+    @property
+    def residuals(self) -> tuple | None:
+        """The arrays the backward keeps beyond the call's arguments (``backward.residuals``;
+        None when it says nothing: see ``residuals``)."""
+        return getattr(self._backward, "residuals", None)
+
     def __call__(self, d_outputs: Any, d_last_output: Any = None,
                  d_new_states: Any = None) -> Grads:
         xp = self._call.xp

@@ -8,7 +8,8 @@ whether they store every output or the last). Its backward is the CPU's algorith
 (``gpukb/kernels/cpu/backward.py``) on the device: ``cell_backward`` does the GEMMs through the
 call's array library (CuPy -> cuBLAS; NumPy under the simulator) and launches the kernels,
 everything queued on CuPy's current stream. A call keeps what the CPU's keeps: references to its
-arguments and the outputs of every step, ``B * T * H`` values.
+arguments and the outputs of every step, ``B * T * H`` values: its residuals
+(``rnn_vjp(return_residuals=True)``), from which ``from_residuals`` rebuilds the backward.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-import optree
 
 from gpukb.kernels.cells import GRU, GRU_BEFORE, LAYOUTS, LSTM
 from gpukb.kernels.cells.activations import code as activation_code
@@ -26,7 +26,8 @@ from gpukb.kernels.cuda import _runtime
 from gpukb.kernels.cuda import backward as kernels
 
 from .._fused import loop_options
-from .._vjp.cotangents import Grads, differentiable
+from .._vjp.cotangents import Grads
+from .._vjp.fused import cell_grads, result_like, step_cotangents
 from . import _cuda_cells
 
 
@@ -36,44 +37,54 @@ def _on_device(xp, array):
 
 
 def fused_cell_vjp(call, tiling, allow_tf32: bool = False) -> tuple[tuple, Any]:
-    """``(rnn's result, backward)`` for a call that ``gpukb._fused.cell_problem`` accepts."""
-    cell: Any = call.step_function
-    xp = call.xp
+    """``(rnn's result, backward)`` for a call that ``gpukb._fused.cell_problem`` accepts;
+    ``backward.residuals``: what it keeps beyond the call's arguments (``residual_specs``)."""
     options = loop_options(call)
-    x = call.input_leaves[0]
-    kind = cell.kernel_layout.kind
-    ract = getattr(cell, "recurrent_activation", "linear")
+    xp, x = call.xp, call.input_leaves[0]
     with _on_device(xp, x):
         last, every, states = _cuda_cells.run(dataclasses.replace(call, return_all_outputs=True),
                                               tiling, allow_tf32)
         outputs = every
         if not options.return_all_outputs:
             outputs = (every[-1:] if options.time_major else every[:, -1:]).copy()
-    result = (last, outputs, states)
+    return (last, outputs, states), _Backward(call, every, allow_tf32)
 
-    def backward(d_out: list, d_last: list, d_states: list) -> Grads:
+
+def residual_specs(call) -> tuple:
+    """``(shape, dtype)`` of each residual of a fused call: every step's output only (the layout
+    of ``time_major``, processing order); the backward recomputes the pre-activations from it."""
+    cell = call.step_function
+    T, B, H = call.time_steps, call.batch_size, cell.units
+    return (((T, B, H) if call.time_major else (B, T, H), np.dtype(cell.dtype)),)
+
+
+def from_residuals(call, residuals: tuple, allow_tf32: bool = False) -> tuple[tuple, Any]:
+    """``(arrays shaped like rnn's result, backward)`` from a fused call's residuals (checked
+    against ``residual_specs`` by the caller): the backward ``fused_cell_vjp`` would return."""
+    (every,) = residuals
+    return result_like(call, every), _Backward(call, every, allow_tf32)
+
+
+class _Backward:
+    """``backward(d_out, d_last, d_states) -> Grads`` over a forward's outputs (``every``)."""
+
+    def __init__(self, call, every, allow_tf32: bool):
+        self.call, self.every, self.allow_tf32 = call, every, allow_tf32
+        self.residuals = (every,)
+
+    def __call__(self, d_out: list, d_last: list, d_states: list) -> Grads:
+        call, xp = self.call, self.call.xp
+        cell: Any = call.step_function
+        x = call.input_leaves[0]
         dtype = np.dtype(cell.dtype)
-        with _on_device(xp, x), _runtime.gemm_precision(dtype, allow_tf32):
-            gy = xp.zeros((call.time_steps, call.batch_size, cell.units), dtype=dtype)
-            if options.return_all_outputs:
-                gy[...] = d_out[0] if options.time_major else xp.swapaxes(d_out[0], 0, 1)
-            else:
-                gy[-1] = d_out[0][0] if options.time_major else d_out[0][:, 0]
-            gy[-1] += d_last[0]
-            grads = cell_backward(xp, kind, x, cell.kernel, cell.recurrent_kernel, cell.bias,
-                                  call.state_leaves, call.step_mask, options, cell.activation,
-                                  ract, every, gy, d_states)
-        weights = {"kernel": grads["kernel"], "recurrent_kernel": grads["recurrent_kernel"]}
-        if cell.bias is not None:
-            weights["bias"] = grads["bias"]
-        constants: Any = call.constants
-        leaves, treespec = optree.tree_flatten(constants)
-        d_constants = [xp.zeros_like(c) if differentiable(c) else None for c in leaves]
-        return Grads(inputs=grads["inputs"], initial_states=call.pack_states(grads["states"]),
-                     constants=optree.tree_unflatten(treespec, d_constants) if constants else None,
-                     weights=weights)
-
-    return result, backward
+        with _on_device(xp, x), _runtime.gemm_precision(dtype, self.allow_tf32):
+            gy = step_cotangents(xp, call, d_out, d_last, dtype)
+            grads = cell_backward(xp, cell.kernel_layout.kind, x, cell.kernel,
+                                  cell.recurrent_kernel, cell.bias, call.state_leaves,
+                                  call.step_mask, loop_options(call), cell.activation,
+                                  getattr(cell, "recurrent_activation", "linear"), self.every,
+                                  gy, d_states)
+        return cell_grads(xp, call, grads)
 
 
 def _processing_order(xp, a, time_major, go_backwards):

@@ -84,6 +84,13 @@ class CPUBackend(Backend):
             return result, Pullback(call, result, backward, given)
         return super().run_vjp_plan(plan, call, given)
 
+    def vjp_residuals(self, plan, call):
+        if plan.path != FUSED_CELL:
+            return None
+        from .._vjp import fused_cpu
+
+        return fused_cpu.residual_specs(call), lambda r: fused_cpu.from_residuals(call, r)
+
     def fused_rnn_vjp(self, call):
         """The documented hook: the fused cell vjp, or NotImplemented when the vjp plan is the
         generic path."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import importlib.util
 import os
 import sys
@@ -237,6 +238,16 @@ class CUDABackend(Backend):
         return self._on_inputs_device(super().rnn_vjp, step_function, inputs, initial_states,
                                       options)
 
+    def rnn_pullback(self, residuals, step_function, inputs, initial_states, **options):
+        if not self.simulated and isinstance(residuals, (list, tuple)):
+            residuals = self._to_cupy(tuple(residuals))
+        rebuild = functools.partial(super().rnn_pullback, residuals)
+        return self._on_inputs_device(rebuild, step_function, inputs, initial_states, options)
+
+    def rnn_residual_specs(self, step_function, inputs, initial_states, **options):
+        return self._on_inputs_device(super().rnn_residual_specs, step_function, inputs,
+                                      initial_states, options)
+
     def _on_inputs_device(self, run, step_function, inputs, initial_states, options):
         """``run`` (the base class's rnn or rnn_vjp) with GPU arrays of other libraries viewed as
         CuPy arrays, on the inputs' GPU (CuPy's current stream of that device)."""
@@ -329,6 +340,14 @@ class CUDABackend(Backend):
             result, backward = _cuda_vjp.fused_cell_vjp(call, plan.detail, self.allow_tf32)
             return result, Pullback(call, result, backward, given)
         return super().run_vjp_plan(plan, call, given)
+
+    def vjp_residuals(self, plan, call):
+        if plan.path != PER_STEP:
+            return None
+        from . import _cuda_vjp
+
+        return (_cuda_vjp.residual_specs(call),
+                lambda r: _cuda_vjp.from_residuals(call, r, self.allow_tf32))
 
     def fused_rnn_vjp(self, call):
         """The documented hook: the fused cell vjp, or NotImplemented when the vjp plan is the

@@ -252,7 +252,7 @@ def run(sizes=FULL_SIZES, workloads=WORKLOADS, implementations=IMPLEMENTATIONS, 
     add_ratios(results)
     results.sort(key=lambda r: (r.workload, r.size.B, r.size.T, r.kind != "gpukb"))
     rows = [(r.workload, r.size.label, r.implementation,
-             f"{r.median_s * 1e3:.3f}" if r.status == "ok" else r.status,
+             f"{r.median_s * 1e3:.3f}" if r.status == "ok" and r.median_s is not None else r.status,
              f"{r.gflops:.2f}" if r.status == "ok" else "",
              "" if r.ratio_to_fastest_peer is None else f"{r.ratio_to_fastest_peer:.2f}x",
              f"{r.relative_error:.1e}" if r.status == "ok" else "") for r in results]

@@ -280,9 +280,9 @@ def run(args, parser) -> int:
     if getattr(args, "backward", False):
         from . import backward
 
-        settings = backward.QUICK_SIZES if args.quick else backward.FULL_SIZES
+        sizes = backward.QUICK_SIZES if args.quick else backward.FULL_SIZES
         budget = args.budget if args.budget is not None else (0.5 if args.quick else 3.0)
-        backward.run(settings, repeats=args.repeats or 30, budget=budget)
+        backward.run(sizes, repeats=args.repeats or 30, budget=budget)
         return 0
     if args.model is not None:
         from . import model_command

@@ -206,8 +206,9 @@ def plot(doc: dict, path) -> None:
                  f"GEMM peak\n{machine['cpu']}, {machine['usable_cores']} cores, "
                  f"{machine['date'][:10]}", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.92, 0.95))
+    assert image is not None   # at least one heat map was drawn
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
-    ticks = np.arange(-LOG2_LIMIT, LOG2_LIMIT + 1)
+    ticks = [float(t) for t in range(-int(LOG2_LIMIT), int(LOG2_LIMIT) + 1)]
     bar.set_ticks(ticks, labels=[f"{2.0 ** t:g}x" for t in ticks], fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,26 +1,32 @@
 """One direction of one recurrent layer as PyTorch custom operators over gpukb's kernels.
 
-- ``gpukb_torch::rnn_forward``: ``gpukb.rnn`` with a ``gpukb.cells`` LSTM or GRU made from torch's
-  weights (``_weights``), on zero-copy views of the tensors (``_arrays``);
-- ``gpukb_torch::rnn_backward``: its gradients through ``gpukb.rnn_vjp``.
+- ``gpukb_torch::rnn_forward``: ``gpukb.rnn_vjp(..., return_residuals=True)`` with a
+  ``gpukb.cells`` LSTM or GRU made from torch's weights (``_weights``), on zero-copy views of the
+  tensors (``_arrays``); it returns the residuals (what the backward needs beyond the arguments:
+  every step's output and, on the CPU, the kept gate pre-activations) as extra outputs;
+- ``gpukb_torch::rnn_backward``: its gradients through ``gpukb.rnn_pullback`` on those residuals,
+  so a forward and backward runs the forward once.
 
-Both are opaque to ``torch.compile`` (``register_fake`` gives the shapes) and the first has the
-second as its autograd formula. The backward runs ``gpukb.rnn_vjp``, which re-runs the fused
-forward to build its pullback: a forward and backward costs one extra forward, and the graph keeps
-only the op's arguments (no gate activations).
+``keep_residuals``: the module passes False when no gradient can be asked for (``torch.no_grad``,
+or nothing requires one); the forward then runs ``gpukb.rnn``, which keeps nothing, and returns
+no residuals.
+
+Both are opaque to ``torch.compile`` (``register_fake`` gives the shapes, the residuals' from
+``gpukb.rnn_residual_specs``) and the first has the second as its autograd formula.
 
 Layout: ``input`` is ``(B, T, D)``, or ``(T, B, D)`` with ``time_major``; ``mask`` (or None) has
 the same leading two dimensions, True = a valid step. Masked steps hold the state and output zeros
 (``zero_output_for_mask``), so a right-padded mask gives what torch gives for a packed sequence.
 ``reverse`` runs the sequence backwards (``go_backwards``) and returns the outputs in input-time
-order, as torch's reverse direction does. Outputs: ``(output, h_n, c_n)``; a GRU's ``c_n`` is an
-empty tensor (a custom op always returns the same number of tensors).
+order, as torch's reverse direction does. Outputs: ``(output, h_n, c_n, residuals)``; a GRU's
+``c_n`` is an empty tensor (a custom op always returns the same number of tensors).
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 import gpukb
@@ -30,9 +36,10 @@ from . import _arrays, _weights
 Tensor = torch.Tensor
 
 
-def _cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor]):
+def _cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+          convert=_arrays.as_array):
     kernel, recurrent_kernel, bias = (
-        _arrays.as_array(w) for w in _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
+        convert(w) for w in _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
     if mode == "lstm":
         return gpukb.cells.lstm(kernel, recurrent_kernel, bias)
     if mode == "gru":
@@ -40,12 +47,34 @@ def _cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: O
     raise ValueError(f"gpukb_torch::rnn_forward: mode must be 'lstm' or 'gru', got {mode!r}.")
 
 
-def _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major):
-    """Positional and keyword arguments of the ``gpukb.rnn``/``rnn_vjp`` call of this op."""
-    states = [_arrays.as_array(h0)] + ([_arrays.as_array(c0)] if mode == "lstm" else [])
+def _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major,
+                   convert=_arrays.as_array):
+    """Positional and keyword arguments of the ``gpukb.rnn_vjp``/``rnn_pullback`` call of this
+    op, its tensors made arrays by ``convert``."""
+    states = [convert(h0)] + ([convert(c0)] if mode == "lstm" else [])
     kwargs = dict(go_backwards=reverse, time_major=time_major, zero_output_for_mask=True,
-                  mask=None if mask is None else _arrays.as_array(mask))
-    return (_cell(mode, w_ih, w_hh, b_ih, b_hh), _arrays.as_array(input), states), kwargs
+                  mask=None if mask is None else convert(mask))
+    return (_cell(mode, w_ih, w_hh, b_ih, b_hh, convert), convert(input), states), kwargs
+
+
+# Not torch.empty(...).numpy(): a fake kernel's tensors are FakeTensors, which have no memory.
+_NUMPY_DTYPES = {torch.float16: np.dtype(np.float16), torch.float32: np.dtype(np.float32),
+                 torch.float64: np.dtype(np.float64), torch.bool: np.dtype(np.bool_)}
+_TORCH_DTYPES = {v: k for k, v in _NUMPY_DTYPES.items()}
+
+
+def _stand_in(tensor: Optional[Tensor]):
+    """A zero-stride array of the tensor's shape and dtype on its device's array library, with
+    no memory of its own: what a fake kernel hands ``gpukb.rnn_residual_specs``."""
+    if tensor is None:
+        return None
+    dtype = _NUMPY_DTYPES[tensor.dtype]
+    shape = tuple(int(n) for n in tensor.shape)
+    if tensor.device.type == "cuda":
+        import cupy
+
+        return cupy.broadcast_to(cupy.zeros((), dtype), shape)
+    return np.broadcast_to(np.zeros((), dtype), shape)
 
 
 def _time_flip(outputs, time_major: bool):
@@ -56,37 +85,46 @@ def _time_flip(outputs, time_major: bool):
 @torch.library.custom_op("gpukb_torch::rnn_forward", mutates_args=())
 def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
                 mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                b_hh: Optional[Tensor], reverse: bool, time_major: bool
-                ) -> tuple[Tensor, Tensor, Tensor]:
+                b_hh: Optional[Tensor], reverse: bool, time_major: bool, keep_residuals: bool
+                ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
                                   time_major)
     with _arrays.on_device_of(input):
-        _, outputs, states = gpukb.rnn(*args, **kwargs)
+        if keep_residuals:
+            (_, outputs, states), _, residuals = gpukb.rnn_vjp(*args, **kwargs,
+                                                               return_residuals=True)
+        else:   # no gradient will be asked for: gpukb.rnn, which keeps nothing
+            (_, outputs, states), residuals = gpukb.rnn(*args, **kwargs), ()
     if reverse:
         outputs = _time_flip(outputs, time_major)
     output = _arrays.as_tensor(outputs)
     h_n = _arrays.as_tensor(states[0])
     c_n = _arrays.as_tensor(states[1]) if mode == "lstm" else h0.new_empty(0)
-    output, h_n, c_n = _unaliased([output, h_n, c_n],
-                                  [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh])
-    return output, h_n, c_n
+    output, h_n, c_n, *kept = _unaliased([output, h_n, c_n,
+                                          *(_arrays.as_tensor(r) for r in residuals)],
+                                         [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh])
+    return output, h_n, c_n, kept
 
 
 @rnn_forward.register_fake
-def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major):
+def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, keep_residuals):
     hidden = w_hh.shape[1]
     output = input.new_empty((*input.shape[:2], hidden))
     c_n = torch.empty_like(h0) if mode == "lstm" else h0.new_empty(0)
-    return output, torch.empty_like(h0), c_n
+    args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
+                                  time_major, convert=_stand_in)
+    specs = gpukb.rnn_residual_specs(*args, **kwargs) if keep_residuals else []
+    kept = [input.new_empty(shape, dtype=_TORCH_DTYPES[dtype]) for shape, dtype in specs]
+    return output, torch.empty_like(h0), c_n, kept
 
 
 @torch.library.custom_op("gpukb_torch::rnn_backward", mutates_args=())
 def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
                  mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, d_output: Tensor,
-                 d_h_n: Tensor, d_c_n: Tensor) -> list[Tensor]:
+                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, residuals: list[Tensor],
+                 d_output: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> list[Tensor]:
     """Gradients ``[d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh]``; the ones of absent
-    arguments (a GRU's c0, no bias) are empty tensors."""
+    arguments (a GRU's c0, no bias) are empty tensors. ``residuals``: ``rnn_forward``'s."""
     args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
                                   time_major)
     d_output = d_output.contiguous()
@@ -94,7 +132,8 @@ def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     if mode == "lstm":
         d_states.append(_arrays.as_array(d_c_n.contiguous()))
     with _arrays.on_device_of(input):
-        _, pullback = gpukb.rnn_vjp(*args, **kwargs)
+        pullback = gpukb.rnn_pullback(tuple(_arrays.as_array(r) for r in residuals), *args,
+                                      **kwargs)
         d_out = _arrays.as_array(d_output)
         grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
                          d_new_states=d_states)
@@ -107,8 +146,8 @@ def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     results = [_arrays.as_tensor(grads.inputs), d_states_0[0],
                d_states_0[1] if mode == "lstm" else input.new_empty(0),
                *(input.new_empty(0) if g is None else g for g in d_weights)]
-    return _unaliased(results, [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, d_output, d_h_n,
-                                d_c_n])
+    return _unaliased(results, [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals,
+                                d_output, d_h_n, d_c_n])
 
 
 def _unaliased(results: list[Tensor], arguments: list[Optional[Tensor]]) -> list[Tensor]:
@@ -127,21 +166,22 @@ def _unaliased(results: list[Tensor], arguments: list[Optional[Tensor]]) -> list
 
 
 @rnn_backward.register_fake
-def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, d_output, d_h_n,
-      d_c_n):
+def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, residuals,
+      d_output, d_h_n, d_c_n):
     like = [input, h0, c0, w_ih, w_hh, b_ih, b_hh]
     return [input.new_empty(0) if t is None else torch.empty_like(t) for t in like]
 
 
 def _setup_context(ctx, inputs, output):
-    mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major = inputs
-    ctx.save_for_backward(input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh)
+    mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, _ = inputs
+    residuals = output[3]
+    ctx.save_for_backward(input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals)
     ctx.flags = (mode, reverse, time_major)
 
 
-def _backward(ctx, d_output, d_h_n, d_c_n):
+def _backward(ctx, d_output, d_h_n, d_c_n, d_residuals):
     mode, reverse, time_major = ctx.flags
-    input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+    input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals = ctx.saved_tensors
     # An output that took no part in the loss may come as None: its cotangent is zeros.
     d_output = torch.zeros((*input.shape[:2], w_hh.shape[1]), dtype=input.dtype,
                            device=input.device) if d_output is None else d_output
@@ -149,10 +189,10 @@ def _backward(ctx, d_output, d_h_n, d_c_n):
     if d_c_n is None or mode != "lstm":
         d_c_n = torch.zeros_like(h0) if mode == "lstm" else h0.new_empty(0)
     grads = rnn_backward(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major,
-                         d_output, d_h_n, d_c_n)
+                         residuals, d_output, d_h_n, d_c_n)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
     return (None, d_input, d_h0, None if c0 is None else d_c0, None, d_w_ih, d_w_hh,
-            None if b_ih is None else d_b_ih, None if b_hh is None else d_b_hh, None, None)
+            None if b_ih is None else d_b_ih, None if b_hh is None else d_b_hh, None, None, None)
 
 
 rnn_forward.register_autograd(_backward, setup_context=_setup_context)

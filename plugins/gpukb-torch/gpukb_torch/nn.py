@@ -5,7 +5,7 @@ Same constructor, parameter names, shapes and initialisation as torch's modules 
 ``forward`` results (tensors or a ``PackedSequence``), plus gpukb's extension: ``mask=``, a
 ``(B, T)`` boolean tensor of any pattern (True = a valid step; a masked step holds the state and
 outputs zeros). Each direction of each layer is one call of the ``gpukb_torch::rnn_forward``
-custom operator (``_ops``), differentiable through ``gpukb.rnn_vjp``.
+custom operator (``_ops``), differentiable through ``gpukb.rnn_vjp``'s residuals.
 
 They subclass ``torch.nn.Module``, not ``torch.nn.RNNBase``: TorchDynamo graph-breaks on every
 RNNBase, and ``torch.compile`` should see these modules' ops.
@@ -153,6 +153,11 @@ class _RNNBase(torch.nn.Module):
     def _layers(self, x: Tensor, h0: Tensor, c0: Tensor | None, mask: Tensor | None,
                 time_major: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         h_n, c_n = [], []
+        # The forward keeps what the backward needs only when a gradient can be asked for (under
+        # torch.no_grad, or with nothing that requires one, it runs gpukb.rnn, which keeps nothing).
+        keep = torch.is_grad_enabled() and (
+            any(p.requires_grad for p in self.parameters())
+            or any(t is not None and t.requires_grad for t in (x, h0, c0)))
         for layer in range(self.num_layers):
             if layer > 0 and self.training and self.dropout > 0:
                 x = torch.nn.functional.dropout(x, self.dropout, training=True)
@@ -160,9 +165,9 @@ class _RNNBase(torch.nn.Module):
             for direction, suffix in enumerate(self._suffixes):
                 index = layer * self._directions + direction
                 c = None if c0 is None else c0[index]
-                output, h, c = _ops.rnn_forward(self._mode, x, h0[index], c, mask,
+                output, h, c, _ = _ops.rnn_forward(self._mode, x, h0[index], c, mask,
                                                 *self._weights(layer, suffix),
-                                                direction == 1, time_major)
+                                                direction == 1, time_major, keep)
                 outputs.append(output)
                 h_n.append(h)
                 c_n.append(c)

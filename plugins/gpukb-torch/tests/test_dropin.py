@@ -268,7 +268,7 @@ def _op_args(mode, reverse, time_major, requires_grad=True):
     x = rand(T, B, D) if time_major else rand(B, T, D)
     c0 = rand(B, H) if mode == "lstm" else None
     return (mode, x, rand(B, H), c0, mask, rand(G, D), rand(G, H), rand(G), rand(G), reverse,
-            time_major)
+            time_major, True)
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
@@ -280,7 +280,7 @@ def test_gradcheck(mode, reverse, time_major):
     def op(*tensors):
         for i, t in zip(positions, tensors):
             args[i] = t
-        return rnn_forward(*args)
+        return rnn_forward(*args)[:3]   # the residuals (4th) are for the backward only
 
     assert torch.autograd.gradcheck(op, [args[i] for i in positions])
 
@@ -288,6 +288,31 @@ def test_gradcheck(mode, reverse, time_major):
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_opcheck(mode):
     torch.library.opcheck(rnn_forward, _op_args(mode, reverse=True, time_major=False))
+    without = _op_args(mode, reverse=False, time_major=True, requires_grad=False)[:-1] + (False,)
+    torch.library.opcheck(rnn_forward, without)
+
+
+def test_inference_keeps_nothing_for_a_backward(monkeypatch):
+    # Under torch.no_grad (or with nothing requiring a gradient) the op runs gpukb.rnn: no kept
+    # gate buffers, no rnn_vjp; with gradients on, rnn_vjp keeps them for the backward.
+    import gpukb
+
+    module = gpukb_torch.LSTM(3, 4, batch_first=True, dtype=F64)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    expected, _ = module(x)
+    vjp_calls = []
+    real_vjp = gpukb.rnn_vjp
+    monkeypatch.setattr(gpukb, "rnn_vjp", lambda *a, **k: vjp_calls.append(1) or real_vjp(*a, **k))
+    with torch.no_grad():
+        output, _ = module(x)
+    module.requires_grad_(False)
+    output2, _ = module(x)
+    assert vjp_calls == []
+    torch.testing.assert_close(output, expected, rtol=0, atol=0)
+    torch.testing.assert_close(output2, expected, rtol=0, atol=0)
+    module.requires_grad_(True)
+    module(x)
+    assert vjp_calls == [1]
 
 
 def test_torch_compile_sees_one_op_per_direction_without_graph_breaks():
@@ -300,6 +325,30 @@ def test_torch_compile_sees_one_op_per_direction_without_graph_breaks():
     (grad,) = torch.autograd.grad(output.sum() + c.sum(), x)
     (grad_e,) = torch.autograd.grad(expected.sum() + c_e.sum(), x)
     torch.testing.assert_close(grad, grad_e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_backward_does_not_run_the_forward_again(mode, monkeypatch):
+    """The forward op keeps gpukb's residuals; the backward rebuilds the pullback from them:
+    one forward kernel run per forward and backward."""
+    from gpukb.kernels import cpu as kernels
+
+    runs = []
+    run_cell = kernels.run_cell
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return run_cell(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "run_cell", counted)
+    ours, theirs = _pair(mode, 3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    output, _ = ours(x)
+    assert len(runs) == 1
+    (grad,) = torch.autograd.grad(output.sum(), x)
+    assert len(runs) == 1
+    (grad_e,) = torch.autograd.grad(theirs(x)[0].sum(), x)
+    torch.testing.assert_close(grad, grad_e)
 
 
 def test_results_do_not_alias_the_arguments():
