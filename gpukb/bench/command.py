@@ -238,18 +238,24 @@ def validate(args, parser) -> dict:
         settings["peers"] = list(peers.PEER_NAMES)
     if settings["backends"] == [] and settings["peers"] == []:
         parser.error("--backends none with --peers none leaves nothing to run.")
-    settings["plot"] = None
-    if args.plot:
-        path = _output_path(args.plot, "--plot", parser)
-        suffix = path.suffix.lower().lstrip(".")
-        if suffix not in report.PLOT_FORMATS:
-            parser.error(f"--plot {args.plot}: the file name must end in "
-                         f"{', '.join('.' + f for f in report.PLOT_FORMATS)}.")
-        problem = report.matplotlib_problem()
-        if problem:
-            parser.error(problem)
-        settings["plot"] = path
+    settings["plot"] = plot_path(args, parser)
     return settings
+
+
+def plot_path(args, parser) -> Path | None:
+    """--plot's file, checked (a known image format; matplotlib importable), or None."""
+    from . import report
+
+    if not args.plot:
+        return None
+    path = _output_path(args.plot, "--plot", parser)
+    if path.suffix.lower().lstrip(".") not in report.PLOT_FORMATS:
+        parser.error(f"--plot {args.plot}: the file name must end in "
+                     f"{', '.join('.' + f for f in report.PLOT_FORMATS)}.")
+    problem = report.matplotlib_problem()
+    if problem:
+        parser.error(problem)
+    return path
 
 
 def gpukb_keys(settings) -> tuple[list[str], list[tuple[str, str]]]:

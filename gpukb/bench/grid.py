@@ -268,7 +268,7 @@ def _numbers(text: str | None, default, option: str, parser) -> tuple[int, ...]:
 
 def validate(args, parser) -> dict:
     """``gpukb bench --grid``'s settings, every argument checked before anything runs."""
-    from . import command, peers, report
+    from . import command, peers
 
     command.refuse_options(args, parser, (("--sizes", "sizes"),),
                            "does not apply with --grid (the grid chooses the sizes; restrict it "
@@ -300,16 +300,7 @@ def validate(args, parser) -> dict:
     settings["peers"] = list(peers.PEER_NAMES) if names is None else names
     if settings["backends"] == [] and settings["peers"] == []:
         parser.error("--backends none with --peers none leaves nothing to run.")
-    settings["plot"] = None
-    if args.plot:
-        path = command._output_path(args.plot, "--plot", parser)
-        if path.suffix.lower().lstrip(".") not in report.PLOT_FORMATS:
-            parser.error(f"--plot {args.plot}: the file name must end in "
-                         f"{', '.join('.' + f for f in report.PLOT_FORMATS)}.")
-        problem = report.matplotlib_problem()
-        if problem:
-            parser.error(problem)
-        settings["plot"] = path
+    settings["plot"] = command.plot_path(args, parser)
     return settings
 
 
