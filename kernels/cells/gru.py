@@ -44,11 +44,21 @@ def reset(r, h):
 
 
 @jitable
+def reset_candidate_input(zr, x_h, rec_h, ract):
+    """reset_after=True: the candidate's pre-activation from the r pre-activation, x_h and rec_h."""
+    return candidate_input(x_h, activate(ract, zr), rec_h)
+
+
+@jitable
+def blend_candidate(zz, h, candidate_preactivation, act, ract):
+    """Both modes: h' from the z pre-activation, h and the candidate's pre-activation."""
+    return blend(activate(ract, zz), h, activate(act, candidate_preactivation))
+
+
+@jitable
 def update(zz, zr, x_h, rec_h, h, act, ract):
     """reset_after=True: h' from the z and r pre-activations, x_h, rec_h and h."""
-    z = activate(ract, zz)
-    r = activate(ract, zr)
-    return blend(z, h, activate(act, candidate_input(x_h, r, rec_h)))
+    return blend_candidate(zz, h, reset_candidate_input(zr, x_h, rec_h, ract), act, ract)
 
 
 @jitable

@@ -32,10 +32,22 @@ def hidden(o, activated_cell_state):
 
 
 @jitable
+def next_cell_state(z_i, z_f, z_c, c, act, ract):
+    """c' from the i, f and c pre-activations and c."""
+    return cell_state(activate(ract, z_f), c, activate(ract, z_i), activate(act, z_c))
+
+
+@jitable
+def next_hidden(z_o, new_c, act, ract):
+    """h' from the o pre-activation and c'."""
+    return hidden(activate(ract, z_o), activate(act, new_c))
+
+
+@jitable
 def update(z_i, z_f, z_c, z_o, c, act, ract):
     """(h', c') from the four pre-activations and c; ``act``/``ract``: activation codes."""
-    new_c = cell_state(activate(ract, z_f), c, activate(ract, z_i), activate(act, z_c))
-    return hidden(activate(ract, z_o), activate(act, new_c)), new_c
+    new_c = next_cell_state(z_i, z_f, z_c, c, act, ract)
+    return next_hidden(z_o, new_c, act, ract), new_c
 
 
 @jitable

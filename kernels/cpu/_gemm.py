@@ -15,8 +15,8 @@ place). The kernels use it for:
 
 The micro-kernel (``_tile*``) keeps an MR x NR block of Z in vector registers across the whole
 k loop (NR = 2 vectors: 32 float32 / 16 float64 columns where Numba compiles for AVX-512, 16 / 8
-with AVX2 (``VECTOR_BYTES``); MR = 6 or 4 rows; 1-2 rows take 2-4 panels at once to keep enough
-accumulators in flight): each k loads the panel's vectors once and broadcasts MR scalars of A
+with AVX2 (``VECTOR_BYTES``); MR = 8 (AVX-512's 32 registers), 6 or 4 rows; 1-4 rows take 2-4
+panels at once to keep enough accumulators in flight): each k loads the panel's vectors once and broadcasts MR scalars of A
 into the FMAs. The vector width changes only how many columns one instruction covers, never the
 arithmetic: results are bitwise the same with either. Plain Numba loops cannot do this (arrays
 carry no no-alias information, so LLVM keeps accumulators in memory); with AVX2 vectors this
@@ -191,7 +191,13 @@ def _make_tile(MR, NP, NV):
     return tile
 
 
+# AVX-512 has 32 vector registers: an 8-row tile (16 accumulators) and a 4-row tile over two
+# panels fit, loading each panel vector once for twice the FMAs of a 6-row or 4-row tile (the
+# recurrent GEMM of a small batch is bound by streaming U). AVX2's 16 registers would spill them.
+BIG_TILES = VECTOR_BYTES == 64
+_tile8 = _make_tile(8, 1, 2)
 _tile6 = _make_tile(6, 1, 2)
+_tile4x2 = _make_tile(4, 2, 2)
 _tile4 = _make_tile(4, 1, 2)
 _tile2x2 = _make_tile(2, 2, 2)
 _tile2 = _make_tile(2, 1, 2)
@@ -248,6 +254,12 @@ def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
                             k, ps)
                     p_ += 1
                 n += 1
+            elif BIG_TILES and left >= 8:
+                for p_ in range(pb0, pb1):
+                    off = p_ * NR * es
+                    _tile8(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                           k, ps)
+                n += 8
             elif left >= 6:
                 for p_ in range(pb0, pb1):
                     off = p_ * NR * es
@@ -255,10 +267,17 @@ def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
                            k, ps)
                 n += 6
             elif left >= 4:
-                for p_ in range(pb0, pb1):
+                p_ = pb0
+                while BIG_TILES and p_ + 2 <= pb1:
+                    off = p_ * NR * es
+                    _tile4x2(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
+                             k, ps)
+                    p_ += 2
+                while p_ < pb1:
                     off = p_ * NR * es
                     _tile4(zarr, ir_ + off, ldi, zr + off, ldz, ar, lda, p + p_ * ps * es,
                            k, ps)
+                    p_ += 1
                 n += 4
             elif left >= 2:
                 p_ = pb0

@@ -2,8 +2,9 @@
 
 The maths is ``kernels/cells/gru.py``'s, applied per unit (reset_after=True: over a range of
 units, for calls that split the units over threads). reset_after=True: with the default
-activations (tanh, sigmoid) in one pass whose loop vectorises through the inlined activations;
-with any others, one vectorised pass per activation (``act_inplace``) between the cell's pieces.
+activations (tanh, sigmoid) in two passes (the candidate's pre-activation, then h') whose loops
+vectorise through the inlined activations; with any others, one vectorised pass per activation
+(``act_inplace``) between the cell's pieces.
 reset_after=False runs in two halves around the candidate's product (``reset_row``, then
 ``update_reset_before_row``).
 """
@@ -46,15 +47,21 @@ def update_row(x, rec, h_old, h, out, H, u0, u1, act, ract):
         hh = rec[2 * H + u0:2 * H + u1]
         hs = h[u0:u1]
         o = out[u0:u1]
+        # cell.update in two passes (the candidate's pre-activation into xh, then h'): each
+        # pass's chain is one activation deep, so the core overlaps more units (see lstm.py).
         for j in range(n):
-            v = cell.update(xz[j] + hz[j], xr[j] + hr[j], xh[j], hh[j], hs[j], TANH, SIGMOID)
+            xh[j] = cell.reset_candidate_input(xr[j] + hr[j], xh[j], hh[j], SIGMOID)
+        for j in range(n):
+            v = cell.blend_candidate(xz[j] + hz[j], hs[j], xh[j], TANH, SIGMOID)
             hs[j] = v
             o[j] = v
         return
     if act == TANH and ract == SIGMOID:   # writes out only, then h (see _blend_row)
         for j in range(u0, u1):
-            out[j] = cell.update(x[j] + rec[j], x[H + j] + rec[H + j], x[2 * H + j],
-                                 rec[2 * H + j], h_old[j], TANH, SIGMOID)
+            x[2 * H + j] = cell.reset_candidate_input(x[H + j] + rec[H + j], x[2 * H + j],
+                                                      rec[2 * H + j], SIGMOID)
+        for j in range(u0, u1):
+            out[j] = cell.blend_candidate(x[j] + rec[j], h_old[j], x[2 * H + j], TANH, SIGMOID)
         _copy(h[u0:u1], out[u0:u1])
         return
     xz = x[u0:u1]
