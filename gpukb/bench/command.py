@@ -112,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and GRU against torch (.backward()) and JAX (jax.vjp of lax.scan), "
                              "each in its own process (gpukb/bench/backward.py); with --quick: "
                              "one small size")
+    parser.add_argument("--masks", action="store_true", default=None,
+                        help="time what masks cost gpukb's fused CPU kernels: gpukb.rnn of "
+                             "LSTM, GRU and SimpleRNN with no mask, right and left padding and "
+                             "a random mask, and gpukb.rnn_vjp + pullback of LSTM and GRU with "
+                             "no mask and a random mask, float32, the kinds timed in turn; "
+                             "prints each one's ratio to no mask against the 10%% goal "
+                             "(gpukb/bench/masks.py; --rounds N, default 3; --sizes, "
+                             "--workloads, --repeats, --budget and --json apply)")
     parser.add_argument("--model", metavar="PATH",
                         help="time this saved Keras model (.keras or .h5) with gpukb.keras "
                              "against Keras 3 and tf.keras instead of the gpukb.rnn workloads")
@@ -146,7 +154,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{','.join(map(str, grid.UNITS))})")
     parser.add_argument("--rounds", type=int, metavar="N",
                         help="with --grid: run every implementation N times, interleaved, and "
-                             "keep each point's best round (default: 1)")
+                             "keep each point's best round (default: 1); with --masks: run the "
+                             "whole plan N times, each round in a fresh process, and keep each "
+                             "row's best round (default: 3)")
 
 
 def _list(text: str | None, known, what: str, parser) -> list | None:
@@ -217,7 +227,8 @@ def validate(args, parser) -> dict:
     from . import peers, report, workloads
 
     refuse_options(args, parser, MODEL_ONLY, "only applies with --model")
-    refuse_options(args, parser, GRID_ONLY, "only applies with --grid")
+    refuse_options(args, parser, GRID_ONLY[:2], "only applies with --grid")
+    refuse_options(args, parser, GRID_ONLY[2:], "only applies with --grid, --masks or --generic")
     settings = common_settings(args, parser)
     given = args.workloads if args.workloads is not None else ",".join(workloads.BENCH_WORKLOADS)
     settings["workloads"] = _list(given, workloads.WORKLOADS, "workloads", parser)
@@ -283,6 +294,10 @@ def failed_gpukb(results) -> int:
 
 
 def run(args, parser) -> int:
+    if getattr(args, "masks", None):
+        from . import masks
+
+        return masks.run(args, parser)
     if getattr(args, "backward", False):
         from . import backward
 
