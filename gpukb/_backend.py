@@ -71,7 +71,8 @@ class Backend:
     optionally ``namespace`` (per-call namespace, e.g. bound to a device), ``fused_rnn`` (speed;
     or ``plan`` and ``run_plan`` to choose among several kernels and say why) or ``rnn`` (to take
     over completely), ``fused_rnn_vjp`` (fused gradients for ``rnn_vjp``; or ``plan_vjp`` and
-    ``run_vjp_plan``), and ``on_clear_session``.
+    ``run_vjp_plan``, and ``run_vjp_plan_recomputing`` for ``recompute=True``), and
+    ``on_clear_session``.
     """
 
     name: str = ""
@@ -186,11 +187,17 @@ class Backend:
 
     def rnn_vjp(self, step_function: Callable[[Any, Any], Any], inputs: Any,
                 initial_states: list[Any] | tuple[Any, ...], *, return_residuals: bool = False,
-                **options: Any) -> tuple[Any, ...]:
+                recompute: bool = False, **options: Any) -> tuple[Any, ...]:
         """Run ``gpukb.rnn_vjp`` on this backend: ``(rnn's result, pullback)``, plus the
-        residuals with ``return_residuals`` (``gpukb._vjp.residuals``)."""
+        residuals with ``return_residuals`` (``gpukb._vjp.residuals``); with ``recompute`` the
+        pullback keeps only the arguments and outputs (``run_vjp_plan_recomputing``)."""
+        from ._vjp.recompute import check_flags
+
+        check_flags(return_residuals, recompute)
         call, plan, given = self._vjp_call(step_function, inputs, initial_states, options,
                                            "gpukb.rnn_vjp")
+        if recompute:
+            return self.run_vjp_plan_recomputing(plan, call, given)
         result, pullback = self.run_vjp_plan(plan, call, given)
         if not return_residuals:
             return result, pullback
@@ -277,6 +284,23 @@ class Backend:
             log_plan(Plan(self.name, GENERIC, "fused_rnn_vjp returned NotImplemented", plan.path),
                      call, "gpukb.rnn_vjp")
         return generic_vjp(self, self.plan(call), call, given)
+
+    def run_vjp_plan_recomputing(self, plan: Plan, call: RnnCall,
+                                 given: tuple) -> tuple[Any, Any]:
+        """``run_vjp_plan`` for ``rnn_vjp(..., recompute=True)``: ``(rnn's result, pullback)``
+        whose pullback keeps at most the call's arguments and every step's output, and runs the
+        forward again for the rest; the same values and gradients as ``run_vjp_plan``'s. The
+        default: a generic plan drops its tape and records it again in each pullback call (one
+        more forward); any other plan runs ``run_vjp_plan`` now for the values, drops its
+        pullback, and runs it again in each pullback call (``gpukb._vjp.recompute.replay``: one
+        more vjp forward). Override to keep less for a fused plan (the cpu backend's cells)."""
+        from ._plan import GENERIC
+        from ._vjp.generic import generic_vjp
+        from ._vjp.recompute import replay
+
+        if plan.path == GENERIC:
+            return generic_vjp(self, self.plan(call), call, given, recompute=True)
+        return replay(self, plan, call, given)
 
     def fused_rnn_vjp(self, call: RnnCall) -> Any:
         """The forward and backward of a validated ``RnnCall`` with fused kernels, or

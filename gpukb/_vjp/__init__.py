@@ -6,7 +6,8 @@
 - ``cell_steps``: the cells' step derivatives on whole arrays (the generic path for cells);
 - ``fused_cpu``: the cpu backend's fused vjp of the cells (``gpukb.kernels.cpu.backward``);
 - ``fused``: what the cpu and cuda fused vjps share (output cotangents, ``Grads``);
-- ``residuals``: ``rnn_vjp(return_residuals=True)`` and ``rnn_pullback``'s rebuild.
+- ``residuals``: ``rnn_vjp(return_residuals=True)`` and ``rnn_pullback``'s rebuild;
+- ``recompute``: ``rnn_vjp(recompute=True)``'s checks, and its replay for any other vjp plan.
 """
 
 from .cotangents import Grads

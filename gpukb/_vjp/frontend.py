@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from .. import _dispatch
 from .._frontend import _array_leaves
+from .recompute import check_flags
 
 
 def _backend_for(inputs: Any, initial_states: Any, mask: Any, constants: Any,
@@ -20,7 +21,8 @@ def rnn_vjp(step_function: Callable[[Any, Any], Any], inputs: Any,
             mask: Any = None, constants: list[Any] | tuple[Any, ...] | None = None,
             unroll: bool = False, input_length: Any = None, time_major: bool = False,
             zero_output_for_mask: bool = False, return_all_outputs: bool = True, *,
-            backend: str | None = None, return_residuals: bool = False) -> tuple[Any, ...]:
+            backend: str | None = None, return_residuals: bool = False,
+            recompute: bool = False) -> tuple[Any, ...]:
     """``gpukb.rnn`` and its pullback: ``((last_output, outputs, new_states), pullback)``.
 
     The values are ``gpukb.rnn``'s for the same call. ``pullback(d_outputs, d_last_output=None,
@@ -30,13 +32,22 @@ def rnn_vjp(step_function: Callable[[Any, Any], Any], inputs: Any,
     README's Gradients section); the rules under masks and every flag are in docs/semantics.md.
     With ``return_residuals``: ``(result, pullback, residuals)``, ``residuals`` the tuple of
     arrays the pullback keeps beyond the arguments, from which ``gpukb.rnn_pullback`` rebuilds it.
+    With ``recompute``: the pullback keeps at most the arguments and every step's output, and each
+    of its calls runs the forward again for the rest (the same values and gradients, bitwise; the
+    cuda backend's fused cells keep only those already, so there it changes nothing; see the
+    README's Gradients section). ``return_residuals`` and ``recompute`` together are a
+    ValueError (a recomputing pullback has no residuals); a flag that is not a bool a TypeError.
     """
+    check_flags(return_residuals, recompute)
     chosen = _backend_for(inputs, initial_states, mask, constants, input_length, backend)
+    # Passed only when set, so that a plugin's rnn_vjp override without them keeps working.
+    extra = {name: True for name, value in (("return_residuals", return_residuals),
+                                            ("recompute", recompute)) if value}
     return chosen.rnn_vjp(
         step_function, inputs, initial_states, go_backwards=go_backwards, mask=mask,
         constants=constants, unroll=unroll, input_length=input_length, time_major=time_major,
         zero_output_for_mask=zero_output_for_mask, return_all_outputs=return_all_outputs,
-        return_residuals=return_residuals,
+        **extra,
     )
 
 

@@ -4,6 +4,10 @@ Forward: the backend's own plan for the call (so the values are ``gpukb.rnn``'s,
 that plan is the generic loop, the loop runs the step's vjp instead of the step and keeps each
 step's pullback (a tape); otherwise the pullback first replays the generic loop to record one.
 
+With ``recompute`` (``rnn_vjp(..., recompute=True)``) no tape outlives the forward: the values
+come from the same loop (the vjp's, when the plan is generic) with each step's pullback dropped,
+and each pullback call records the tape again and drops it when it returns.
+
 Backward (docs/semantics.md, "Gradients"), processing steps in reverse, per sample:
 
 - the output cotangent of step i is ``d_outputs``' slot i (plus ``d_last_output`` at the last
@@ -55,10 +59,12 @@ def _name(step_function: Any) -> str:
 
 
 class _Recorder:
-    """The step the generic loop calls while recording: the vjp's values; keeps its pullback."""
+    """The step the generic loop calls while recording: the vjp's values; keeps its pullback
+    (unless ``keep`` is False: the values alone, for a recomputing forward)."""
 
-    def __init__(self, vjp: Callable):
+    def __init__(self, vjp: Callable, keep: bool = True):
         self.vjp = vjp
+        self.keep = keep
         self.pullbacks: list = []
 
     def __call__(self, step_input, states):
@@ -69,23 +75,26 @@ class _Recorder:
                 "rnn_vjp: step_function.vjp must return ((output, new_states), step_pullback) "
                 f"with a callable step_pullback, got {type(result).__name__}."
             )
-        self.pullbacks.append(result[1])
+        if self.keep:
+            self.pullbacks.append(result[1])
         return result[0]
 
 
-def record(call: RnnCall) -> tuple[tuple, list]:
-    """Run the generic loop on the step's vjp: ``(rnn's result, the steps' pullbacks)``."""
-    recorder = _Recorder(step_vjp(call.step_function))
+def record(call: RnnCall, keep: bool = True) -> tuple[tuple, list]:
+    """Run the generic loop on the step's vjp: ``(rnn's result, the steps' pullbacks)`` (none
+    when not ``keep``)."""
+    recorder = _Recorder(step_vjp(call.step_function), keep)
     result = run_generic(dataclasses.replace(call, step_function=recorder))
     return result, recorder.pullbacks
 
 
-def forward(backend: Any, plan: Any, call: RnnCall) -> tuple[tuple, list | None]:
-    """The forward values as ``backend`` runs ``plan``, and the tape when the generic loop ran."""
+def forward(backend: Any, plan: Any, call: RnnCall, keep: bool = True) -> tuple[tuple, list | None]:
+    """The forward values as ``backend`` runs ``plan``, and the tape when the generic loop ran
+    (with ``keep``; an empty one without)."""
     from .._plan import GENERIC
 
     if plan.path == GENERIC:
-        return record(call)
+        return record(call, keep)
     return backend.run_plan(plan, call), None
 
 
@@ -217,17 +226,23 @@ def _where(xp: Any, valid: Any, a: Any, b: Any) -> Any:
     return xp.where(keep, zeros if a is None else a, zeros if b is None else b)
 
 
-def generic_vjp(backend: Any, plan: Any, call: RnnCall, given: tuple) -> tuple[tuple, Any]:
-    """``(rnn's result, pullback)`` on the generic path (see the module docstring)."""
+def generic_vjp(backend: Any, plan: Any, call: RnnCall, given: tuple,
+                recompute: bool = False) -> tuple[tuple, Any]:
+    """``(rnn's result, pullback)`` on the generic path (see the module docstring). With
+    ``recompute`` the tape is never kept: each pullback call records it again (one more forward
+    through the step's vjp) and drops it when it returns."""
     from .pullback import Pullback
 
-    result, tape = forward(backend, plan, call)
+    result, tape = forward(backend, plan, call, keep=not recompute)
     pullbacks: list = [] if tape is None else tape
 
     def backward(d_out: list, d_last: list, d_states: list) -> Grads:
-        if not pullbacks:   # the forward ran a fused kernel: record the tape once, now
-            pullbacks.extend(record(call)[1])
-        return Reverse(call, pullbacks, pullback.out_treespec).run(d_out, d_last, d_states)
+        tape = pullbacks
+        if not tape:   # the forward kept no tape (a fused kernel ran it, or recompute): record
+            tape = record(call)[1]
+            if not recompute:   # kept for the next call
+                pullbacks.extend(tape)
+        return Reverse(call, tape, pullback.out_treespec).run(d_out, d_last, d_states)
 
     pullback = Pullback(call, result, backward, given)
     return result, pullback

@@ -37,6 +37,12 @@ class Pullback:
         return self._out_treespec
 
     @property
+    def backward(self) -> Callable:
+        """The path's ``backward(d_out, d_last, d_states)`` on checked leaves (what ``recompute``'s
+        replay calls on a pullback it builds again)."""
+        return self._backward
+
+    @property
     def residuals(self) -> tuple | None:
         """The arrays the backward keeps beyond the call's arguments (``backward.residuals``;
         None when it says nothing: see ``residuals``)."""

@@ -84,6 +84,17 @@ class CPUBackend(Backend):
             return result, Pullback(call, result, backward, given)
         return super().run_vjp_plan(plan, call, given)
 
+    def run_vjp_plan_recomputing(self, plan, call, given):
+        """A fused cell keeps only every step's output (``fused_cpu``, ``recompute``); the
+        pullback runs the fused forward again for the pre-activations and cell states."""
+        if plan.path == FUSED_CELL:
+            from .._vjp.fused_cpu import fused_cell_vjp
+            from .._vjp.pullback import Pullback
+
+            result, backward = fused_cell_vjp(call, recompute=True)
+            return result, Pullback(call, result, backward, given)
+        return super().run_vjp_plan_recomputing(plan, call, given)
+
     def vjp_residuals(self, plan, call):
         if plan.path != FUSED_CELL:
             return None

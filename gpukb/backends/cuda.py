@@ -341,6 +341,14 @@ class CUDABackend(Backend):
             return result, Pullback(call, result, backward, given)
         return super().run_vjp_plan(plan, call, given)
 
+    def run_vjp_plan_recomputing(self, plan, call, given):
+        """A fused cell's vjp keeps only every step's output already (its pullback rebuilds the
+        pre-activations from them, ``_cuda_vjp``): ``recompute`` has nothing more to drop, so it
+        is ``run_vjp_plan``. The generic path drops its tape (the base class)."""
+        if plan.path == PER_STEP:
+            return self.run_vjp_plan(plan, call, given)
+        return super().run_vjp_plan_recomputing(plan, call, given)
+
     def vjp_residuals(self, plan, call):
         if plan.path != PER_STEP:
             return None

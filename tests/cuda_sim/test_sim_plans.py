@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
@@ -12,6 +10,8 @@ import gpukb
 from gpukb._plan import GENERIC, PER_STEP, PERSISTENT, recorded_plans
 from gpukb.kernels.cuda import persistent
 from gpukb.testing.reference import rnn_reference
+
+from backend_settings import cell_path
 
 D, T, H = 2, 3, 4
 
@@ -22,17 +22,6 @@ def lstm_problem(B, dtype=np.float32, H=H):
                               for s in [(D, 4 * H), (H, 4 * H), (4 * H,)]))
     x = rng.standard_normal((B, T, D)).astype(dtype)
     return cell, x, [np.zeros((B, H), dtype), np.zeros((B, H), dtype)]
-
-
-@contextlib.contextmanager
-def cell_path(path):
-    backend = gpukb.get_backend("cuda")
-    saved = backend.cell_path
-    backend.cell_path = path
-    try:
-        yield backend
-    finally:
-        backend.cell_path = saved
 
 
 def planned(step, x, states, path="auto", **options):

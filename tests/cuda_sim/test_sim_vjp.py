@@ -11,13 +11,13 @@ since this folder's conftest collects it only under the simulator).
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
 import gpukb
 from gpukb._plan import GENERIC, PER_STEP, recorded_plans
+
+from backend_settings import cell_path
 
 CUDA = gpukb.get_backend("cuda")
 
@@ -41,17 +41,6 @@ def make_cell(kind, rng, dtype=np.float64, act="tanh", ract="sigmoid", use_bias=
         return gpukb.cells.simple_rnn(W, U, b, activation=act)
     return gpukb.cells.gru(W, U, b, reset_after=kind == "gru", activation=act,
                            recurrent_activation=ract)
-
-
-@contextlib.contextmanager
-def cell_path(path):
-    backend = gpukb.get_backend("cuda")
-    saved = backend.cell_path
-    backend.cell_path = path
-    try:
-        yield backend
-    finally:
-        backend.cell_path = saved
 
 
 def to_device(a):
@@ -185,6 +174,40 @@ def test_the_forward_is_rnn_bitwise(path):
         want = gpukb.rnn(cell, x, states, backend="cuda", **options)
     for got, expected in zip([last, outputs, *new_states], [want[0], want[1], *want[2]]):
         assert np.array_equal(to_host(got), to_host(expected))
+
+
+def test_residuals_and_recompute_give_the_direct_pullbacks_gradients_bitwise():
+    """rnn_vjp(return_residuals=True) keeps every step's output only, rnn_pullback rebuilds the
+    pullback from it, and recompute=True runs the same vjp: the gradients of all three are the
+    same bits (the same kernels on the same arrays)."""
+    cell, x, states, options = problem("lstm", "tanh", "sigmoid", "mixed",
+                                       dict(go_backwards=True), seed=11)
+    x, states = to_device(x), [to_device(s) for s in states]
+    args = (cell, x, states)
+    d_out, d_last, d_states = random_cotangents(12)(
+        to_host(gpukb.rnn(*args, backend="cuda", **options)))
+    cotangents = (to_device(d_out), to_device(d_last), [to_device(d) for d in d_states])
+    result, direct, residuals = gpukb.rnn_vjp(*args, backend="cuda", return_residuals=True,
+                                              **options)
+    specs = gpukb.rnn_residual_specs(*args, backend="cuda", **options)
+    assert specs == (((B, T, H), np.dtype(np.float64)),)   # every step's output, nothing more
+    assert [(tuple(r.shape), r.dtype) for r in residuals] == list(specs)
+    rebuilt = gpukb.rnn_pullback(residuals, *args, backend="cuda", **options)
+    recomputed_result, recomputed = gpukb.rnn_vjp(*args, backend="cuda", recompute=True,
+                                                  **options)
+    for got, want in zip(to_host([recomputed_result[1], *recomputed_result[2]]),
+                         to_host([result[1], *result[2]])):
+        assert np.array_equal(got, want)
+
+    def leaves(grads):
+        return to_host([grads.inputs, *grads.initial_states, *grads.weights.values()])
+
+    want = leaves(direct(*cotangents))
+    for pullback in (rebuilt, recomputed):
+        got = leaves(pullback(*cotangents))
+        assert len(got) == len(want) == 6   # inputs, h, c, kernel, recurrent_kernel, bias
+        for left, right in zip(got, want):
+            assert np.array_equal(left, right)
 
 
 def test_the_generic_cell_path_plans_the_generic_vjp_with_the_same_gradients():
