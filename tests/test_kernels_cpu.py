@@ -10,7 +10,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpukb.kernels.cells import GRU, GRU_BEFORE, LSTM, SIMPLE_RNN
@@ -250,7 +250,15 @@ def _check(got, want, dtype, B, H, T_out, time_major, nstates):
     assert outputs.shape == ((T_out, B, H) if time_major else (B, T_out, H))
     assert last.shape == (B, H)
     assert len(states) == nstates
-    tol = dict(rtol=2e-4, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)
+    # Linear and relu activations leave an LSTM unbounded: its values can outgrow float32 (then
+    # there is nothing to compare), and the rounding of the largest ones is what a small one
+    # inherits through the recurrence, so the absolute tolerance scales with the largest value.
+    largest = max(float(np.max(np.abs(a), initial=0.0)) for a in (woutputs, wlast, *wstates))
+    if dtype == np.float32 and largest >= 1e30:
+        assume(False)   # (only hypothesis's examples grow this large)
+    scale = max(1.0, largest)
+    tol = (dict(rtol=2e-4, atol=3e-5 * scale) if dtype == np.float32
+           else dict(rtol=1e-10, atol=1e-11 * scale))
     np.testing.assert_allclose(outputs, woutputs, **tol)
     np.testing.assert_allclose(last, wlast, **tol)
     np.testing.assert_array_equal(last, outputs[-1] if time_major else outputs[:, -1])
