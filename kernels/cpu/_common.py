@@ -45,7 +45,7 @@ class Flags(NamedTuple):
 
 # Below this many flops for the whole recurrence a second thread costs more than it saves.
 _MIN_FLOPS_TO_SPLIT = 4.0e6
-_ROW_ALIGN = 2   # chunk boundaries on even rows (the GEMM's row tiles are 6/4/2/1)
+_ROW_ALIGN = 2   # chunk boundaries on even rows (the GEMM's row tiles are 8/6/4/2/1)
 _MIN_ROWS = 8    # rows per chunk, at least
 _CHUNKS_PER_THREAD = 4
 _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per chunk) ahead

@@ -330,6 +330,42 @@ def gate_columns(zarr, z, ldz, init, ldi, a, lda, P, k, nv, n0, n1, gates, H, u0
 
 
 @cached_njit(error_model="numpy", inline="always")
+def gate_columns_reversed(zarr, z, ldz, init, ldi, a, lda, P, k, nv, n0, n1, gates, H, u0, u1):
+    """``gate_columns`` over the same panels in the opposite order (blocks of about
+    _PANEL_BLOCK_BYTES, the last first). The time loops alternate the two orders from step to
+    step: a recurrent kernel a little larger than a cache, streamed in one order every step,
+    misses it at every panel (the oldest panel is always the next one read), while in zig-zag
+    the panels read last are read first in the next step, still cached. Each output element is
+    the same sum either way."""
+    es = zarr.itemsize
+    NR = P.shape[2]
+    ps = k * NR
+    pb = max(1, _PANEL_BLOCK_BYTES // max(1, ps * es))
+    whole = u0 == 0 and u1 == H
+    parts = 1 if whole else gates
+    for g in range(parts - 1, -1, -1):
+        first = 0 if whole else (g * H + u0) // NR
+        npan = P.shape[0] if whole else (u1 - u0) // NR
+        p1 = npan
+        while p1 > 0:
+            p0 = max(0, p1 - pb)
+            off = (first + p0) * NR * es
+            fused_rows(zarr, z + off, ldz, init + off, ldi, a, lda, ad(P) + (first + p0) * ps * es,
+                       k, p1 - p0, nv, n0, n1)
+            p1 = p0
+
+
+@cached_njit(error_model="numpy", inline="always")
+def step_columns(step, zarr, z, ldz, init, ldi, a, lda, P, k, nv, n0, n1, gates, H, u0, u1):
+    """The recurrent product of time step ``step``: ``gate_columns`` on even steps,
+    ``gate_columns_reversed`` on odd ones (zig-zag, see there)."""
+    if step % 2:
+        gate_columns_reversed(zarr, z, ldz, init, ldi, a, lda, P, k, nv, n0, n1, gates, H, u0, u1)
+    else:
+        gate_columns(zarr, z, ldz, init, ldi, a, lda, P, k, nv, n0, n1, gates, H, u0, u1)
+
+
+@cached_njit(error_model="numpy", inline="always")
 def project_block(x, x_tm, go_back, PW, bias, xpb, s0, s1, n0, n1, gates, H, u0, u1):
     """Input projection of processing steps [s0, s1) for rows [n0, n1) (units [u0, u1) of
     every gate, see gate_columns):

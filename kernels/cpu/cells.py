@@ -10,7 +10,8 @@
 ``T_out = T``, or 1 without ``return_all_outputs``. Inputs must all be float32 or all float64.
 
 How a call runs: per block of steps, the input projection ``bias + x_t @ kernel`` as one GEMM
-(``_gemm.project_block``); per step, ``h @ recurrent_kernel`` added onto it in place (GRU with
+(``_gemm.project_block``); per step, ``h @ recurrent_kernel`` added onto it in place, its
+panels in zig-zag order from step to step (``_gemm.step_columns``; GRU with
 reset_after: into a buffer of its own, which starts from the recurrent bias; GRU without: in two
 halves around the reset gate); then per sample either the masking rule (``kernels/cells/masking``)
 or the cell's update along the row (``kernels/cpu/{lstm,gru,simple_rnn}.py``). The loop is written
@@ -32,8 +33,8 @@ from ..cells import masking
 from ..cells.activations import code
 from . import _common as C
 from . import gru, lstm, simple_rnn
-from ._gemm import (I0, VECTOR_BYTES, ad, fused_rows, gate_columns, pack, panel_vectors, panel_width,
-                    project_block)
+from ._gemm import (I0, VECTOR_BYTES, ad, fused_rows, pack, panel_vectors, panel_width,
+                    project_block, step_columns)
 from ._numba_cache import cached_njit
 from ._sync import meet
 
@@ -83,8 +84,8 @@ def _make_time_loop(kind, keeps=False):
                 h = hb[(s + 1) % 2] if threads > 1 else hb[0]
                 slot = ad(xpb) + (s - s0) * B * Gp * es
                 if kind == GRU:   # zb = recurrent bias + h @ U: the reset gate multiplies it
-                    gate_columns(xpb, ad(zb), zb.shape[1], ad(bias_h), I0, ad(h_old), H, PU, H,
-                                  nv, n0, n1, G, H, u0, u1)
+                    step_columns(s, xpb, ad(zb), zb.shape[1], ad(bias_h), I0, ad(h_old), H, PU,
+                                 H, nv, n0, n1, G, H, u0, u1)
                 elif kind == GRU_BEFORE:   # z, r columns in place; rb = r * h; zb = x_h + rb @ U_h
                     fused_rows(xpb, slot, Gp, slot, Gp, ad(h_old), H, ad(PU), H, PU.shape[0],
                                nv, n0, n1)
@@ -95,8 +96,8 @@ def _make_time_loop(kind, keeps=False):
                     fused_rows(xpb, ad(zb), zb.shape[1], slot + 2 * H * es, Gp, ad(rb), H,
                                ad(PU2), H, PU2.shape[0], nv, n0, n1)
                 else:   # z += h @ U, in place
-                    gate_columns(xpb, slot, Gp, slot, Gp, ad(h_old), H, PU, H, nv, n0, n1, G,
-                                  H, u0, u1)
+                    step_columns(s, xpb, slot, Gp, slot, Gp, ad(h_old), H, PU, H, nv, n0, n1,
+                                 G, H, u0, u1)
                 if keeps:   # the pre-activations, before the updates use z as scratch
                     for n in range(n0, n1):
                         if kind == GRU:   # input part, then recurrent part
