@@ -92,6 +92,24 @@ def test_unit_chunks_cost_rule(monkeypatch):
     assert _common.unit_chunks(2, 64, big, 16, threads=3) == [(0, 16), (16, 32), (32, 64)]
 
 
+def test_row_chunks_cost_rule(monkeypatch):
+    """A few chunks per thread, or one per thread when the recurrent kernel does not fit in half
+    of L2 (every chunk streams all of it at every step)."""
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L2_BYTES", 2 << 20)
+    flops = 10 * _common._MIN_FLOPS_TO_SPLIT
+    assert _common.row_chunks(256, flops) == [(i * 32, i * 32 + 32) for i in range(8)]
+    assert _common.row_chunks(256, flops, 1 << 20) == [(i * 32, i * 32 + 32) for i in range(8)]
+    assert _common.row_chunks(256, flops, (1 << 20) + 4) == [(0, 128), (128, 256)]
+    assert _common.row_chunks(32, flops) == [(0, 8), (8, 16), (16, 24), (24, 32)]
+    assert _common.row_chunks(15, flops) == [(0, 15)]                # too few rows to split
+    assert _common.row_chunks(256, _common._MIN_FLOPS_TO_SPLIT / 2) == [(0, 256)]
+
+
+def test_l2_size_is_read_or_assumed():
+    assert 64 << 10 <= _common.L2_BYTES <= 1 << 30
+
+
 def test_concurrent_unit_split_calls_never_wait_on_each_other(monkeypatch):
     """Three threads per call, six calls from three Python threads at once: each call's
     threads are its own (a shared pool could start two calls' first threads and queue the

@@ -256,7 +256,7 @@ def _chunks(kind, B, H, G, T, dt):
     threads when the batch is large enough, else units (not GRU without reset_after), as the
     forward splits them (kernels/cpu/cells._chunks)."""
     row_flops = 2.0 * G * H
-    rows = C.row_chunks(B, row_flops * B * T)
+    rows = C.row_chunks(B, row_flops * B * T, H * G * np.dtype(dt).itemsize)   # U's bytes
     nv = panel_vectors(max(n1 - n0 for n0, n1 in rows))
     if len(rows) == 1 and kind != GRU_BEFORE:
         panel_columns = max(panel_width(dt, nv), panel_width(dt, 2))

@@ -185,7 +185,7 @@ def _chunks(layout, B, H, row_flops, T, dt):
     """(rows of the widest chunk, chunks (n0, n1, u0, u1), sync or None): the batch split over
     threads when it is large enough (row_chunks), else the units (unit_chunks: not for GRU with
     reset_after=False, whose step needs every unit of r * h before its second product)."""
-    row_split = C.row_chunks(B, row_flops * B * T)
+    row_split = C.row_chunks(B, row_flops * B * T, H * layout.gates * H * dt.itemsize)
     if len(row_split) == 1 and not layout.reset_before:
         panel_columns = max(panel_width(dt, panel_vectors(B)), panel_width(dt, 2))
         units = C.unit_chunks(B, H, row_flops * B, panel_columns)
