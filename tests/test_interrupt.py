@@ -22,10 +22,11 @@ from gpukb.kernels.cpu import _common
 from gpukb.testing.reference import rnn_reference
 
 _common.max_threads = lambda: 2   # the calling thread and a pool thread, on any machine
+_common._IN_CACHE_SPLIT_FACTOR = 1.0   # split the units of B=8 whatever this machine's L2
 rng = np.random.default_rng(0)
 B, D, H = BATCH, 1, 128
 # the split this test means: rows for B >= 16, units below
-assert (B >= 16) == (_common.unit_chunks(B, H, 8.0 * H * (H + D) * B, 16) is None)
+assert (B >= 16) == (_common.unit_chunks(B, H, 8.0 * H * (H + D) * B, 16, 16 * H * H) is None)
 W = (rng.standard_normal((D, 4 * H)) * 0.3).astype(np.float32)
 U = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
 cell = gpukb.cells.lstm(W, U, np.zeros(4 * H, np.float32))

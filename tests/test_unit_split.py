@@ -79,17 +79,25 @@ def test_gru_with_reset_after_false_never_splits_units(monkeypatch):
 
 def test_unit_chunks_cost_rule(monkeypatch):
     monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L2_BYTES", 2 << 20)
+    u = 1 << 20   # a recurrent kernel of half of L2
     big = 10 * _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
-    assert _common.unit_chunks(8, 256, big, 16) == [(0, 128), (128, 256)]
-    assert _common.unit_chunks(8, 256, big, 64) == [(0, 128), (128, 256)]
+    least = _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
+    # a kernel that one core's caches hold: split only steps of _IN_CACHE_SPLIT_FACTOR times more
+    in_cache = least * _common._IN_CACHE_SPLIT_FACTOR
+    assert _common.unit_chunks(8, 256, in_cache / 2, 16, (512 << 10) - 4) is None
+    assert _common.unit_chunks(8, 256, in_cache / 2, 16, 512 << 10) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, in_cache, 16, 0) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, big, 16, u) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, big, 64, u) == [(0, 128), (128, 256)]
     # a batch that the row split takes, too little work per step, units off the panels
-    assert _common.unit_chunks(16, 256, big, 16) is None
-    assert _common.unit_chunks(8, 256, _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS / 2, 16) is None
-    assert _common.unit_chunks(8, 200, big, 16) is None
-    assert _common.unit_chunks(8, 16, big, 16) is None          # one panel: nothing to share
-    assert _common.unit_chunks(8, 256, big, 16, threads=1) is None
+    assert _common.unit_chunks(16, 256, big, 16, u) is None
+    assert _common.unit_chunks(8, 256, least / 2, 16, u) is None
+    assert _common.unit_chunks(8, 200, big, 16, u) is None
+    assert _common.unit_chunks(8, 16, big, 16, u) is None          # one panel: nothing to share
+    assert _common.unit_chunks(8, 256, big, 16, u, threads=1) is None
     # more threads than two: shares of whole panels, as even as they can be
-    assert _common.unit_chunks(2, 64, big, 16, threads=3) == [(0, 16), (16, 32), (32, 64)]
+    assert _common.unit_chunks(2, 64, big, 16, u, threads=3) == [(0, 16), (16, 32), (32, 64)]
 
 
 def test_row_chunks_cost_rule(monkeypatch):

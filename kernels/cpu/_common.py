@@ -72,6 +72,11 @@ _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per c
 # A unit split (unit_chunks) pays one meeting of the threads per step: split only steps of at
 # least this many flops (about 10 us on one core, against well under 1 us per meeting).
 _MIN_STEP_FLOPS_TO_SPLIT_UNITS = 5.0e5
+# ... when the recurrent kernel is at least a quarter of L2; a smaller one, which one core's caches
+# hold, only from this many times as many: on the 2-core development machine two threads of
+# arithmetic-bound steps ran at 1.1-1.5x one thread's rate, while halving the bytes each core
+# streams paid (LSTM, per step: B=1 H=256 28-32 vs 36-45 us; B=8 H=128 33-34 vs 22-28 us).
+_IN_CACHE_SPLIT_FACTOR = 8.0
 _MAX_UNIT_THREADS = 8
 
 # One compiled call runs one block of time steps of one row chunk, sized to take about this long:
@@ -249,18 +254,22 @@ def row_chunks(B, flops, weight_bytes=0):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def unit_chunks(B, H, step_flops, panel_columns, threads=None):
+def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None):
     """Unit boundaries [(u0, u1), ...], one per thread, for a call whose batch is too small to
     split (see row_chunks), or None to run it on one thread.
 
     The cost rule: every thread computes its units of every step (its share of the recurrent
     GEMM, the input projection and the gate updates), then the threads meet (_sync.meet, well
     under a microsecond). A step of ``step_flops`` flops is split when one thread's share still
-    takes several meetings' time (_MIN_STEP_FLOPS_TO_SPLIT_UNITS) and every share lies on whole
-    packed panels of ``panel_columns`` columns (the widest of the call's packings).
+    takes several meetings' time (_MIN_STEP_FLOPS_TO_SPLIT_UNITS; _IN_CACHE_SPLIT_FACTOR times
+    that when the recurrent kernel, ``weight_bytes``, is under a quarter of L2) and every share
+    lies on whole packed panels of ``panel_columns`` columns (the widest of the call's packings).
     """
     nt = min(max_threads() if threads is None else threads, _MAX_UNIT_THREADS)
-    if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < _MIN_STEP_FLOPS_TO_SPLIT_UNITS:
+    least = _MIN_STEP_FLOPS_TO_SPLIT_UNITS
+    if weight_bytes < L2_BYTES // 4:
+        least *= _IN_CACHE_SPLIT_FACTOR
+    if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < least:
         return None
     if H % panel_columns:
         return None

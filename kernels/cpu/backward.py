@@ -256,11 +256,12 @@ def _chunks(kind, B, H, G, T, dt):
     threads when the batch is large enough, else units (not GRU without reset_after), as the
     forward splits them (kernels/cpu/cells._chunks)."""
     row_flops = 2.0 * G * H
-    rows = C.row_chunks(B, row_flops * B * T, H * G * np.dtype(dt).itemsize)   # U's bytes
+    u_bytes = H * G * np.dtype(dt).itemsize
+    rows = C.row_chunks(B, row_flops * B * T, u_bytes)
     nv = panel_vectors(max(n1 - n0 for n0, n1 in rows))
     if len(rows) == 1 and kind != GRU_BEFORE:
         panel_columns = max(panel_width(dt, nv), panel_width(dt, 2))
-        units = C.unit_chunks(B, H, row_flops * B, panel_columns)
+        units = C.unit_chunks(B, H, row_flops * B, panel_columns, u_bytes)
         if units is not None:
             return [(0, B, u0, u1) for u0, u1 in units], C.new_sync(), nv
     return [(n0, n1, 0, H) for n0, n1 in rows], None, nv

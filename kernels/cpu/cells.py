@@ -185,10 +185,11 @@ def _chunks(layout, B, H, row_flops, T, dt):
     """(rows of the widest chunk, chunks (n0, n1, u0, u1), sync or None): the batch split over
     threads when it is large enough (row_chunks), else the units (unit_chunks: not for GRU with
     reset_after=False, whose step needs every unit of r * h before its second product)."""
-    row_split = C.row_chunks(B, row_flops * B * T, H * layout.gates * H * dt.itemsize)
+    u_bytes = H * layout.gates * H * dt.itemsize
+    row_split = C.row_chunks(B, row_flops * B * T, u_bytes)
     if len(row_split) == 1 and not layout.reset_before:
         panel_columns = max(panel_width(dt, panel_vectors(B)), panel_width(dt, 2))
-        units = C.unit_chunks(B, H, row_flops * B, panel_columns)
+        units = C.unit_chunks(B, H, row_flops * B, panel_columns, u_bytes)
         if units is not None:
             return B, [(0, B, u0, u1) for u0, u1 in units], C.new_sync()
     rows = max(n1 - n0 for n0, n1 in row_split)
