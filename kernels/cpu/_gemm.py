@@ -210,12 +210,32 @@ _tile1wn = _make_tile(1, _WIDE_PANELS, WIDE_VECTORS)
 def pack(u, c0, ncols, NR):
     """Columns [c0, c0+ncols) of u (K, N) as zero-padded panels (ceil(ncols/NR), K, NR).
     NumPy, not a compiled function: a copy, so the same bits either way, and a process's first
-    call has one compiled function less to load (with the np.zeros implementation it imports)."""
+    call has one compiled function less to load (with the np.zeros implementation it imports).
+    One strided copy into the panels (plus the padded last one): packing runs at every call,
+    and an LSTM's U at H = 1024 is 16 MiB."""
     K = u.shape[0]
     npan = (ncols + NR - 1) // NR
-    P = np.zeros((K, npan * NR), u.dtype)
-    P[:, :ncols] = u[:, c0:c0 + ncols]
-    return np.ascontiguousarray(P.reshape(K, npan, NR).transpose(1, 0, 2))
+    full = ncols // NR
+    P = np.empty((npan, K, NR), u.dtype)
+    P[:full] = u[:, c0:c0 + full * NR].reshape(K, full, NR).transpose(1, 0, 2)
+    if full < npan:
+        P[full] = 0
+        P[full, :, :ncols - full * NR] = u[:, c0 + full * NR:c0 + ncols]
+    return P
+
+
+def pack_transposed(u, NR):
+    """u.T (u: (N, K)) as ``pack(u.T, 0, N, NR)`` would give it, in one strided copy (no
+    transposed intermediate): panel p holds rows [p*NR, (p+1)*NR) of u, transposed."""
+    N, K = u.shape
+    npan = (N + NR - 1) // NR
+    full = N // NR
+    P = np.empty((npan, K, NR), u.dtype)
+    P[:full] = u[:full * NR].reshape(full, NR, K).transpose(0, 2, 1)
+    if full < npan:
+        P[full] = 0
+        P[full, :, :N - full * NR] = u[full * NR:].T
+    return P
 
 
 @cached_njit(error_model="numpy", nogil=True)

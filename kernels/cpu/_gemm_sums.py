@@ -1,11 +1,11 @@
 """Products summed over many rows, ``Z[:, c0:c1] = A.T @ U[:, c0:c1]``, for the backward's
 weight gradients (``kernel``: ``x.T @ dz``, ``recurrent_kernel``: ``h.T @ dz``).
 
-A is ``(K, M)`` and U ``(K, N)``, both read in place with any row strides: K runs over every
-(sample, step) row, so packing or transposing them first (what ``_gemm.fused_rows`` needs) would
-copy whole sequences. The micro-kernel (``_tile``) keeps an MR x (NV vectors) block of Z in
-registers over all K rows: per row it broadcasts MR consecutive entries of A's row and loads NV
-vectors of U's row. Columns that do not fill a whole vector block are summed by a plain loop.
+A is ``(K, M)`` and U ``(K, N)``, read in place with any row strides: K runs over every
+(sample, step) row, so transposing them first (what ``_gemm.fused_rows`` needs) would copy whole
+sequences; only U's block of the current K-chunk is copied, contiguous, so that it stays in L1.
+The micro-kernel (``_tile``) keeps an MR x (NV vectors) block of Z in registers over the chunk's
+rows: per row it broadcasts MR consecutive entries of A's row and loads NV vectors of U's row. Columns that do not fill a whole vector block are summed by a plain loop.
 Every element accumulates its K rows in order, so a result does not depend on the thread split.
 """
 
@@ -15,7 +15,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._gemm import VECTOR_BYTES
+from ._gemm import BIG_TILES, VECTOR_BYTES
 from ._numba_cache import cached_njit
 
 _I64 = ir.IntType(64)
@@ -103,15 +103,15 @@ def _make_tile(MR):
     return tile
 
 
+_tile8 = _make_tile(8)   # with AVX-512's 32 registers (_gemm.BIG_TILES)
 _tile6 = _make_tile(6)
 _tile4 = _make_tile(4)
 _tile2 = _make_tile(2)
 _tile1 = _make_tile(1)
 
 
-# Rows of A and U per pass over Z: U's share (KC rows of N columns) stays in L2 while every tile
-# of Z goes over it (U's rows are a whole row of dz apart: streamed straight from memory, one
-# row per page, each tile would wait on it).
+# Rows of A and U per pass over Z: A's share (KC rows) stays in L2 and U's packed block (KC x NR)
+# in L1 while every tile of Z goes over them.
 _KC = 128
 
 
@@ -128,28 +128,38 @@ def summed_products(z, a, sk, u, su, K, c0, c1):
         for c in range(c0, c1):
             z[m, c] = 0
     za = z.ctypes.data
+    # U's block of the k-chunk, copied contiguous (kc x NR) before the tiles go over it: read in
+    # place, each of its rows is a row of dz apart, and every tile of Z would stream it from L2
+    # again; packed, it stays in L1 (same products in the same order: the same bits).
+    panel = np.empty(_KC * NR, z.dtype)
+    pa = panel.ctypes.data
     for k0 in range(0, K, _KC):
         kc = min(_KC, K - k0)
         aa = a.ctypes.data + k0 * sk * es
-        ua = u.ctypes.data + k0 * su * es
         for c in range(c0, whole, NR):
+            for k in range(kc):
+                src = (k0 + k) * su + c
+                for v in range(NR):
+                    panel[k * NR + v] = u[src + v]
             m = 0
             while m < M:
                 left = M - m
                 zp = za + (m * ldz + c) * es
                 ap = aa + m * es
-                up = ua + c * es
-                if left >= 6:
-                    _tile6(z, zp, ldz, ap, sk, up, su, kc)
+                if BIG_TILES and left >= 8:
+                    _tile8(z, zp, ldz, ap, sk, pa, NR, kc)
+                    m += 8
+                elif left >= 6:
+                    _tile6(z, zp, ldz, ap, sk, pa, NR, kc)
                     m += 6
                 elif left >= 4:
-                    _tile4(z, zp, ldz, ap, sk, up, su, kc)
+                    _tile4(z, zp, ldz, ap, sk, pa, NR, kc)
                     m += 4
                 elif left >= 2:
-                    _tile2(z, zp, ldz, ap, sk, up, su, kc)
+                    _tile2(z, zp, ldz, ap, sk, pa, NR, kc)
                     m += 2
                 else:
-                    _tile1(z, zp, ldz, ap, sk, up, su, kc)
+                    _tile1(z, zp, ldz, ap, sk, pa, NR, kc)
                     m += 1
     if whole < c1:   # the last columns, fewer than a vector block
         for k in range(K):

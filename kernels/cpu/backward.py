@@ -51,7 +51,7 @@ from ..cells import simple_rnn as rnn_cell
 from ..cells.activations import code
 from . import _common as C
 from .activations import act_inplace, act_into
-from ._gemm import I0, ad, fused_rows, gate_columns, pack, panel_vectors, panel_width
+from ._gemm import I0, ad, fused_rows, gate_columns, pack_transposed, panel_vectors, panel_width
 from ._gemm_sums import block_columns, summed_products
 from ._numba_cache import cached_njit
 from ._sync import meet
@@ -102,6 +102,41 @@ def _states_before(outputs, tm, back, valid, has_mask, h0, h_prev):
 def _row(a, tm, t, n):
     """Row (t, n) of a (T, B, ...) array when ``tm``, else of a (B, T, ...) one."""
     return a[t, n] if tm else a[n, t]
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _lstm_row_backward(a, gy, carry, gh, gc, direct, c_old, dz, H, u0, u1, act, ract):
+    """Units [u0, u1) of one LSTM row backwards: ``a`` holds the activated gates i, f, g, o,
+    act(c') and (written here) the h cotangent; gy, carry, gh: the row's output, carried and
+    recurrent h cotangents; gc: its c cotangent (updated); c_old: its cell state before the
+    step; dz: its pre-activations' cotangents (written). One loop per result, each reading the
+    cell's ``backward`` for one of its values (LLVM drops the others): a loop that wrote all
+    five would need more runtime alias checks than LLVM makes, and would not vectorise."""
+    ai = a[u0:u1]
+    af = a[H + u0:H + u1]
+    ag = a[2 * H + u0:2 * H + u1]
+    ao = a[3 * H + u0:3 * H + u1]
+    ac = a[4 * H + u0:4 * H + u1]
+    dh = a[5 * H + u0:5 * H + u1]
+    yr = gy[u0:u1]
+    cr = carry[u0:u1]
+    hr = gh[u0:u1]
+    gcr = gc[u0:u1]
+    co = c_old[u0:u1]
+    n = u1 - u0
+    for j in range(n):
+        dh[j] = yr[j] + cr[j] + hr[j]
+    for j in range(n):
+        cr[j] = 0
+        direct[u0 + j] = 0
+    for g in range(4):
+        d = dz[g * H + u0:g * H + u1]
+        for j in range(n):
+            d[j] = lstm_cell.backward(ai[j], af[j], ag[j], ao[j], co[j], ac[j], dh[j], gcr[j],
+                                      act, ract)[g]
+    for j in range(n):   # last: the loops above read the old c cotangent
+        gcr[j] = lstm_cell.backward(ai[j], af[j], ag[j], ao[j], co[j], ac[j], dh[j], gcr[j],
+                                    act, ract)[4]
 
 
 def _make_reverse_loop(kind):
@@ -163,21 +198,15 @@ def _make_reverse_loop(kind):
                     for g in range(3):
                         act_into(act if g == 2 else ract, a[g * H:(g + 1) * H],
                                  zrow[g * H:(g + 1) * H])
+                if kind == LSTM:
+                    _lstm_row_backward(a, gy[i, n], carry[n], gh[n], gc[n], direct[n],
+                                       kc[i - 1, n] if i > 0 else c0[n], dzn, H, u0, u1, act,
+                                       ract)
+                    continue
                 for j in range(u0, u1):
                     dh = gy[i, n, j] + carry[n, j] + gh[n, j]
                     carry[n, j] = 0
-                    if kind == LSTM:
-                        c_old = kc[i - 1, n, j] if i > 0 else c0[n, j]
-                        dzi, dzf, dzc, dzo, dc = lstm_cell.backward(
-                            a[j], a[H + j], a[2 * H + j], a[3 * H + j], c_old, a[4 * H + j], dh,
-                            gc[n, j], act, ract)
-                        dzn[j] = dzi
-                        dzn[H + j] = dzf
-                        dzn[2 * H + j] = dzc
-                        dzn[3 * H + j] = dzo
-                        gc[n, j] = dc
-                        direct[n, j] = 0
-                    elif kind == GRU:
+                    if kind == GRU:
                         rec_h = zrow[5 * H + j]
                         dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh,
                                                                 act, ract)
@@ -248,7 +277,7 @@ def _processing_order(a, time_major, go_backwards):
 
 def _packed_transpose(u, nv, dt):
     """u.T (u: (H, N)) in the GEMM's panels: the h cotangent is dz @ u.T."""
-    return pack(np.ascontiguousarray(np.asarray(u, dt).T), 0, u.shape[0], panel_width(dt, nv))
+    return pack_transposed(np.asarray(u, dt), panel_width(dt, nv))
 
 
 def _chunks(kind, B, H, G, T, dt):
@@ -259,7 +288,10 @@ def _chunks(kind, B, H, G, T, dt):
     u_bytes = H * G * np.dtype(dt).itemsize
     rows = C.row_chunks(B, row_flops * B * T, u_bytes)
     nv = panel_vectors(max(n1 - n0 for n0, n1 in rows))
-    if len(rows) == 1 and kind != GRU_BEFORE:
+    # Units only for a recurrent kernel that one core's L2 cannot hold: on the development
+    # machine the reverse loop's unit split was never faster below that, and up to 2x slower
+    # (LSTM (8, 200, 32, 256): 52.6 against 25.9 ms on one thread); at B=1, H=512 the same.
+    if len(rows) == 1 and kind != GRU_BEFORE and u_bytes >= C.L2_BYTES:
         panel_columns = max(panel_width(dt, nv), panel_width(dt, 2))
         units = C.unit_chunks(B, H, row_flops * B, panel_columns, u_bytes)
         if units is not None:
@@ -399,7 +431,8 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
     dz_rec = in_x_layout(G) if kind == GRU else placeholder
     rh = in_x_layout(H) if kind == GRU_BEFORE else placeholder
     work = (dz, dz_rec, np.zeros((B, H), dt), np.zeros((B, Hp), dt), np.zeros((B, Hp), dt), rh,
-            np.zeros(Hp, dt), np.empty((B, 5 * H), dt))   # acts: a row's activated gates
+            np.zeros(Hp, dt), np.empty((B, 6 * H), dt))   # acts: a row's activated gates
+    # (and, for the LSTM, its h cotangent)
     gy = np.ascontiguousarray(d_outputs, dtype=dt)
     flags = (has_mask, bool(options.zero_output_for_mask), tm, back)
     threads = len(chunks) if sync is not None else 1
