@@ -139,6 +139,50 @@ def _lstm_row_backward(a, gy, carry, gh, gc, direct, c_old, dz, H, u0, u1, act, 
                                     act, ract)[4]
 
 
+@cached_njit(error_model="numpy", inline="always")
+def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1, act, ract):
+    """Units [u0, u1) of one GRU (reset_after) row backwards: ``a`` holds the activated z, r and
+    candidate and (written here) the h cotangent; gy, carry, gh: the row's output, carried and
+    recurrent h cotangents; hp: its h before the step; zrow: its kept pre-activations (the
+    recurrent candidate part at 5H); dz, dz_rec: the input and recurrent parts' cotangents
+    (written); direct: the h cotangent that bypasses U (written). One loop per result, as
+    _lstm_row_backward."""
+    az = a[u0:u1]
+    ar = a[H + u0:H + u1]
+    ah = a[2 * H + u0:2 * H + u1]
+    dh = a[3 * H + u0:3 * H + u1]
+    yr = gy[u0:u1]
+    cr = carry[u0:u1]
+    hr = gh[u0:u1]
+    hpr = hp[u0:u1]
+    rec_h = zrow[5 * H + u0:5 * H + u1]
+    dzz = dz[u0:u1]
+    dzr = dz[H + u0:H + u1]
+    dpre = dz[2 * H + u0:2 * H + u1]
+    dd = direct[u0:u1]
+    n = u1 - u0
+    for j in range(n):
+        dh[j] = yr[j] + cr[j] + hr[j]
+    for j in range(n):
+        cr[j] = 0
+    for j in range(n):
+        dzz[j] = gru_cell.blend_backward(az[j], hpr[j], ah[j], dh[j], act, ract)[0]
+    for j in range(n):
+        dpre[j] = gru_cell.blend_backward(az[j], hpr[j], ah[j], dh[j], act, ract)[1]
+    for j in range(n):
+        dd[j] = gru_cell.blend_backward(az[j], hpr[j], ah[j], dh[j], act, ract)[2]
+    for j in range(n):
+        dzr[j] = gru_cell.candidate_backward(dpre[j], ar[j], rec_h[j], ract)[0]
+    drec = dz_rec[2 * H + u0:2 * H + u1]
+    for j in range(n):
+        drec[j] = gru_cell.candidate_backward(dpre[j], ar[j], rec_h[j], ract)[1]
+    rz = dz_rec[u0:u1]
+    rr = dz_rec[H + u0:H + u1]
+    for j in range(n):
+        rz[j] = dzz[j]
+        rr[j] = dzr[j]
+
+
 def _make_reverse_loop(kind):
     """The reverse loop of cell kind ``kind`` over rows [n0, n1), units [u0, u1) and reverse
     steps [s_begin, s_end) (processing step i = T - 1 - s); see the module docstring, step 2.
@@ -203,23 +247,14 @@ def _make_reverse_loop(kind):
                                        kc[i - 1, n] if i > 0 else c0[n], dzn, H, u0, u1, act,
                                        ract)
                     continue
+                if kind == GRU:
+                    _gru_row_backward(a, gy[i, n], carry[n], gh[n], hp, zrow, dzn,
+                                      _row(dz_rec, tm, t, n), direct[n], H, u0, u1, act, ract)
+                    continue
                 for j in range(u0, u1):
                     dh = gy[i, n, j] + carry[n, j] + gh[n, j]
                     carry[n, j] = 0
-                    if kind == GRU:
-                        rec_h = zrow[5 * H + j]
-                        dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh,
-                                                                act, ract)
-                        dzr, drec = gru_cell.candidate_backward(dpre, a[H + j], rec_h, ract)
-                        dzn[j] = dzz
-                        dzn[H + j] = dzr
-                        dzn[2 * H + j] = dpre
-                        drow = _row(dz_rec, tm, t, n)
-                        drow[j] = dzz
-                        drow[H + j] = dzr
-                        drow[2 * H + j] = drec
-                        direct[n, j] = dd
-                    elif kind == GRU_BEFORE:
+                    if kind == GRU_BEFORE:
                         _row(rh, tm, t, n)[j] = gru_cell.reset(a[H + j], hp[j])
                         dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh,
                                                                 act, ract)
