@@ -892,3 +892,42 @@ def test_backward_bench_times_gradients_checked_against_float64(capsys):
         assert r.status == "ok", r.error
         assert r.relative_error < 1e-5 and r.median_s > 0
     assert "rel. error" in table and "gpukb.rnn_vjp + pullback" in table
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--peers", "torch"], "--peers does not apply with --backward"),
+    (["--dtypes", "float64"], "--dtypes does not apply with --backward"),
+    (["--rounds", "2"], "--rounds does not apply with --backward"),
+    (["--workloads", "simple_rnn"], "--workloads"),
+    (["--sizes", "2x3"], "--sizes"),
+])
+def test_backward_bench_refuses_what_does_not_apply(argv, message, capsys, monkeypatch):
+    from gpukb.bench import backward
+
+    monkeypatch.setattr(backward, "run", lambda *a, **k: pytest.fail("ran despite a bad option"))
+    code, _, err = bench(["--backward", *argv], capsys)
+    assert code == 2 and message in err
+
+
+def test_backward_bench_passes_sizes_and_workloads_and_writes_json(tmp_path, capsys, monkeypatch):
+    from gpukb.bench import backward
+
+    calls = []
+
+    def fake_run(sizes, workloads, **kw):
+        calls.append((sizes, workloads, kw))
+        result = runner.Result(workload="gru", size=sizes[0], implementation="gpukb[cpu]: x",
+                               key="gpukb[cpu]", kind="gpukb", flops=1.0, status="ok")
+        result.median_s, result.relative_error = 0.002, 1e-7
+        return [result]
+
+    monkeypatch.setattr(backward, "run", fake_run)
+    out = tmp_path / "bw.json"
+    code, _, err = bench(["--backward", "--sizes", "3x4x5x6", "--workloads", "gru",
+                          "--repeats", "4", "--json", str(out)], capsys)
+    assert code == 0, err
+    (sizes, workloads, kw), = calls
+    assert sizes == (Size(3, 4, 5, 6),) and workloads == ("gru",) and kw["repeats"] == 4
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == backward.SCHEMA and doc["settings"]["workloads"] == ["gru"]
+    assert doc["results"][0]["workload"] == "gru" and doc["results"][0]["median_ms"] == 2.0

@@ -265,6 +265,54 @@ def run(sizes=FULL_SIZES, workloads=WORKLOADS, implementations=IMPLEMENTATIONS, 
     return results
 
 
+SCHEMA = "gpukb-bench-backward/1"
+
+#: Options of other modes, refused with --backward: (option, how to tell it was given).
+_REFUSED = (("--model", lambda a: a.model is not None), ("--grid", lambda a: bool(a.grid)),
+            ("--generic", lambda a: bool(a.generic)), ("--plot", lambda a: a.plot is not None),
+            ("--peers", lambda a: a.peers is not None),
+            ("--backends", lambda a: a.backends is not None),
+            ("--dtypes", lambda a: a.dtypes is not None),
+            ("--rounds", lambda a: a.rounds is not None))
+
+
+def command(args, parser) -> int:
+    """``gpukb bench --backward``: every argument checked before anything runs; ``--sizes``,
+    ``--workloads`` (lstm, gru), ``--repeats``, ``--budget``, ``--quick`` and ``--json`` apply."""
+    from . import command as bench_command
+    from . import report
+
+    for option, given in _REFUSED:
+        if given(args):
+            parser.error(f"{option} does not apply with --backward (it times gpukb's cpu "
+                         "backend against torch and jax, float32, forward + backward).")
+    bench_command.refuse_options(args, parser, bench_command.MODEL_ONLY,
+                                 "only applies with --model")
+    bench_command.refuse_options(args, parser, bench_command.GRID_ONLY[:2],
+                                 "only applies with --grid")
+    settings = bench_command.common_settings(args, parser)
+    chosen = bench_command._list(args.workloads, WORKLOADS, "workloads", parser)
+    if chosen == []:
+        parser.error(f"--workloads: give at least one of {', '.join(WORKLOADS)}.")
+    if args.sizes:
+        try:
+            sizes = tuple(Size.parse(text) for text in args.sizes)
+        except ValueError as error:
+            parser.error(f"--sizes: {error}")
+    else:
+        sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    workloads = tuple(chosen) if chosen else WORKLOADS
+    results = run(sizes, workloads, repeats=settings["repeats"], budget=settings["budget"])
+    if settings["json"] is not None:
+        recorded = {"mode": "backward", "sizes": [s.as_dict() for s in sizes],
+                    "workloads": list(workloads), "repeats": settings["repeats"],
+                    "budget_s": settings["budget"]}
+        report.write_json(settings["json"], report.document(
+            results, machine=report.machine_info(), settings=recorded, schema=SCHEMA))
+        print(f"saved {settings['json']}", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--worker":

@@ -111,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time forward + backward (gpukb.rnn_vjp and its pullback) of LSTM "
                              "and GRU against torch (.backward()) and JAX (jax.vjp of lax.scan), "
                              "each in its own process (gpukb/bench/backward.py); with --quick: "
-                             "one small size")
+                             "one small size; --sizes, --workloads (lstm, gru), --repeats, "
+                             "--budget and --json apply")
     parser.add_argument("--masks", action="store_true", default=None,
                         help="time what masks cost gpukb's fused CPU kernels: gpukb.rnn of "
                              "LSTM, GRU and SimpleRNN with no mask, right and left padding and "
@@ -301,10 +302,7 @@ def run(args, parser) -> int:
     if getattr(args, "backward", False):
         from . import backward
 
-        sizes = backward.QUICK_SIZES if args.quick else backward.FULL_SIZES
-        budget = args.budget if args.budget is not None else (0.5 if args.quick else 3.0)
-        backward.run(sizes, repeats=args.repeats or 30, budget=budget)
-        return 0
+        return backward.command(args, parser)
     if args.model is not None:
         from . import model_command
 
