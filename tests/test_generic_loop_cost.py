@@ -228,3 +228,30 @@ def test_gpukb_bench_generic_runs_the_generic_loop_benchmark(monkeypatch):
     assert cli.main(["bench", "--generic", "--rounds", "2"]) == 0
     assert cli.main(["bench", "--generic"]) == 0
     assert calls == [["--rounds", "2"], ["--rounds", "3"]]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sizes", "2x3x4x5"], "--sizes does not apply with --generic"),
+    (["--json", "out.json"], "--json does not apply with --generic"),
+    (["--grid"], "--grid does not apply with --generic"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--backends", "cpu,jit"], "--backends"),
+])
+def test_gpukb_bench_generic_refuses_what_does_not_apply(argv, message, monkeypatch, capsys):
+    from gpukb import cli
+    from gpukb.bench import generic
+
+    monkeypatch.setattr(generic, "main", lambda argv=None: pytest.fail("ran despite a bad option"))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--generic", *argv])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_gpukb_bench_generic_passes_one_backend_on(monkeypatch):
+    from gpukb import cli
+    from gpukb.bench import generic
+
+    calls = []
+    monkeypatch.setattr(generic, "main", lambda argv=None: calls.append(argv) or 0)
+    assert cli.main(["bench", "--generic", "--backends", "cpu"]) == 0
+    assert calls == [["--rounds", "3", "--backend", "cpu"]]

@@ -106,7 +106,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time the generic loop's own cost instead: a plain Python step "
                              "through gpukb.rnn against a hand-written loop and Keras 3's NumPy "
                              "rnn, each in its own process (python -m gpukb.bench.generic; "
-                             "--rounds N, default 3)")
+                             "--rounds N, default 3; --backends NAME: one backend)")
     parser.add_argument("--backward", action="store_true",
                         help="time forward + backward (gpukb.rnn_vjp and its pullback) of LSTM "
                              "and GRU against torch (.backward()) and JAX (jax.vjp of lax.scan), "
@@ -303,6 +303,10 @@ def run(args, parser) -> int:
         from . import backward
 
         return backward.command(args, parser)
+    if args.generic:
+        from . import generic
+
+        return generic.command(args, parser)
     if args.model is not None:
         from . import model_command
 
@@ -311,10 +315,6 @@ def run(args, parser) -> int:
         from . import grid
 
         return grid.run(args, parser)
-    if args.generic:
-        from . import generic
-
-        return generic.main(["--rounds", str(args.rounds or 3)])
     settings = validate(args, parser)
 
     from . import peers, report, runner

@@ -80,6 +80,37 @@ def measure(impl: str, masked: bool, calls: int, backend: str) -> float | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+#: Options of ``gpukb bench`` that do not apply with --generic: (option, how to tell it was given).
+_REFUSED = (("--model", lambda a: a.model is not None), ("--grid", lambda a: bool(a.grid)),
+            ("--plot", lambda a: a.plot is not None), ("--peers", lambda a: a.peers is not None),
+            ("--dtypes", lambda a: a.dtypes is not None),
+            ("--workloads", lambda a: a.workloads is not None),
+            ("--sizes", lambda a: bool(a.sizes)), ("--json", lambda a: a.json is not None),
+            ("--repeats", lambda a: a.repeats is not None),
+            ("--budget", lambda a: a.budget is not None), ("--quick", lambda a: bool(a.quick)))
+
+
+def command(args, parser) -> int:
+    """``gpukb bench --generic``: ``--rounds N`` and ``--backends NAME`` (one backend) apply;
+    the options of other modes are refused before anything runs."""
+    from . import command as bench_command
+
+    for option, given in _REFUSED:
+        if given(args):
+            parser.error(f"{option} does not apply with --generic (it times one plain Python "
+                         f"step, B, T, D, H = {SIZE}; --rounds and --backends apply).")
+    bench_command.refuse_options(args, parser, bench_command.GRID_ONLY[:2],
+                                 "only applies with --grid")
+    if args.rounds is not None and args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}.")
+    backends = bench_command.common_settings(args, parser)["backends"] or []
+    if len(backends) > 1:
+        parser.error("--backends: --generic times one backend at a time, got "
+                     f"{', '.join(backends)}.")
+    argv = ["--rounds", str(args.rounds or 3)]
+    return main(argv + (["--backend", backends[0]] if backends else []))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpukb.bench.generic", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
