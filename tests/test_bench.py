@@ -19,22 +19,14 @@ from gpukb import cli
 from gpukb.bench import implementations, model_peers, models, peers, report, runner, workloads
 from gpukb.bench.workloads import Size
 
+from helpers import bench
+
 TINY = ["--sizes", "2x3x2x3", "--repeats", "1", "--budget", "0.01", "--no-progress"]
 
 needs_onnxruntime = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
     reason="the onnxruntime peer needs onnxruntime and onnx: pip install onnx onnxruntime",
 )
-
-
-def bench(argv, capsys):
-    """Run ``gpukb bench`` in this process; (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(["bench", *argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def shim(tmp_path, module, body):

@@ -11,25 +11,16 @@ import types
 import numpy as np
 import pytest
 
-from gpukb import cli
 from gpukb.bench import grid, heatmap, peers, report, runner, workloads
 from gpukb.bench.workloads import Size
+
+from helpers import bench
 
 has = {name: importlib.util.find_spec(name) is not None
        for name in ("onnxruntime", "onnx", "torch", "matplotlib")}
 needs_onnxruntime = pytest.mark.skipif(not (has["onnxruntime"] and has["onnx"]),
                                        reason="needs onnxruntime and onnx")
 needs_torch = pytest.mark.skipif(not has["torch"], reason="needs torch")
-
-
-def bench(argv, capsys):
-    """Run ``gpukb bench`` in this process; (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(["bench", *argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,17 +14,9 @@ from gpukb.bench import masks, workloads
 from gpukb.bench.masks import Row
 from gpukb.bench.workloads import Size
 
+from helpers import bench
+
 TINY = Size(3, 8, 3, 4)
-
-
-def bench(argv, capsys):
-    """Run ``gpukb bench`` in this process; (exit code, stdout, stderr)."""
-    try:
-        code = cli.main(["bench", *argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,20 +14,13 @@ import pytest
 import gpukb
 from gpukb import _dispatch
 
+from helpers import cell_of_kind
+
 B, T, D, H = 3, 5, 4, 4
 
 
 def _cell(kind, rng):
-    def w(*shape):
-        return 0.5 * rng.standard_normal(shape)
-
-    if kind == "lstm":
-        return gpukb.cells.lstm(w(D, 4 * H), w(H, 4 * H), w(4 * H)), 2
-    if kind == "gru":
-        return gpukb.cells.gru(w(D, 3 * H), w(H, 3 * H), w(2, 3 * H), reset_after=True), 1
-    if kind == "gru_before":
-        return gpukb.cells.gru(w(D, 3 * H), w(H, 3 * H), w(3 * H), reset_after=False), 1
-    return gpukb.cells.simple_rnn(w(D, H), w(H, H), w(H)), 1
+    return cell_of_kind(kind, rng, D, H)
 
 
 def _leaves(grads):

@@ -7,20 +7,13 @@ import pytest
 
 import gpukb
 
+from helpers import cell_of_kind
+
 B, T, D, H = 3, 5, 4, 6
 
 
 def _cell(kind, rng, dtype=np.float64):
-    def w(*shape):
-        return (0.5 * rng.standard_normal(shape)).astype(dtype)
-
-    if kind == "lstm":
-        return gpukb.cells.lstm(w(D, 4 * H), w(H, 4 * H), w(4 * H)), 2
-    if kind == "gru":
-        return gpukb.cells.gru(w(D, 3 * H), w(H, 3 * H), w(2, 3 * H), reset_after=True), 1
-    if kind == "gru_before":
-        return gpukb.cells.gru(w(D, 3 * H), w(H, 3 * H), w(3 * H), reset_after=False), 1
-    return gpukb.cells.simple_rnn(w(D, H), w(H, H), w(H), activation="relu"), 1
+    return cell_of_kind(kind, rng, D, H, dtype, simple_activation="relu")
 
 
 def _problem(kind, seed=0, time_major=False):
