@@ -26,7 +26,9 @@ KERNELS = {"lstm_step", "gru_step", "gru_gates", "gru_before_step", "simple_rnn_
 # The backward kernels of rnn_vjp (gpukb.kernels.cuda.backward).
 KERNELS |= {f"{kind}_backward_{part}" for kind in ("lstm", "gru", "gru_before", "simple_rnn")
             for part in ("step", "gates")}
-KERNELS |= {"states_before", "lstm_cell_states", "gru_before_candidate", "gru_before_reset"}
+KERNELS |= {"states_before", "lstm_cell_states", "gru_before_candidate", "gru_before_reset",
+            "persistent_backward"}
+PERSISTENT_KERNELS = {"persistent", "persistent_backward"}
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +48,10 @@ def test_every_kernel_compiles_for_sm90_without_problems(compiled):
     records, _ = compiled
     assert {r["kernel"] for r in records} == KERNELS
     for dtype in ("float32", "float64"):
-        persistent = [r for r in records if r["kernel"] == "persistent" and r["dtype"] == dtype]
-        assert len(persistent) == 8  # 4 cell kinds x (syncthreads, grid sync)
-        for name in KERNELS - {"persistent", "masked_step"}:
+        for name in PERSISTENT_KERNELS:
+            persistent = [r for r in records if r["kernel"] == name and r["dtype"] == dtype]
+            assert len(persistent) == 8, name  # 4 cell kinds x (syncthreads, grid sync)
+        for name in KERNELS - PERSISTENT_KERNELS - {"masked_step"}:
             assert sum(r["kernel"] == name and r["dtype"] == dtype for r in records) == 1, (name, dtype)
     assert all(not r["problems"] for r in records)
     assert all(r["double_instructions"] == 0 for r in records if r["dtype"] == "float32")

@@ -43,10 +43,11 @@ timeout 240 $py -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
   "$repo/tests/test_cuda_gpu.py" "$repo/tests/test_cells.py" --junitxml "$out/pytest-gpu.xml" \
   2>&1 | tee "$out/pytest-gpu.txt" | tail -25
 
-# 1b. rnn_vjp's fused CUDA backward (per step; so far verified only under the CUDA simulator) on
-#     CuPy arrays, against the cpu backend's fused vjp: the simulator's test file, run on the GPU
-#     (--noconftest: its folder's conftest collects it only under the simulator).
-timeout 150 $py -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
+# 1b. rnn_vjp's fused CUDA backward (per step and persistent, one block and a multi-block
+#     grid-sync tiling; so far verified only under the CUDA simulator) on CuPy arrays, against the
+#     cpu backend's fused vjp: the simulator's test file, run on the GPU (--noconftest: its
+#     folder's conftest collects it only under the simulator). Most of its time is compiling.
+timeout 210 $py -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
   "$repo/tests/cuda_sim/test_sim_vjp.py" --junitxml "$out/pytest-vjp.xml" \
   2>&1 | tee "$out/pytest-vjp.txt" | tail -15
 

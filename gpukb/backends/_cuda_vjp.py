@@ -1,5 +1,7 @@
-"""The cuda backend's fused vjp of a ``gpukb.cells`` cell: the fused forward, then the per-step
-fused backward (``gpukb.kernels.cuda.backward``).
+"""The cuda backend's fused vjp of a ``gpukb.cells`` cell: the fused forward, then the fused
+backward, its reverse loop per step (``gpukb.kernels.cuda.backward``) or, when the forward runs
+on the persistent kernel, in one launch with the forward's tiling
+(``gpukb.kernels.cuda.persistent_backward``).
 
 ``fused_cell_vjp(call, tiling, allow_tf32)`` runs the forward on the kernel the forward's plan
 picked (``tiling``: the persistent kernel's, or None for per step; see ``_cuda_cells``) with every
@@ -24,6 +26,7 @@ from gpukb.kernels.cells import GRU, GRU_BEFORE, LAYOUTS, LSTM
 from gpukb.kernels.cells.activations import code as activation_code
 from gpukb.kernels.cuda import _runtime
 from gpukb.kernels.cuda import backward as kernels
+from gpukb.kernels.cuda import persistent_backward
 
 from .._fused import loop_options
 from .._vjp.cotangents import Grads
@@ -47,7 +50,7 @@ def fused_cell_vjp(call, tiling, allow_tf32: bool = False) -> tuple[tuple, Any]:
         outputs = every
         if not options.return_all_outputs:
             outputs = (every[-1:] if options.time_major else every[:, -1:]).copy()
-    return (last, outputs, states), _Backward(call, every, allow_tf32)
+    return (last, outputs, states), _Backward(call, every, allow_tf32, tiling)
 
 
 def residual_specs(call) -> tuple:
@@ -58,18 +61,20 @@ def residual_specs(call) -> tuple:
     return (((T, B, H) if call.time_major else (B, T, H), np.dtype(cell.dtype)),)
 
 
-def from_residuals(call, residuals: tuple, allow_tf32: bool = False) -> tuple[tuple, Any]:
+def from_residuals(call, residuals: tuple, tiling, allow_tf32: bool = False) -> tuple[tuple, Any]:
     """``(arrays shaped like rnn's result, backward)`` from a fused call's residuals (checked
-    against ``residual_specs`` by the caller): the backward ``fused_cell_vjp`` would return."""
+    against ``residual_specs`` by the caller): the backward ``fused_cell_vjp(call, tiling)`` would
+    return."""
     (every,) = residuals
-    return result_like(call, every), _Backward(call, every, allow_tf32)
+    return result_like(call, every), _Backward(call, every, allow_tf32, tiling)
 
 
 class _Backward:
-    """``backward(d_out, d_last, d_states) -> Grads`` over a forward's outputs (``every``)."""
+    """``backward(d_out, d_last, d_states) -> Grads`` over a forward's outputs (``every``); the
+    reverse loop on the persistent backward kernel with ``tiling``, or per step when None."""
 
-    def __init__(self, call, every, allow_tf32: bool):
-        self.call, self.every, self.allow_tf32 = call, every, allow_tf32
+    def __init__(self, call, every, allow_tf32: bool, tiling=None):
+        self.call, self.every, self.allow_tf32, self.tiling = call, every, allow_tf32, tiling
         self.residuals = (every,)
 
     def __call__(self, d_out: list, d_last: list, d_states: list) -> Grads:
@@ -83,7 +88,7 @@ class _Backward:
                                   cell.recurrent_kernel, cell.bias, call.state_leaves,
                                   call.step_mask, loop_options(call), cell.activation,
                                   getattr(cell, "recurrent_activation", "linear"), self.every,
-                                  gy, d_states)
+                                  gy, d_states, self.tiling)
         return cell_grads(xp, call, grads)
 
 
@@ -94,12 +99,14 @@ def _processing_order(xp, a, time_major, go_backwards):
 
 
 def cell_backward(xp, kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
-                  activation, recurrent_activation, outputs, d_outputs, d_states):
+                  activation, recurrent_activation, outputs, d_outputs, d_states, tiling=None):
     """The gradients of a fused forward, as ``kernels.cpu.backward.cell_backward`` returns them
     (same arguments, same dict), computed on the device (see the module docstring).
 
     ``outputs``: every step's output in the layout of ``options.time_major``; ``d_outputs``: the
-    cotangent of every processed step's output, ``(T, B, H)`` in processing order."""
+    cotangent of every processed step's output, ``(T, B, H)`` in processing order; ``tiling``:
+    the reverse loop on the persistent backward kernel with this ``persistent.Plan`` (the
+    forward's), or per step when None."""
     layout = LAYOUTS[kind]
     dt = np.dtype(outputs.dtype)
     activations = (activation_code(activation), activation_code(recurrent_activation))
@@ -152,40 +159,20 @@ def cell_backward(xp, kind, x, kernel, recurrent_kernel, bias, states, step_mask
         rec_h = xp.dot(rh.reshape(T * B, H), U[:, 2 * H:]).reshape(T, B, H)
         launch(kernels.gru_before_candidate, per_gate_unit, view(z), view(rec_h), activations[0])
 
-    # The reverse loop: h's cotangent is direct + through (through = the last GEMM's output).
+    # The reverse loop: h's cotangent is direct + through (through: the recurrent product's).
     direct = xp.array(d_states[0], dtype=dt, order="C", copy=True)
-    through = xp.zeros((B, H), dtype=dt)
     gc = (xp.array(d_states[1], dtype=dt, order="C", copy=True) if kind == LSTM
           else xp.zeros((1, 1), dtype=dt))
     dz = xp.empty((T, B, G), dtype=dt)
     dz_rec = xp.empty((T, B, G), dtype=dt) if kind == GRU else placeholder
-    if kind == GRU_BEFORE:
-        ut, ut_h = xp.ascontiguousarray(U[:, :2 * H].T), xp.ascontiguousarray(U[:, 2 * H:].T)
-        cand, d_rh, part = (xp.zeros((B, n), dtype=dt) for n in (H, H, 2 * H))
-    else:
-        ut = xp.ascontiguousarray(U.T)
-        cand = xp.zeros((1, 1), dtype=dt)
-    gy = xp.ascontiguousarray(d_outputs)
-    carry = xp.zeros((B, H), dtype=dt)
-    step = launcher.configure(kernels.step_kernel(dt, kind), *per_unit)
-    reset = launcher.configure(kernels.gru_before_reset, *per_unit)
     step_arrays = (view(z), view(h_prev), view(c), view(rec), view(valid), has_mask,
-                   bool(options.zero_output_for_mask), view(gy), view(direct), view(through),
-                   view(gc), view(carry), view(dz), view(dz_rec), view(cand), activations)
-    if kind == GRU_BEFORE:
-        reset_arrays = (view(z), view(h_prev), view(valid), has_mask, view(d_rh), view(dz),
-                        view(direct), view(part), activations[1])
-    for i in range(T - 1, -1, -1):
-        if step is None:   # B == 0
-            break
-        step(i, *step_arrays)
-        if kind == GRU_BEFORE:
-            xp.dot(cand, ut_h, out=d_rh)
-            reset(i, *reset_arrays)
-            xp.dot(part, ut, out=through)
-        else:
-            xp.dot(dz_rec[i] if kind == GRU else dz[i], ut, out=through)
-    gh = direct + through
+                   bool(options.zero_output_for_mask), view(xp.ascontiguousarray(d_outputs)))
+    if tiling is None:
+        gh = _reverse_per_step(xp, launcher, kind, dt, U, step_arrays, direct, gc, dz, dz_rec,
+                               activations)
+    else:
+        gh = _reverse_persistent(launcher, tiling, kind, dt, U, step_arrays, direct, gc, dz,
+                                 dz_rec, activations)
 
     dz2 = dz.reshape(T * B, G)
     d_x = xp.dot(dz2, xp.asarray(kernel).T).reshape(T, B, D)
@@ -205,3 +192,56 @@ def cell_backward(xp, kind, x, kernel, recurrent_kernel, bias, states, step_mask
     d_states_out = [gh, gc] if kind == LSTM else [gh]
     return {"inputs": d_x, "states": d_states_out, "kernel": xp.dot(x2.T, dz2),
             "recurrent_kernel": d_u, "bias": d_bias}
+
+
+def _reverse_per_step(xp, launcher, kind, dt, U, step_arrays, direct, gc, dz, dz_rec,
+                      activations):
+    """The reverse loop per step: one pointwise launch and one GEMM ``dz[i] @ U.T`` (GRU without
+    reset_after: two of each); fills ``dz`` (``dz_rec``) and ``gc``; returns the initial h's
+    cotangent."""
+    view = launcher.view
+    T, B, G = dz.shape
+    H = U.shape[0]
+    through = xp.zeros((B, H), dtype=dt)
+    if kind == GRU_BEFORE:
+        ut, ut_h = xp.ascontiguousarray(U[:, :2 * H].T), xp.ascontiguousarray(U[:, 2 * H:].T)
+        cand, d_rh, part = (xp.zeros((B, n), dtype=dt) for n in (H, H, 2 * H))
+    else:
+        ut = xp.ascontiguousarray(U.T)
+        cand = xp.zeros((1, 1), dtype=dt)
+    carry = xp.zeros((B, H), dtype=dt)
+    per_unit = kernels.launch_shape(B * H)
+    step = launcher.configure(kernels.step_kernel(dt, kind), *per_unit)
+    reset = launcher.configure(kernels.gru_before_reset, *per_unit)
+    a, h_prev, _, _, valid, has_mask = step_arrays[:6]
+    arrays = (*step_arrays, view(direct), view(through), view(gc), view(carry), view(dz),
+              view(dz_rec), view(cand), activations)
+    if kind == GRU_BEFORE:
+        reset_arrays = (a, h_prev, valid, has_mask, view(d_rh), view(dz), view(direct),
+                        view(part), activations[1])
+    for i in range(T - 1, -1, -1):
+        if step is None:   # B == 0
+            break
+        step(i, *arrays)
+        if kind == GRU_BEFORE:
+            xp.dot(cand, ut_h, out=d_rh)
+            reset(i, *reset_arrays)
+            xp.dot(part, ut, out=through)
+        else:
+            xp.dot(dz_rec[i] if kind == GRU else dz[i], ut, out=through)
+    return direct + through
+
+
+def _reverse_persistent(launcher, tiling, kind, dt, U, step_arrays, direct, gc, dz, dz_rec,
+                        activations):
+    """The reverse loop in one launch of the persistent backward kernel with ``tiling``; fills
+    ``dz`` (``dz_rec``) and ``gc``; returns the initial h's cotangent (written over
+    ``direct``)."""
+    view = launcher.view
+    H = U.shape[0]
+    launcher.launch(
+        persistent_backward.persistent_backward_kernel(dt, kind, tiling.coop), tiling.blocks,
+        tiling.threads, *step_arrays, view(U), view(direct), view(gc), view(dz), view(dz_rec),
+        activations, tiling,
+        shared_bytes=persistent_backward.shared_bytes(tiling, H, kind, dt.itemsize))
+    return direct

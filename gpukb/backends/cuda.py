@@ -14,8 +14,9 @@ DEBUG; see ``gpukb._plan``), then runs it (``run_plan``); the kernels are ``gpuk
   (``_cuda_generic``) when the call has a mask; the plan says why.
 Everything is queued on CuPy's current stream; the time loop never waits for the GPU.
 ``rnn_vjp`` (``plan_vjp``): a cell the forward fuses runs that forward with every output kept,
-then the per-step fused backward (``_cuda_vjp``: one fused kernel and one cuBLAS GEMM per step);
-any other call the generic path.
+then the fused backward (``_cuda_vjp``), its reverse loop in one launch of the persistent backward
+kernel (path ``persistent``, the forward's tiling) when the forward is persistent, else per step
+(``per_step``: one fused kernel and one cuBLAS GEMM per step); any other call the generic path.
 
 Options (environment variables read when the backend is created; attributes of the instance,
 ``gpukb.get_backend("cuda", check_available=False)``, that can be read and set at any time, with or
@@ -54,6 +55,7 @@ INSTALL_HINT = (
 )
 
 CELL_PATHS = ("auto", "step", "persistent", "generic")
+_FUSED_VJP_PATHS = (PER_STEP, PERSISTENT)   # rnn_vjp's fused cell paths (plan_vjp)
 
 # Array types whose objects the backend views as CuPy arrays without a copy (besides CuPy's own):
 # Numba device arrays (CUDA Array Interface). Other CAI/DLPack GPU arrays work with backend="cuda".
@@ -315,9 +317,11 @@ class CUDABackend(Backend):
     # -- gradients: rnn_vjp --------------------------------------------------------------------
 
     def plan_vjp(self, call):
-        """A cell the forward fuses: the fused forward with every output kept, then the per-step
-        fused backward (``_cuda_vjp``; the plan's ``detail`` is the forward's tiling, None for
-        per step); anything else the generic path, and why."""
+        """A cell the forward fuses: the fused forward with every output kept, then the fused
+        backward: its reverse loop in one launch of the persistent backward kernel when the
+        forward's plan is the persistent kernel (path ``persistent``, the forward's tiling as
+        ``detail``), else per step (``per_step``; ``detail`` None). Anything else the generic
+        path, and why."""
         problem = self._fused_problem(call)
         if problem is not None:
             return Plan(self.name, GENERIC, f"not fused: {problem}; the step's derivative in the "
@@ -325,15 +329,22 @@ class CUDABackend(Backend):
         forward = self.plan(call)
         cell = call.step_function
         layout = cell.kernel_layout
+        head = (f"{layout.name} cell in {numpy.dtype(cell.dtype)}: forward on the {forward.path} "
+                f"path ({forward.reason}); ")
+        if forward.path == PERSISTENT:
+            tiling = forward.detail
+            phases = " in two phases per step" if layout.reset_before else ""
+            return Plan(self.name, PERSISTENT,
+                        head + f"backward persistent: one launch of {tiling.blocks} block(s) of "
+                        f"{tiling.threads} threads runs the reverse loop{phases}",
+                        detail=tiling)
         per_step = ("two fused kernels and two cuBLAS GEMMs" if layout.reset_before
                     else "one fused kernel and one cuBLAS GEMM")
-        return Plan(self.name, PER_STEP,
-                    f"{layout.name} cell in {numpy.dtype(cell.dtype)}: forward on the "
-                    f"{forward.path} path ({forward.reason}); backward per step: {per_step} per "
-                    "step", detail=forward.detail)
+        return Plan(self.name, PER_STEP, head + f"backward per step: {per_step} per step",
+                    detail=None)
 
     def run_vjp_plan(self, plan, call, given):
-        if plan.path == PER_STEP:
+        if plan.path in _FUSED_VJP_PATHS:
             from .._vjp.pullback import Pullback
             from . import _cuda_vjp
 
@@ -345,17 +356,17 @@ class CUDABackend(Backend):
         """A fused cell's vjp keeps only every step's output already (its pullback rebuilds the
         pre-activations from them, ``_cuda_vjp``): ``recompute`` has nothing more to drop, so it
         is ``run_vjp_plan``. The generic path drops its tape (the base class)."""
-        if plan.path == PER_STEP:
+        if plan.path in _FUSED_VJP_PATHS:
             return self.run_vjp_plan(plan, call, given)
         return super().run_vjp_plan_recomputing(plan, call, given)
 
     def vjp_residuals(self, plan, call):
-        if plan.path != PER_STEP:
+        if plan.path not in _FUSED_VJP_PATHS:
             return None
         from . import _cuda_vjp
 
         return (_cuda_vjp.residual_specs(call),
-                lambda r: _cuda_vjp.from_residuals(call, r, self.allow_tf32))
+                lambda r: _cuda_vjp.from_residuals(call, r, plan.detail, self.allow_tf32))
 
     def fused_rnn_vjp(self, call):
         """The documented hook: the fused cell vjp, or NotImplemented when the vjp plan is the

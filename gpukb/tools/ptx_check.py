@@ -6,7 +6,7 @@ lower for some leaf dtype. This module drives the real fused paths on small NumP
 launcher that, instead of launching, compiles each kernel for the argument types it would get
 (``numba.cuda.compile_ptx``, NVVM only: no driver, no device) and records the launch shape; the
 backward kernels of ``rnn_vjp`` (``gpukb.kernels.cuda.backward``) through the cuda backend's fused
-vjp the same way.
+vjp the same way (per step, and the persistent backward with the forward's tilings).
 
     python -m gpukb.tools.ptx_check [--cc 9.0] [--no-link] [--json FILE]
 
@@ -187,12 +187,13 @@ def _generic_step(dtypes, batch):
     return step
 
 
-def _run_backward(call):
-    """The per-step fused vjp of ``call``: its forward, then its backward (arrays left unwritten by
-    the compiling launcher hold garbage: nothing is checked but the kernels)."""
+def _run_backward(call, tiling=None):
+    """The fused vjp of ``call``: its forward, then its backward, per step or (``tiling``, a
+    ``persistent.Plan``) on the persistent kernels (arrays left unwritten by the compiling
+    launcher hold garbage: nothing is checked but the kernels)."""
     from gpukb.backends import _cuda_vjp
 
-    result, backward = _cuda_vjp.fused_cell_vjp(call, None)
+    result, backward = _cuda_vjp.fused_cell_vjp(call, tiling)
     with np.errstate(all="ignore"):
         backward([np.zeros_like(result[1])], [np.zeros_like(result[0])],
                  [np.zeros_like(s) for s in call.state_leaves])
@@ -232,10 +233,24 @@ def run(cc=(9, 0), sm_count=H100_SMS):
                     assert isinstance(chosen, persistent.Plan), (kind, plan_options, chosen)
         for cell, x, states, options in _planner_cases():
             cells.run_cell(_rnn.prepare(cell, x, states, xp=np, **options), cell, path="auto")
-        # The backward kernels (rnn_vjp); the planner's sizes record launches of whole blocks.
-        for cell, x, states, options in itertools.chain(_cell_cases(), _planner_cases()):
-            if not options.get("time_major"):   # they take (T, B, ...) copies either way
-                _run_backward(_rnn.prepare(cell, x, [s.copy() for s in states], xp=np, **options))
+        # The backward kernels (rnn_vjp), per step and persistent (the forward's tilings: one
+        # block of all units, the grid-sync variants); the planner's sizes record launches of
+        # whole blocks.
+        for cell, x, states, options in _cell_cases():
+            if options.get("time_major"):   # they take (T, B, ...) copies either way
+                continue
+            B, H = states[0].shape
+            kind = cell.kernel_layout.kind
+            tilings = [None] + [persistent.plan(B, H, kind, x.dtype.itemsize, max_batch=B, **t)
+                                for t in (dict(), dict(unit_tile=H, coop=True),
+                                          dict(unit_tile=2, coop=True))]
+            for tiling in tilings:
+                _run_backward(_rnn.prepare(cell, x, [s.copy() for s in states], xp=np, **options),
+                              tiling)
+        for cell, x, states, options in _planner_cases():
+            call = _rnn.prepare(cell, x, states, xp=np, **options)
+            _run_backward(call, None)
+            _run_backward(call, cells.choose(call, "auto").tiling)
         # The generic masking kernel: one launch per leaf dtype, then all of them (several launches).
         dtypes = _leaf_dtypes()
         batch, steps = 3, 2

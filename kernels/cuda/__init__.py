@@ -10,6 +10,9 @@ Arrays and flags in, arrays out: nothing here imports the rest of gpukb (the dri
 - ``persistent``: the one-launch persistent kernel and its size rule (``plan``);
 - ``masking``: the masking kernel of the generic loop, for any step function's leaves;
 - ``backward``: the per-step backward kernels of the cells (``rnn_vjp``'s fused path);
+- ``persistent_backward``: the backward's reverse loop in one launch (the forward's tiling);
+- ``backward_unit``: one unit's reverse step, with ``kernels/cells``' derivatives (what the two
+  backward kernels share);
 - ``activations``: the activation table (``kernels/cells/activations``) registered for CUDA;
 - ``_runtime``: simulator detection, CuPy stream / device views, kernel cache, TF32 switch.
 

@@ -14,11 +14,12 @@ with the pointwise work in these kernels and every GEMM through CuPy (cuBLAS) in
 3. The reverse loop, per step ``i``: ONE launch of ``step_kernel(dtype, kind)`` (thread = one
    (sample, unit)) turns the h cotangent (``direct + through``: the part outside the recurrent
    GEMM and the previous step's ``dz @ U.T``) into the pre-activations' cotangents ``dz[i]`` with
-   the cells' scalar ``backward`` functions (``kernels/cells``), or, at a masked step, passes the
-   state cotangents through and moves the output cotangent to the previous output (``carry``;
-   dropped with ``zero_output_for_mask``); then the driver's GEMM ``dz[i] @ U.T`` into
-   ``through``. GRU without reset_after needs two launches (``gru_before_reset`` after the GEMM
-   ``cand @ U_h.T`` has given d(r * h)), as its forward does.
+   the cells' scalar ``backward`` functions (``kernels/cells``, through ``backward_unit``, which
+   the persistent variant shares), or, at a masked step, passes the state cotangents through and
+   moves the output cotangent to the previous output (``carry``; dropped with
+   ``zero_output_for_mask``); then the driver's GEMM ``dz[i] @ U.T`` into ``through``. GRU
+   without reset_after needs two launches (``gru_before_reset`` after the GEMM ``cand @ U_h.T``
+   has given d(r * h)), as its forward does. (``persistent_backward``: this loop in one launch.)
 4. The weights' and inputs' gradients: GEMMs over all steps in the driver.
 
 Every thread reads and writes only its own (sample, unit) of the per-sample arrays, so no thread
@@ -31,11 +32,12 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM, gru, lstm, simple_rnn
+from ..cells import GRU, GRU_BEFORE, LAYOUTS, LSTM, gru, lstm
 from ..cells._jit import constant
 from ..cells.activations import activate
 from . import _runtime
 from . import activations as _cuda_activations  # noqa: F401  (the table's tanh/sigmoid on CUDA)
+from .backward_unit import reset_step, unit_step
 
 THREADS = 128  # most threads per block (one thread per (sample, unit) or (step, sample, unit))
 WARP = 32
@@ -105,8 +107,8 @@ def gru_before_candidate(z, rec_h, act):
 @cuda.jit
 def gru_before_reset(i, a, h_prev, valid, has_mask, d_rh, dz, direct, part, ract):
     """GRU without reset_after, step i once d(r * h) = cand @ U_h.T is known: dz of r, the old
-    h's share (added to ``direct``), and ``part``, the dz of z and r for the GEMM with their
-    recurrent kernel (zeros at a masked step)."""
+    h's share (added to ``direct``; ``backward_unit.reset_step``), and ``part``, the dz of z and r
+    for the GEMM with their recurrent kernel (zeros at a masked step)."""
     k = cuda.grid(1)
     B, H = direct.shape
     if k >= B * H:
@@ -116,11 +118,9 @@ def gru_before_reset(i, a, h_prev, valid, has_mask, d_rh, dz, direct, part, ract
         part[n, j] = constant(d_rh[n, j], 0.0)
         part[n, H + j] = constant(d_rh[n, j], 0.0)
         return
-    dzr, dh = gru.reset_backward(d_rh[n, j], a[i, n, H + j], h_prev[i, n, j], ract)
-    dz[i, n, H + j] = dzr
-    direct[n, j] += dh
+    direct[n, j] = reset_step(i, n, j, H, a, h_prev, d_rh[n, j], dz, direct[n, j], ract)
     part[n, j] = dz[i, n, j]
-    part[n, H + j] = dzr
+    part[n, H + j] = dz[i, n, H + j]
 
 
 def _build_gates(dtype, kind):
@@ -162,8 +162,8 @@ def _build_gates(dtype, kind):
 
 
 def _build_step(dtype, kind):
-    gates = LAYOUTS[kind].gates
     zero = dtype.type(0.0)
+    unit = unit_step(kind)
 
     def step_kernel(i, a, h_prev, c, rec, valid, has_mask, zero_out, gy, direct, through, gc,
                     carry, dz, dz_rec, cand, activations):
@@ -177,49 +177,17 @@ def _build_step(dtype, kind):
         if k >= B * H:
             return
         n, j = _split(k, B, H)
-        gh = direct[n, j] + through[n, j]
-        if has_mask and not valid[i, n]:
-            if not zero_out:
-                carry[n, j] += gy[i, n, j]
-            direct[n, j] = gh
-            for g in range(gates):
-                dz[i, n, g * H + j] = zero
-                if kind == GRU:
-                    dz_rec[i, n, g * H + j] = zero
-            if kind == GRU_BEFORE:
-                cand[n, j] = zero
-            return
         act, ract = activations
-        dh = gy[i, n, j] + carry[n, j] + gh
-        carry[n, j] = zero
+        ok = not has_mask or valid[i, n]
+        d, carried, dc, dpre = unit(i, n, j, H, ok, zero_out, a, h_prev, c, rec, gy,
+                                    direct[n, j] + through[n, j], carry[n, j],
+                                    gc[n, j] if kind == LSTM else zero, dz, dz_rec, act, ract)
+        direct[n, j] = d
+        carry[n, j] = carried
         if kind == LSTM:
-            dzi, dzf, dzc, dzo, dc = lstm.backward(
-                a[i, n, j], a[i, n, H + j], a[i, n, 2 * H + j], a[i, n, 3 * H + j], c[i, n, j],
-                activate(act, c[i + 1, n, j]), dh, gc[n, j], act, ract)
-            dz[i, n, j] = dzi
-            dz[i, n, H + j] = dzf
-            dz[i, n, 2 * H + j] = dzc
-            dz[i, n, 3 * H + j] = dzo
             gc[n, j] = dc
-            direct[n, j] = zero
-        elif kind == GRU or kind == GRU_BEFORE:
-            dzz, dpre, dd = gru.blend_backward(a[i, n, j], h_prev[i, n, j], a[i, n, 2 * H + j],
-                                               dh, act, ract)
-            dz[i, n, j] = dzz
-            dz[i, n, 2 * H + j] = dpre
-            direct[n, j] = dd
-            if kind == GRU:
-                dzr, drec = gru.candidate_backward(dpre, a[i, n, H + j], rec[i, n, 2 * H + j],
-                                                   ract)
-                dz[i, n, H + j] = dzr
-                dz_rec[i, n, j] = dzz
-                dz_rec[i, n, H + j] = dzr
-                dz_rec[i, n, 2 * H + j] = drec
-            else:
-                cand[n, j] = dpre
-        else:
-            dz[i, n, j] = simple_rnn.backward(a[i, n, j], dh, act)
-            direct[n, j] = zero
+        if kind == GRU_BEFORE:
+            cand[n, j] = dpre
 
     step_kernel.__name__ = step_kernel.__qualname__ = f"{LAYOUTS[kind].name}_backward_step"
     return cuda.jit(step_kernel)

@@ -1,8 +1,11 @@
-"""rnn_vjp on the cuda backend, under the CUDA simulator: the fused per-step backward
-(gpukb.kernels.cuda.backward, driven by gpukb.backends._cuda_vjp) gives the gradients of the cpu
-backend's fused vjp (the same algorithm, written independently: Numba CPU kernels), over cells x
+"""rnn_vjp on the cuda backend, under the CUDA simulator: the fused backward (driven by
+gpukb.backends._cuda_vjp), its reverse loop per step (gpukb.kernels.cuda.backward; cell_path
+"step") or in one launch (gpukb.kernels.cuda.persistent_backward; "auto" at these small batches,
+and multi-block grid-sync tilings through grid_sync.py), gives the gradients of the cpu backend's
+fused vjp (the same algorithm, written independently: Numba CPU kernels), over cells x
 activations x masks (random with the first step masked, left and right padded, an all-masked row,
-input_length) x flags, and logs the plan it runs.
+input_length) x flags, and logs the plan it runs. The persistent backward's dot products sum in
+another order than the GEMMs: float64 to a tolerance, not bitwise.
 
 Shapes are tiny: the simulator runs every GPU thread as a Python thread. On a GPU the same tests
 run on CuPy arrays (``asv_bench/results-gpu/run_checks.sh`` runs this file with ``--noconftest``,
@@ -11,11 +14,13 @@ since this folder's conftest collects it only under the simulator).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
 import gpukb
-from gpukb._plan import GENERIC, PER_STEP, recorded_plans
+from gpukb._plan import GENERIC, PER_STEP, PERSISTENT, Plan, recorded_plans
 
 from backend_settings import cell_path
 
@@ -97,19 +102,20 @@ def assert_grads_close(got, want, rtol, atol):
 
 
 # kind, activation, recurrent activation, mask ("mixed", "lengths" or None), flags, cell_path
+# ("auto": the persistent forward and backward at this batch; "step": both per step)
 CASES = [
     ("lstm", "tanh", "sigmoid", "mixed", {}, "auto"),
     ("lstm", "relu", "hard_sigmoid", "mixed", dict(go_backwards=True, zero_output_for_mask=True),
      "auto"),
     ("lstm", "tanh", "sigmoid", None, dict(time_major=True, return_all_outputs=False), "step"),
     ("gru", "tanh", "sigmoid", "mixed", dict(time_major=True, go_backwards=True), "auto"),
-    ("gru", "linear", "hard_sigmoid_keras3", "lengths", dict(return_all_outputs=False), "auto"),
+    ("gru", "linear", "hard_sigmoid_keras3", "lengths", dict(return_all_outputs=False), "step"),
     ("gru_before", "tanh", "sigmoid", "mixed", dict(zero_output_for_mask=True), "step"),
     ("gru_before", "hard_sigmoid", "sigmoid", "mixed",
      dict(go_backwards=True, return_all_outputs=False, time_major=True), "auto"),
     ("simple_rnn", "relu", "linear", "mixed", {}, "auto"),
     ("simple_rnn", "sigmoid", "linear", "lengths",
-     dict(go_backwards=True, zero_output_for_mask=True), "auto"),
+     dict(go_backwards=True, zero_output_for_mask=True), "step"),
 ]
 
 
@@ -137,10 +143,11 @@ def test_fused_cuda_vjp_equals_the_cpu_fused_vjp_float64(case):
         result, grads, plans = vjp_and_grads("cuda", cell, x, states, options, cotangents)
     want_result, want, cpu_plans = vjp_and_grads("cpu", cell, x, states, options, cotangents)
     assert [p.path for p in cpu_plans] == ["fused_cell"]   # the reference is the CPU fused vjp
-    assert len(plans) == 1 and plans[0].backend == "cuda" and plans[0].path == PER_STEP
-    forward = "per_step" if path == "step" else "persistent"
-    assert f"forward on the {forward} path" in plans[0].reason
-    assert "backward per step" in plans[0].reason
+    wanted = PER_STEP if path == "step" else PERSISTENT
+    assert len(plans) == 1 and plans[0].backend == "cuda" and plans[0].path == wanted
+    assert f"forward on the {wanted} path" in plans[0].reason
+    backward = "backward per step" if path == "step" else "backward persistent: one launch"
+    assert backward in plans[0].reason
     assert (plans[0].detail is None) == (path == "step")   # the forward's tiling
     for got, expected in zip([result[0], result[1], *result[2]],
                              [want_result[0], want_result[1], *want_result[2]]):
@@ -149,17 +156,19 @@ def test_fused_cuda_vjp_equals_the_cpu_fused_vjp_float64(case):
     assert ("bias" in grads.weights) == (case != 7)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru_before"])
-def test_float32_fused_cuda_vjp_is_close_to_float64(kind):
+@pytest.mark.parametrize("kind, path", [("lstm", "step"), ("gru_before", "auto")])
+def test_float32_fused_cuda_vjp_is_close_to_float64(kind, path):
     flags = dict(go_backwards=kind == "gru_before")
     cell, x, states, options = problem(kind, "tanh", "sigmoid", "mixed", flags, seed=7)
     cotangents = random_cotangents(8)
     want = vjp_and_grads("cpu", cell, x, states, options, cotangents)[1]
     cell32, x32, states32, _ = problem(kind, "tanh", "sigmoid", "mixed", flags, seed=7,
                                        dtype=np.float32)
-    _, grads, plans = vjp_and_grads("cuda", cell32, x32, states32, options,
-                                    random_cotangents(8))
-    assert plans[0].path == PER_STEP and "in float32" in plans[0].reason
+    with cell_path(path):
+        _, grads, plans = vjp_and_grads("cuda", cell32, x32, states32, options,
+                                        random_cotangents(8))
+    assert plans[0].path == (PER_STEP if path == "step" else PERSISTENT)
+    assert "in float32" in plans[0].reason
     assert grads.inputs.dtype == np.float32
     assert all(w.dtype == np.float32 for w in grads.weights.values())
     assert_grads_close(grads, want, rtol=2e-4, atol=2e-5)
@@ -222,7 +231,7 @@ def test_the_generic_cell_path_plans_the_generic_vjp_with_the_same_gradients():
     with cell_path("auto"):
         _, fused, plans = vjp_and_grads("cuda", cell, x, states, options, cotangents)
         hook = backend.fused_rnn_vjp(_prepared(cell, x, states))
-    assert [p.path for p in plans] == [PER_STEP]
+    assert [p.path for p in plans] == [PERSISTENT]
     assert hook is not NotImplemented and len(hook) == 2   # (result, backward)
     assert_grads_close(fused, generic, rtol=1e-11, atol=1e-12)
 
@@ -257,3 +266,47 @@ def test_calls_no_fused_kernel_takes_plan_the_generic_vjp_and_say_why():
                       backend="cuda")
     assert [p.path for p in plans] == [GENERIC]
     assert plans[0].reason.startswith("not fused: the step function is not a gpukb.cells cell")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru_before"])
+def test_multi_block_persistent_backward_with_grid_syncs_equals_the_cpu_fused_vjp(kind):
+    """Each sample's units split over blocks (a grid sync every reverse step; GRU without
+    reset_after: two), its rows over two batch tiles, dot products over two threads; in the
+    simulator every block runs at once (grid_sync.py), as on a GPU. A random mask, go_backwards."""
+    from gpukb.kernels.cuda import persistent
+
+    rng = np.random.default_rng(21)
+    cell, x, states, options = problem(kind, "tanh", "sigmoid", None, dict(go_backwards=True),
+                                       seed=22)
+    options["mask"] = rng.random((B, T)) < 0.6
+    cotangents = random_cotangents(23)
+    tiling = persistent.plan(B, H, cell.kernel_layout.kind, 8, unit_tile=1, batch_tile=2,
+                             ksplit=2, coop=True, max_blocks=64)
+    assert (tiling.unit_blocks, tiling.batch_blocks, tiling.ksplit, tiling.coop) == (H, 2, 2, True)
+    plan = Plan("cuda", PERSISTENT, "a multi-block tiling, forced", detail=tiling)
+    x_dev, states_dev = to_device(x), [to_device(s) for s in states]
+    call = _prepared(cell, x, states, **dict(options, mask=to_device(options["mask"])))
+    with _all_blocks_at_once() as launches:
+        result, pullback = CUDA.run_vjp_plan(plan, call, (x_dev, states_dev))
+        d_out, d_last, d_states = cotangents(result)
+        grads = pullback(to_device(d_out), to_device(d_last), [to_device(d) for d in d_states])
+    assert launches() == (2 if CUDA.simulated else None)   # the persistent forward, backward
+    want_result, want, _ = vjp_and_grads("cpu", cell, x, states, options, cotangents)
+    np.testing.assert_allclose(to_host(result[1]), want_result[1], rtol=1e-12, atol=1e-13)
+    grads = type(grads)(inputs=to_host(grads.inputs), initial_states=to_host(grads.initial_states),
+                        constants=grads.constants, weights=to_host(grads.weights))
+    assert_grads_close(grads, want, rtol=1e-11, atol=1e-12)
+
+
+@contextlib.contextmanager
+def _all_blocks_at_once():
+    """In the simulator, launches through grid_sync.py's runner (yields how many ran); on a GPU
+    nothing to do (yields a function returning None)."""
+    if not CUDA.simulated:
+        yield lambda: None
+        return
+    from test_sim_grid_sync import CooperativeLauncher, cooperative_launches
+
+    CooperativeLauncher.launches = 0
+    with cooperative_launches():
+        yield lambda: CooperativeLauncher.launches
