@@ -149,6 +149,20 @@ def _grid_barrier():
 
 
 @cuda.jit(device=True)
+def thread_place(KS, HS, u0, b0, B, H):
+    """This thread's place in a persistent block, forward or backward: ``(p, ks, bl, jl, n, j,
+    owner)``: its (row, unit) pair p and slice ks of the KS-way split dot, the pair's block row
+    bl and unit jl, the global row n and unit j, and whether it owns (n, j) (finishes its step)."""
+    p = cuda.threadIdx.x // KS
+    ks = cuda.threadIdx.x - p * KS
+    bl = p // HS
+    jl = p - bl * HS
+    n = b0 + bl
+    j = u0 + jl
+    return p, ks, bl, jl, n, j, ks == 0 and n < B and j < H
+
+
+@cuda.jit(device=True)
 def _load_weights(sm, U, u0, HS, size, zero):
     """The block's slice of U into shared memory, transposed (reads along k are consecutive):
     sm[col * H + k] = U[k, g * H + u0 + jl] for col = g * HS + jl; zeros past the last unit."""
@@ -224,13 +238,7 @@ def _build(dtype, kind, coop):
         sm = cuda.shared.array(0, dtype=nbtype)
         _load_weights(sm, U, u0, HS, rows_at, zero)
 
-        p = cuda.threadIdx.x // KS
-        ks = cuda.threadIdx.x - p * KS
-        bl = p // HS
-        jl = p - bl * HS
-        n = b0 + bl
-        j = u0 + jl
-        owner = ks == 0 and n < B and j < H
+        p, ks, bl, jl, n, j, owner = thread_place(KS, HS, u0, b0, B, H)
         row_at = rows_at + bl * H
         pbase = rows_at + BT * H + p * gates * KS
         act, ract = activations

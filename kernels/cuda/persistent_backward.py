@@ -50,7 +50,7 @@ from numba import cuda
 from ..cells import GRU, GRU_BEFORE, LSTM
 from . import _runtime
 from .backward_unit import reset_step, unit_step
-from .persistent import GATE_GROUPS, Plan, _block_barrier, _grid_barrier
+from .persistent import GATE_GROUPS, Plan, _block_barrier, _grid_barrier, thread_place
 
 
 def shared_elements(plan: Plan, units: int, kind: int) -> int:
@@ -127,13 +127,7 @@ def _build(dtype, kind, coop):
         sm = cuda.shared.array(0, dtype=nbtype)
         _load_unit_rows(sm, U, u0, HS, zero)   # read after the first dot's barrier
 
-        p = cuda.threadIdx.x // KS
-        ks = cuda.threadIdx.x - p * KS
-        bl = p // HS
-        jl = p - bl * HS
-        n = b0 + bl
-        j = u0 + jl
-        owner = ks == 0 and n < B and j < H
+        p, ks, bl, jl, n, j, owner = thread_place(KS, HS, u0, b0, B, H)
         pbase = rows_at + BT * H + p * KS
         act, ract = activations
         src = dz_rec if kind == GRU else dz
