@@ -105,6 +105,16 @@ def _row(a, tm, t, n):
 
 
 @cached_njit(error_model="numpy", inline="always")
+def _h_cotangent(gy, carry, gh, dh, u0, u1):
+    """dh[j] = the row's output, carried and recurrent h cotangents, units [u0, u1) of the
+    row arrays; the carried one is used up."""
+    for j in range(u0, u1):
+        dh[j] = gy[j] + carry[j] + gh[j]
+    for j in range(u0, u1):
+        carry[j] = 0
+
+
+@cached_njit(error_model="numpy", inline="always")
 def _lstm_row_backward(a, gy, carry, gh, gc, direct, c_old, dz, H, u0, u1, act, ract):
     """Units [u0, u1) of one LSTM row backwards: ``a`` holds the activated gates i, f, g, o,
     act(c') and (written here) the h cotangent; gy, carry, gh: the row's output, carried and
@@ -117,18 +127,13 @@ def _lstm_row_backward(a, gy, carry, gh, gc, direct, c_old, dz, H, u0, u1, act, 
     ag = a[2 * H + u0:2 * H + u1]
     ao = a[3 * H + u0:3 * H + u1]
     ac = a[4 * H + u0:4 * H + u1]
+    _h_cotangent(gy, carry, gh, a[5 * H:6 * H], u0, u1)
     dh = a[5 * H + u0:5 * H + u1]
-    yr = gy[u0:u1]
-    cr = carry[u0:u1]
-    hr = gh[u0:u1]
     gcr = gc[u0:u1]
     co = c_old[u0:u1]
     n = u1 - u0
-    for j in range(n):
-        dh[j] = yr[j] + cr[j] + hr[j]
-    for j in range(n):
-        cr[j] = 0
-        direct[u0 + j] = 0
+    for j in range(u0, u1):
+        direct[j] = 0
     for g in range(4):
         d = dz[g * H + u0:g * H + u1]
         for j in range(n):
@@ -150,10 +155,8 @@ def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1,
     az = a[u0:u1]
     ar = a[H + u0:H + u1]
     ah = a[2 * H + u0:2 * H + u1]
+    _h_cotangent(gy, carry, gh, a[3 * H:4 * H], u0, u1)
     dh = a[3 * H + u0:3 * H + u1]
-    yr = gy[u0:u1]
-    cr = carry[u0:u1]
-    hr = gh[u0:u1]
     hpr = hp[u0:u1]
     rec_h = zrow[5 * H + u0:5 * H + u1]
     dzz = dz[u0:u1]
@@ -161,10 +164,6 @@ def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1,
     dpre = dz[2 * H + u0:2 * H + u1]
     dd = direct[u0:u1]
     n = u1 - u0
-    for j in range(n):
-        dh[j] = yr[j] + cr[j] + hr[j]
-    for j in range(n):
-        cr[j] = 0
     for j in range(n):
         dzz[j] = gru_cell.blend_backward(az[j], hpr[j], ah[j], dh[j], act, ract)[0]
     for j in range(n):
