@@ -539,6 +539,23 @@ def test_sizes_across_tile_edges(dtype):
             _check(got, want, dtype, B, H, 3, True, ns)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pack_in_row_blocks_is_the_panels(dtype, monkeypatch):
+    """pack copies a few rows at a time (blocks of 8 here, with a ragged last block and a
+    zero-padded last panel); panel p row k must be u[k, c0 + p*NR : c0 + (p+1)*NR]."""
+    from gpukb.kernels.cpu import _gemm
+
+    monkeypatch.setattr(_gemm, "_PACK_BLOCK_BYTES", 1)   # the smallest block: 8 rows
+    u = np.random.default_rng(0).standard_normal((21, 75)).astype(dtype)
+    for c0, ncols, NR in ((0, 75, 16), (3, 64, 16), (5, 40, 32)):
+        P = _gemm.pack(u, c0, ncols, NR)
+        npan = -(-ncols // NR)
+        want = np.zeros((21, npan * NR), dtype)
+        want[:, :ncols] = u[:, c0:c0 + ncols]
+        assert P.shape == (npan, 21, NR)
+        np.testing.assert_array_equal(P, want.reshape(21, npan, NR).transpose(1, 0, 2))
+
+
 def test_masked_output_before_first_valid_step_is_zero_not_h0():
     B, T, D, H = 2, 3, 2, 3
     rng = np.random.default_rng(0)

@@ -47,6 +47,7 @@ _I32 = ir.IntType(32)
 I0 = np.int64(0)
 I2 = np.int64(2)
 _PANEL_BLOCK_BYTES = 256 * 1024
+_PACK_BLOCK_BYTES = 256 * 1024   # rows of u packed at a time (see pack)
 WIDE_MAX_ROWS = 3  # up to this many batch rows, use one-row tiles over wide panels
 
 
@@ -211,13 +212,19 @@ def pack(u, c0, ncols, NR):
     """Columns [c0, c0+ncols) of u (K, N) as zero-padded panels (ceil(ncols/NR), K, NR).
     NumPy, not a compiled function: a copy, so the same bits either way, and a process's first
     call has one compiled function less to load (with the np.zeros implementation it imports).
-    One strided copy into the panels (plus the padded last one): packing runs at every call,
-    and an LSTM's U at H = 1024 is 16 MiB."""
+    Packing runs at every call, and an LSTM's U at H = 1024 is 16 MiB: the full panels are
+    copied a block of about _PACK_BLOCK_BYTES of u's rows at a time, which stays in L2 while
+    it is scattered over the panels (one strided copy of the whole took twice as long at H =
+    512-1024: 11.8 against 5.9 ms for a 1024 x 4096 float32 U; plain copy 3.3)."""
     K = u.shape[0]
     npan = (ncols + NR - 1) // NR
     full = ncols // NR
     P = np.empty((npan, K, NR), u.dtype)
-    P[:full] = u[:, c0:c0 + full * NR].reshape(K, full, NR).transpose(1, 0, 2)
+    rows = max(8, _PACK_BLOCK_BYTES // max(1, u.shape[1] * u.itemsize))
+    for k0 in range(0, K, rows):
+        k1 = min(K, k0 + rows)
+        block = u[k0:k1, c0:c0 + full * NR].reshape(k1 - k0, full, NR)
+        P[:full, k0:k1] = block.transpose(1, 0, 2)
     if full < npan:
         P[full] = 0
         P[full, :, :ncols - full * NR] = u[:, c0 + full * NR:c0 + ncols]
