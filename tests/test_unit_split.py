@@ -80,13 +80,13 @@ def test_gru_with_reset_after_false_never_splits_units(monkeypatch):
 def test_unit_chunks_cost_rule(monkeypatch):
     monkeypatch.setattr(_common, "max_threads", lambda: 2)
     monkeypatch.setattr(_common, "L2_BYTES", 2 << 20)
-    u = 1 << 20   # a recurrent kernel of half of L2
+    u = (1 << 20) + 4   # a recurrent kernel just past half of L2
     big = 10 * _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
     least = _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
-    # a kernel that one core's caches hold: split only steps of _IN_CACHE_SPLIT_FACTOR times more
+    # a kernel that one core's L2 holds: split only steps of _IN_CACHE_SPLIT_FACTOR times more
     in_cache = least * _common._IN_CACHE_SPLIT_FACTOR
-    assert _common.unit_chunks(8, 256, in_cache / 2, 16, (512 << 10) - 4) is None
-    assert _common.unit_chunks(8, 256, in_cache / 2, 16, 512 << 10) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, in_cache / 2, 16, 1 << 20) is None
+    assert _common.unit_chunks(8, 256, in_cache / 2, 16, u) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, in_cache, 16, 0) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, big, 16, u) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, big, 64, u) == [(0, 128), (128, 256)]

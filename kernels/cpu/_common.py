@@ -72,11 +72,14 @@ _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per c
 # A unit split (unit_chunks) pays one meeting of the threads per step: split only steps of at
 # least this many flops (about 10 us on one core, against well under 1 us per meeting).
 _MIN_STEP_FLOPS_TO_SPLIT_UNITS = 5.0e5
-# ... when the recurrent kernel is at least a quarter of L2; a smaller one, which one core's caches
-# hold, only from this many times as many: on the 2-core development machine two threads of
-# arithmetic-bound steps ran at 1.1-1.5x one thread's rate, while halving the bytes each core
-# streams paid (LSTM, per step: B=1 H=256 28-32 vs 36-45 us; B=8 H=128 33-34 vs 22-28 us).
-_IN_CACHE_SPLIT_FACTOR = 8.0
+# ... when the recurrent kernel is more than half of L2 (each core then keeps its half in its own
+# L2 instead of streaming the whole); a kernel that one core's L2 holds, only from this many times
+# as many. On the 2-core development machine two threads of arithmetic-bound steps ran at 1.1-1.5x
+# one thread's rate, and with the host taking 15-20% of the vCPUs' time (steal) every meeting may
+# wait for a descheduled thread: two threads vs one, LSTM and GRU, B = 1-8, T = 20, interleaved
+# (fastest / median of 36 calls): H = 128-256 1.14-3.30x / 1.82-5.24x slower split; H = 512
+# 0.74-0.97x / 1.18-2.30x; H = 1024 0.54-0.78x / 0.87-1.23x.
+_IN_CACHE_SPLIT_FACTOR = 16.0
 _MAX_UNIT_THREADS = 8
 
 # One compiled call runs one block of time steps of one row chunk, sized to take about this long:
@@ -262,12 +265,12 @@ def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None):
     GEMM, the input projection and the gate updates), then the threads meet (_sync.meet, well
     under a microsecond). A step of ``step_flops`` flops is split when one thread's share still
     takes several meetings' time (_MIN_STEP_FLOPS_TO_SPLIT_UNITS; _IN_CACHE_SPLIT_FACTOR times
-    that when the recurrent kernel, ``weight_bytes``, is under a quarter of L2) and every share
+    that when the recurrent kernel, ``weight_bytes``, is at most half of L2) and every share
     lies on whole packed panels of ``panel_columns`` columns (the widest of the call's packings).
     """
     nt = min(max_threads() if threads is None else threads, _MAX_UNIT_THREADS)
     least = _MIN_STEP_FLOPS_TO_SPLIT_UNITS
-    if weight_bytes < L2_BYTES // 4:
+    if weight_bytes <= L2_BYTES // 2:
         least *= _IN_CACHE_SPLIT_FACTOR
     if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < least:
         return None
