@@ -556,6 +556,27 @@ def test_pack_in_row_blocks_is_the_panels(dtype, monkeypatch):
         np.testing.assert_array_equal(P, want.reshape(21, npan, NR).transpose(1, 0, 2))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_summed_products_match_float64(dtype):
+    """The backward's weight-gradient sums (A.T @ U over many rows): every tile height (M = 1..13
+    takes 8/6/4/2/1-row tiles), k-chunks with a ragged last one, a column range that starts past
+    0 and ends off the vector blocks, rows read with strides wider than the operands."""
+    from gpukb.kernels.cpu._gemm_sums import block_columns, summed_products
+
+    rng = np.random.default_rng(3)
+    NR = block_columns(dtype)
+    K, N = 300, 2 * NR + 5
+    for M in (1, 3, 6, 8, 13):
+        a = rng.standard_normal((K, M + 2)).astype(dtype)     # rows M + 2 apart
+        u = rng.standard_normal((K, N + 3)).astype(dtype)     # rows N + 3 apart
+        z = np.full((M, N), np.nan, dtype)
+        c0, c1 = NR, N
+        summed_products(z, a.reshape(-1), M + 2, u.reshape(-1), N + 3, K, c0, c1)
+        want = a[:, :M].astype(np.float64).T @ u[:, c0:c1].astype(np.float64)
+        np.testing.assert_allclose(z[:, c0:c1], want, rtol=0, atol=K * 4 * np.finfo(dtype).eps * 8)
+        assert np.isnan(z[:, :c0]).all()                      # other columns untouched
+
+
 def test_masked_output_before_first_valid_step_is_zero_not_h0():
     B, T, D, H = 2, 3, 2, 3
     rng = np.random.default_rng(0)

@@ -103,6 +103,22 @@ def _make_tile(MR):
     return tile
 
 
+@intrinsic
+def _copy(typingctx, dst, src, nbytes):
+    """memcpy(dst, src, nbytes) between addresses (llvm.memcpy: a few vector moves when nbytes
+    is a constant after inlining). Element by element, the packing loop below took about 2 ns
+    per element, 3.4 of the 4.8 ms of (3200, 64).T @ (3200, 512) on one thread."""
+    if not all(isinstance(t, types.Integer) for t in (dst, src, nbytes)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        cgutils.raw_memcpy(builder, builder.inttoptr(args[0], cgutils.voidptr_t),
+                           builder.inttoptr(args[1], cgutils.voidptr_t), args[2], 1)
+        return context.get_dummy_value()
+
+    return types.void(dst, src, nbytes), codegen
+
+
 _tile8 = _make_tile(8)   # with AVX-512's 32 registers (_gemm.BIG_TILES)
 _tile6 = _make_tile(6)
 _tile4 = _make_tile(4)
@@ -133,14 +149,13 @@ def summed_products(z, a, sk, u, su, K, c0, c1):
     # again; packed, it stays in L1 (same products in the same order: the same bits).
     panel = np.empty(_KC * NR, z.dtype)
     pa = panel.ctypes.data
+    u0 = u.ctypes.data
     for k0 in range(0, K, _KC):
         kc = min(_KC, K - k0)
         aa = a.ctypes.data + k0 * sk * es
         for c in range(c0, whole, NR):
             for k in range(kc):
-                src = (k0 + k) * su + c
-                for v in range(NR):
-                    panel[k * NR + v] = u[src + v]
+                _copy(pa + k * NR * es, u0 + ((k0 + k) * su + c) * es, NR * es)
             m = 0
             while m < M:
                 left = M - m
