@@ -54,6 +54,7 @@ from .activations import act_inplace, act_into
 from ._gemm import I0, ad, fused_rows, gate_columns, pack_transposed, panel_vectors, panel_width
 from ._gemm_sums import block_columns, summed_products
 from ._numba_cache import cached_njit
+from ._rows import copy_row, zero_row
 from ._sync import meet
 
 register()
@@ -108,10 +109,13 @@ def _row(a, tm, t, n):
 def _h_cotangent(gy, carry, gh, dh, u0, u1):
     """dh[j] = the row's output, carried and recurrent h cotangents, units [u0, u1) of the
     row arrays; the carried one is used up."""
-    for j in range(u0, u1):
-        dh[j] = gy[j] + carry[j] + gh[j]
-    for j in range(u0, u1):
-        carry[j] = 0
+    y = gy[u0:u1]   # slices indexed from 0: the loops vectorise (kernels/cpu/_rows.py)
+    cr = carry[u0:u1]
+    r = gh[u0:u1]
+    d = dh[u0:u1]
+    for j in range(u1 - u0):
+        d[j] = y[j] + cr[j] + r[j]
+    zero_row(cr)
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -132,8 +136,7 @@ def _lstm_row_backward(a, gy, carry, gh, gc, direct, c_old, dz, H, u0, u1, act, 
     gcr = gc[u0:u1]
     co = c_old[u0:u1]
     n = u1 - u0
-    for j in range(u0, u1):
-        direct[j] = 0
+    zero_row(direct[u0:u1])
     for g in range(4):
         d = dz[g * H + u0:g * H + u1]
         for j in range(n):
@@ -182,6 +185,67 @@ def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1,
         rr[j] = dzr[j]
 
 
+@cached_njit(error_model="numpy", inline="always")
+def _masked_row_backward(gy, carry, gh, direct, u0, u1, zero_out):
+    """Units [u0, u1) of a row at a masked step: its state's cotangent passes through (direct),
+    its output's is carried to the previous step unless masked outputs are zeros."""
+    copy_row(direct[u0:u1], gh[u0:u1])
+    if zero_out:
+        return
+    y = gy[u0:u1]
+    cr = carry[u0:u1]
+    for j in range(u1 - u0):
+        cr[j] += y[j]
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _gru_activated_gates(a, zrow, H, u0, u1, act, ract):
+    """Units [u0, u1) of a GRU (reset_after) row's activated z, r and candidate into ``a``, from
+    its kept pre-activations (input part, then recurrent part)."""
+    az = a[u0:u1]
+    ar = a[H + u0:H + u1]
+    ah = a[2 * H + u0:2 * H + u1]
+    xz = zrow[u0:u1]
+    xr = zrow[H + u0:H + u1]
+    xh = zrow[2 * H + u0:2 * H + u1]
+    hz = zrow[3 * H + u0:3 * H + u1]
+    hr = zrow[4 * H + u0:4 * H + u1]
+    hh = zrow[5 * H + u0:5 * H + u1]
+    for j in range(u1 - u0):
+        az[j] = xz[j] + hz[j]
+    for j in range(u1 - u0):
+        ar[j] = xr[j] + hr[j]
+    act_inplace(ract, az)
+    act_inplace(ract, ar)
+    for j in range(u1 - u0):
+        ah[j] = gru_cell.candidate_input(xh[j], ar[j], hh[j])
+    act_inplace(act, ah)
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _gru_before_row_backward(a, hp, dh, rh, dz, direct, H, act, ract):
+    """A GRU (reset_after=False) row backwards, every unit (this cell does not split units):
+    rh = r * h (the input of U_h's gradient), the z and candidate cotangents, and the h
+    cotangent that bypasses U."""
+    for j in range(H):
+        rh[j] = gru_cell.reset(a[H + j], hp[j])
+        dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh[j], act, ract)
+        dz[j] = dzz
+        dz[2 * H + j] = dpre
+        direct[j] = dd
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _simple_rnn_row_backward(y, dh, dz, direct, u0, u1, act):
+    """Units [u0, u1) of a SimpleRNN row backwards, from its output y (= h')."""
+    yr = y[u0:u1]
+    d = dh[u0:u1]
+    dzr = dz[u0:u1]
+    for j in range(u1 - u0):
+        dzr[j] = rnn_cell.backward(yr[j], d[j], act)
+    zero_row(direct[u0:u1])
+
+
 def _make_reverse_loop(kind):
     """The reverse loop of cell kind ``kind`` over rows [n0, n1), units [u0, u1) and reverse
     steps [s_begin, s_end) (processing step i = T - 1 - s); see the module docstring, step 2.
@@ -207,17 +271,15 @@ def _make_reverse_loop(kind):
             for n in range(n0, n1):
                 dzn = _row(dz, tm, t, n)
                 if has_mask and not valid[i, n]:
-                    for j in range(u0, u1):
-                        if not zero_out:
-                            carry[n, j] += gy[i, n, j]
-                        direct[n, j] = gh[n, j]
-                        for g in range(G // H):
-                            dzn[g * H + j] = 0
-                        if kind == GRU:
-                            for g in range(3):
-                                _row(dz_rec, tm, t, n)[g * H + j] = 0
-                        if kind == GRU_BEFORE:
-                            _row(rh, tm, t, n)[j] = 0
+                    _masked_row_backward(gy[i, n], carry[n], gh[n], direct[n], u0, u1,
+                                         zero_out)
+                    for g in range(G // H):
+                        zero_row(dzn[g * H + u0:g * H + u1])
+                    if kind == GRU:
+                        for g in range(3):
+                            zero_row(_row(dz_rec, tm, t, n)[g * H + u0:g * H + u1])
+                    if kind == GRU_BEFORE:
+                        zero_row(_row(rh, tm, t, n)[u0:u1])
                     continue
                 zrow = kz[i, n]
                 hp = _row(h_prev, tm, t, n)
@@ -228,15 +290,7 @@ def _make_reverse_loop(kind):
                                  zrow[g * H + u0:g * H + u1])
                     act_into(act, a[4 * H + u0:4 * H + u1], kc[i, n, u0:u1])   # act(c')
                 elif kind == GRU:
-                    for j in range(u0, u1):
-                        a[j] = zrow[j] + zrow[3 * H + j]
-                        a[H + j] = zrow[H + j] + zrow[4 * H + j]
-                    act_inplace(ract, a[u0:u1])
-                    act_inplace(ract, a[H + u0:H + u1])
-                    for j in range(u0, u1):
-                        a[2 * H + j] = gru_cell.candidate_input(zrow[2 * H + j], a[H + j],
-                                                                zrow[5 * H + j])
-                    act_inplace(act, a[2 * H + u0:2 * H + u1])
+                    _gru_activated_gates(a, zrow, H, u0, u1, act, ract)
                 elif kind == GRU_BEFORE:
                     for g in range(3):
                         act_into(act if g == 2 else ract, a[g * H:(g + 1) * H],
@@ -250,20 +304,13 @@ def _make_reverse_loop(kind):
                     _gru_row_backward(a, gy[i, n], carry[n], gh[n], hp, zrow, dzn,
                                       _row(dz_rec, tm, t, n), direct[n], H, u0, u1, act, ract)
                     continue
-                for j in range(u0, u1):
-                    dh = gy[i, n, j] + carry[n, j] + gh[n, j]
-                    carry[n, j] = 0
-                    if kind == GRU_BEFORE:
-                        _row(rh, tm, t, n)[j] = gru_cell.reset(a[H + j], hp[j])
-                        dzz, dpre, dd = gru_cell.blend_backward(a[j], hp[j], a[2 * H + j], dh,
-                                                                act, ract)
-                        dzn[j] = dzz
-                        dzn[2 * H + j] = dpre
-                        direct[n, j] = dd
-                    else:
-                        y = ys[i, n, j] if tm else ys[n, i, j]
-                        dzn[j] = rnn_cell.backward(y, dh, act)
-                        direct[n, j] = 0
+                dh = acts[n, 5 * H:6 * H]   # the row's h cotangent
+                _h_cotangent(gy[i, n], carry[n], gh[n], dh, u0, u1)
+                if kind == GRU_BEFORE:
+                    _gru_before_row_backward(a, hp, dh, _row(rh, tm, t, n), dzn, direct[n], H,
+                                             act, ract)
+                else:
+                    _simple_rnn_row_backward(_row(ys, tm, i, n), dh, dzn, direct[n], u0, u1, act)
             if not meet(sync, threads, s + 1):   # every unit of dz[i] is known
                 return
             row = ad(dz) + ((t * dz.shape[1] * G) if tm else (t * G)) * es   # dz row (t, 0)

@@ -36,6 +36,7 @@ from . import gru, lstm, simple_rnn
 from ._gemm import (I0, VECTOR_BYTES, ad, fused_rows, pack, panel_vectors, panel_width,
                     project_block, step_columns)
 from ._numba_cache import cached_njit
+from ._rows import copy_row
 from ._sync import meet
 
 
@@ -43,9 +44,12 @@ from ._sync import meet
 def _masked_row(out, h_old, h, u0, u1, zero_out, seen):
     """Units [u0, u1) of a sample at a masked step: its state is held, its output is the
     masking rule's."""
-    for j in range(u0, u1):
-        h[j] = masking.state_at(False, h[j], h_old[j])
-        out[j] = masking.masked_output(masking.cell_previous_output(h_old[j], seen), zero_out)
+    hs = h[u0:u1]   # slices indexed from 0: the loops vectorise (kernels/cpu/_rows.py)
+    ho = h_old[u0:u1]
+    o = out[u0:u1]
+    for j in range(u1 - u0):
+        hs[j] = masking.state_at(False, hs[j], ho[j])
+        o[j] = masking.masked_output(masking.cell_previous_output(ho[j], seen), zero_out)
 
 
 def _make_time_loop(kind, keeps=False):
@@ -125,7 +129,7 @@ def _make_time_loop(kind, keeps=False):
                         simple_rnn.update_row(z[n], h[n], orow, u0, u1, act)
                 if keeps and kind == LSTM:   # the cell state after the step (held when masked)
                     for n in range(n0, n1):
-                        kc[s, n, u0:u1] = c[n, u0:u1]
+                        copy_row(kc[s, n, u0:u1], c[n, u0:u1])
                 if not meet(sync, threads, s + 1):   # every unit of h is new before step s + 1
                     return
 
@@ -137,8 +141,7 @@ def _keep(dst, src, gates, H, u0, u1):
     """Units [u0, u1) of the first ``gates`` gates of a row (``src``, H columns per gate) copied
     into ``dst``: pre-activations kept for the backward."""
     for g in range(gates):
-        for j in range(u0, u1):
-            dst[g * H + j] = src[g * H + j]
+        copy_row(dst[g * H + u0:g * H + u1], src[g * H + u0:g * H + u1])
 
 
 _loops: dict = {}

@@ -12,13 +12,8 @@ reset_after=False runs in two halves around the candidate's product (``reset_row
 from ..cells import gru as cell
 from ..cells.activations import SIGMOID, TANH
 from ._numba_cache import cached_njit
+from ._rows import copy_row
 from .activations import act_inplace
-
-
-@cached_njit(error_model="numpy", inline="always")
-def _copy(dst, src):
-    for j in range(dst.shape[0]):
-        dst[j] = src[j]
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -27,7 +22,7 @@ def _blend_row(z, candidate, h_old, h, out):
     # writes two needs more runtime alias checks than LLVM allows, and would not vectorise.
     for j in range(h.shape[0]):
         out[j] = cell.blend(z[j], h_old[j], candidate[j])
-    _copy(h, out)
+    copy_row(h, out)
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -36,46 +31,41 @@ def update_row(x, rec, h_old, h, out, H, u0, u1, act, ract):
     used as scratch); rec: its recurrent bias + h @ recurrent_kernel (3H); h_old: its state;
     h: its new state (written); out: its output row."""
     n = u1 - u0
-    if act == TANH and ract == SIGMOID and h_old.ctypes.data == h.ctypes.data:
-        # One thread updates h in place: over slices, reading and writing h, the loop
-        # vectorises (LLVM's alias checks fail with h_old and h as two arrays).
-        xz = x[u0:u1]
-        xr = x[H + u0:H + u1]
-        xh = x[2 * H + u0:2 * H + u1]
-        hz = rec[u0:u1]
-        hr = rec[H + u0:H + u1]
-        hh = rec[2 * H + u0:2 * H + u1]
-        hs = h[u0:u1]
-        o = out[u0:u1]
+    xz = x[u0:u1]   # slices indexed from 0: the loops vectorise (kernels/cpu/_rows.py)
+    xr = x[H + u0:H + u1]
+    xh = x[2 * H + u0:2 * H + u1]
+    hz = rec[u0:u1]
+    hr = rec[H + u0:H + u1]
+    hh = rec[2 * H + u0:2 * H + u1]
+    o = out[u0:u1]
+    if act == TANH and ract == SIGMOID:
         # cell.update in two passes (the candidate's pre-activation into xh, then h'): each
         # pass's chain is one activation deep, so the core overlaps more units (see lstm.py).
         for j in range(n):
             xh[j] = cell.reset_candidate_input(xr[j] + hr[j], xh[j], hh[j], SIGMOID)
+        hs = h[u0:u1]
+        if h_old.ctypes.data == h.ctypes.data:
+            # One thread updates h in place: reading and writing one array, the loop
+            # vectorises (LLVM's alias checks fail with h_old and h as two arrays).
+            for j in range(n):
+                v = cell.blend_candidate(xz[j] + hz[j], hs[j], xh[j], TANH, SIGMOID)
+                hs[j] = v
+                o[j] = v
+            return
+        ho = h_old[u0:u1]   # writes out only, then h (see _blend_row)
         for j in range(n):
-            v = cell.blend_candidate(xz[j] + hz[j], hs[j], xh[j], TANH, SIGMOID)
-            hs[j] = v
-            o[j] = v
+            o[j] = cell.blend_candidate(xz[j] + hz[j], ho[j], xh[j], TANH, SIGMOID)
+        copy_row(hs, o)
         return
-    if act == TANH and ract == SIGMOID:   # writes out only, then h (see _blend_row)
-        for j in range(u0, u1):
-            x[2 * H + j] = cell.reset_candidate_input(x[H + j] + rec[H + j], x[2 * H + j],
-                                                      rec[2 * H + j], SIGMOID)
-        for j in range(u0, u1):
-            out[j] = cell.blend_candidate(x[j] + rec[j], h_old[j], x[2 * H + j], TANH, SIGMOID)
-        _copy(h[u0:u1], out[u0:u1])
-        return
-    xz = x[u0:u1]
-    xr = x[H + u0:H + u1]
-    x_h = x[2 * H + u0:2 * H + u1]
     for j in range(n):
-        xz[j] += rec[u0 + j]
-        xr[j] += rec[H + u0 + j]
+        xz[j] += hz[j]
+        xr[j] += hr[j]
     act_inplace(ract, xz)                    # z
     act_inplace(ract, xr)                    # r
     for j in range(n):
-        x_h[j] = cell.candidate_input(x_h[j], xr[j], rec[2 * H + u0 + j])
-    act_inplace(act, x_h)                    # the candidate
-    _blend_row(xz, x_h, h_old[u0:u1], h[u0:u1], out[u0:u1])
+        xh[j] = cell.candidate_input(xh[j], xr[j], hh[j])
+    act_inplace(act, xh)                     # the candidate
+    _blend_row(xz, xh, h_old[u0:u1], h[u0:u1], o)
 
 
 @cached_njit(error_model="numpy", inline="always")
