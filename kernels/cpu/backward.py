@@ -81,6 +81,12 @@ def kept_buffers(kind, T, B, H, dtype):
     return kz, kc
 
 
+@cached_njit(error_model="numpy", inline="always")
+def _row(a, tm, t, n):
+    """Row (t, n) of a (T, B, ...) array when ``tm``, else of a (B, T, ...) one."""
+    return a[t, n] if tm else a[n, t]
+
+
 @cached_njit(**C.KERNEL_OPTIONS, nogil=True)
 def _states_before(outputs, tm, back, valid, has_mask, h0, h_prev):
     """h_prev: each sample's h before each step, in x's layout ((T, B, H) when ``tm``, else
@@ -91,18 +97,9 @@ def _states_before(outputs, tm, back, valid, has_mask, h0, h_prev):
         src = h0[n]
         for i in range(T):
             t = T - 1 - i if back else i
-            if tm:
-                h_prev[t, n, :] = src
-            else:
-                h_prev[n, t, :] = src
+            copy_row(_row(h_prev, tm, t, n), src)
             if not has_mask or valid[i, n]:
                 src = outputs[i, n] if tm else outputs[n, i]
-
-
-@cached_njit(error_model="numpy", inline="always")
-def _row(a, tm, t, n):
-    """Row (t, n) of a (T, B, ...) array when ``tm``, else of a (B, T, ...) one."""
-    return a[t, n] if tm else a[n, t]
 
 
 @cached_njit(error_model="numpy", inline="always")
