@@ -156,8 +156,11 @@ def _commit_state(n, cur, nxt, mask, t, has_mask):
     K = cf.size // B if B > 0 else 0
     for b in range(B):
         valid = mask[t, b]
-        for j in range(b * K, (b + 1) * K):
-            xf[j] = masking.state_at(valid, nf[j], cf[j])
+        n_row = nf[b * K:(b + 1) * K]   # slices indexed from 0 vectorise (kernels/cpu/_rows.py)
+        c_row = cf[b * K:(b + 1) * K]
+        x_row = xf[b * K:(b + 1) * K]
+        for j in range(K):
+            x_row[j] = masking.state_at(valid, n_row[j], c_row[j])
 
 
 @cached_njit()
@@ -170,18 +173,19 @@ def _commit_output(o, prev, out, mask, t, flags, slot, write):
         zero_out = flags.zero_output_for_mask
         for b in range(B):
             valid = mask[t, b]
-            for j in range(b * K, (b + 1) * K):
-                prev[j] = masking.output_at(valid, of[j], prev[j], zero_out)
+            o_row = of[b * K:(b + 1) * K]
+            p_row = prev[b * K:(b + 1) * K]
+            for j in range(K):
+                p_row[j] = masking.output_at(valid, o_row[j], p_row[j], zero_out)
         src = prev
     else:
         src = of
     if write:
         for b in range(B):
+            s_row = src[b * K:(b + 1) * K]
+            o_row = out[slot, b] if flags.time_major else out[b, slot]
             for k in range(K):
-                if flags.time_major:
-                    out[slot, b, k] = src[b * K + k]
-                else:
-                    out[b, slot, k] = src[b * K + k]
+                o_row[k] = s_row[k]
 
 
 @cached_njit()

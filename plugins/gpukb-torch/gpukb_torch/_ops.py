@@ -7,9 +7,11 @@
 - ``gpukb_torch::rnn_backward``: its gradients through ``gpukb.rnn_pullback`` on those residuals,
   so a forward and backward runs the forward once.
 
-``keep_residuals``: the module passes False when no gradient can be asked for (``torch.no_grad``,
-or nothing requires one); the forward then runs ``gpukb.rnn``, which keeps nothing, and returns
-no residuals.
+``keep_residuals=False``: the forward runs ``gpukb.rnn``, which keeps nothing, and returns no
+residuals. The module passes it when no gradient can be asked for (``torch.no_grad``, or nothing
+requires one), and with ``recompute=True`` to save memory: a backward then gets
+``recompute=True`` and runs the forward again, ``gpukb.rnn_vjp``'s, whose pullback it calls at
+once (the same gradients, bitwise, on the CPU), so autograd keeps only the op's arguments.
 
 Both are opaque to ``torch.compile`` (``register_fake`` gives the shapes, the residuals' from
 ``gpukb.rnn_residual_specs``) and the first has the second as its autograd formula.
@@ -121,10 +123,15 @@ def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, ke
 @torch.library.custom_op("gpukb_torch::rnn_backward", mutates_args=())
 def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
                  mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, residuals: list[Tensor],
-                 d_output: Tensor, d_h_n: Tensor, d_c_n: Tensor) -> list[Tensor]:
+                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, recompute: bool,
+                 residuals: list[Tensor], d_output: Tensor, d_h_n: Tensor, d_c_n: Tensor
+                 ) -> list[Tensor]:
     """Gradients ``[d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh]``; the ones of absent
-    arguments (a GRU's c0, no bias) are empty tensors. ``residuals``: ``rnn_forward``'s."""
+    arguments (a GRU's c0, no bias) are empty tensors. ``residuals``: ``rnn_forward``'s, or with
+    ``recompute`` none (a forward run with ``keep_residuals=False``): the forward runs again."""
+    if recompute and residuals:
+        raise ValueError(f"gpukb_torch::rnn_backward: recompute=True takes no residuals, got "
+                         f"{len(residuals)}.")
     args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
                                   time_major)
     d_output = d_output.contiguous()
@@ -132,8 +139,11 @@ def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     if mode == "lstm":
         d_states.append(_arrays.as_array(d_c_n.contiguous()))
     with _arrays.on_device_of(input):
-        pullback = gpukb.rnn_pullback(tuple(_arrays.as_array(r) for r in residuals), *args,
-                                      **kwargs)
+        if recompute:   # the forward that keeps what the backward needs, freed on return
+            _, pullback = gpukb.rnn_vjp(*args, **kwargs)
+        else:
+            pullback = gpukb.rnn_pullback(tuple(_arrays.as_array(r) for r in residuals), *args,
+                                          **kwargs)
         d_out = _arrays.as_array(d_output)
         grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
                          d_new_states=d_states)
@@ -166,21 +176,21 @@ def _unaliased(results: list[Tensor], arguments: list[Optional[Tensor]]) -> list
 
 
 @rnn_backward.register_fake
-def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, residuals,
-      d_output, d_h_n, d_c_n):
+def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, recompute,
+      residuals, d_output, d_h_n, d_c_n):
     like = [input, h0, c0, w_ih, w_hh, b_ih, b_hh]
     return [input.new_empty(0) if t is None else torch.empty_like(t) for t in like]
 
 
 def _setup_context(ctx, inputs, output):
-    mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, _ = inputs
+    mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, keep = inputs
     residuals = output[3]
     ctx.save_for_backward(input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals)
-    ctx.flags = (mode, reverse, time_major)
+    ctx.flags = (mode, reverse, time_major, not keep)
 
 
 def _backward(ctx, d_output, d_h_n, d_c_n, d_residuals):
-    mode, reverse, time_major = ctx.flags
+    mode, reverse, time_major, recompute = ctx.flags
     input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals = ctx.saved_tensors
     # An output that took no part in the loss may come as None: its cotangent is zeros.
     d_output = torch.zeros((*input.shape[:2], w_hh.shape[1]), dtype=input.dtype,
@@ -189,7 +199,7 @@ def _backward(ctx, d_output, d_h_n, d_c_n, d_residuals):
     if d_c_n is None or mode != "lstm":
         d_c_n = torch.zeros_like(h0) if mode == "lstm" else h0.new_empty(0)
     grads = rnn_backward(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major,
-                         residuals, d_output, d_h_n, d_c_n)
+                         recompute, residuals, d_output, d_h_n, d_c_n)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = grads
     return (None, d_input, d_h0, None if c0 is None else d_c0, None, d_w_ih, d_w_hh,
             None if b_ih is None else d_b_ih, None if b_hh is None else d_b_hh, None, None, None)

@@ -5,7 +5,9 @@ Same constructor, parameter names, shapes and initialisation as torch's modules 
 ``forward`` results (tensors or a ``PackedSequence``), plus gpukb's extension: ``mask=``, a
 ``(B, T)`` boolean tensor of any pattern (True = a valid step; a masked step holds the state and
 outputs zeros). Each direction of each layer is one call of the ``gpukb_torch::rnn_forward``
-custom operator (``_ops``), differentiable through ``gpukb.rnn_vjp``'s residuals.
+custom operator (``_ops``), differentiable through ``gpukb.rnn_vjp``'s residuals, or with
+``recompute=True`` (a constructor keyword and attribute) through a forward run again in the
+backward, so that autograd keeps no residuals.
 
 They subclass ``torch.nn.Module``, not ``torch.nn.RNNBase``: TorchDynamo graph-breaks on every
 RNNBase, and ``torch.compile`` should see these modules' ops.
@@ -31,7 +33,7 @@ class _RNNBase(torch.nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device: Any = None, dtype: Any = None) -> None:
+                 device: Any = None, dtype: Any = None, *, recompute: bool = False) -> None:
         super().__init__()
         name = type(self).__name__
         for arg, value in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -59,6 +61,7 @@ class _RNNBase(torch.nn.Module):
         self.batch_first = batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
+        self.recompute = recompute  # checked by the property's setter
         factory = {"device": device, "dtype": dtype}
         gate_size = GATES[self._mode] * hidden_size
         # torch's names and registration order: the state_dict's keys and, through
@@ -75,6 +78,19 @@ class _RNNBase(torch.nn.Module):
                     setattr(self, f"{param}_l{layer}{suffix}",
                             torch.nn.Parameter(torch.empty(shape, **factory)))
         self.reset_parameters()
+
+    @property
+    def recompute(self) -> bool:
+        """True: a forward under autograd keeps no residuals, and the backward runs the forward
+        again to get them (less memory, one more forward per backward; the same gradients)."""
+        return self._recompute
+
+    @recompute.setter
+    def recompute(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"{type(self).__name__}: recompute must be a bool, got "
+                            f"{type(value).__name__}.")
+        self._recompute = value
 
     @property
     def _directions(self) -> int:
@@ -97,7 +113,7 @@ class _RNNBase(torch.nn.Module):
     def extra_repr(self) -> str:
         text = f"{self.input_size}, {self.hidden_size}"
         for arg, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                             ("dropout", 0.0), ("bidirectional", False)):
+                             ("dropout", 0.0), ("bidirectional", False), ("recompute", False)):
             if getattr(self, arg) != default:
                 text += f", {arg}={getattr(self, arg)}"
         return text
@@ -154,8 +170,9 @@ class _RNNBase(torch.nn.Module):
                 time_major: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         h_n, c_n = [], []
         # The forward keeps what the backward needs only when a gradient can be asked for (under
-        # torch.no_grad, or with nothing that requires one, it runs gpukb.rnn, which keeps nothing).
-        keep = torch.is_grad_enabled() and (
+        # torch.no_grad, or with nothing that requires one, it runs gpukb.rnn, which keeps nothing)
+        # and recompute is off (then the backward runs the forward again).
+        keep = not self.recompute and torch.is_grad_enabled() and (
             any(p.requires_grad for p in self.parameters())
             or any(t is not None and t.requires_grad for t in (x, h0, c0)))
         for layer in range(self.num_layers):
@@ -266,14 +283,15 @@ class LSTM(_RNNBase):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device: Any = None, dtype: Any = None) -> None:
+                 proj_size: int = 0, device: Any = None, dtype: Any = None, *,
+                 recompute: bool = False) -> None:
         if proj_size != 0:
             raise NotImplementedError(
                 f"LSTM: proj_size={proj_size} is not supported: gpukb's LSTM cell has no "
                 "projection (use proj_size=0, or torch.nn.LSTM)."
             )
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, device, dtype)
+                         bidirectional, device, dtype, recompute=recompute)
 
     @property
     def proj_size(self) -> int:

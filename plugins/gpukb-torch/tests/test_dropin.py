@@ -13,7 +13,7 @@ gpukb_torch = pytest.importorskip("gpukb_torch", reason="gpukb-torch is not inst
 
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from gpukb_torch._ops import rnn_forward  # noqa: E402
+from gpukb_torch._ops import rnn_backward, rnn_forward  # noqa: E402
 
 F64 = torch.float64
 PAIRS = {"lstm": (gpukb_torch.LSTM, torch.nn.LSTM), "gru": (gpukb_torch.GRU, torch.nn.GRU)}
@@ -349,6 +349,101 @@ def test_backward_does_not_run_the_forward_again(mode, monkeypatch):
     assert len(runs) == 1
     (grad_e,) = torch.autograd.grad(theirs(x)[0].sum(), x)
     torch.testing.assert_close(grad, grad_e)
+
+
+# ---------------------------------------------------------------------------------------------
+# recompute=True: no residuals kept, the forward runs again in the backward
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("kwargs", [{"batch_first": True},
+                                    {"num_layers": 2, "bidirectional": True}],
+                         ids=["plain", "2-layers-bidirectional"])
+def test_recompute_gives_the_same_results_and_gradients_bitwise(mode, kwargs, monkeypatch):
+    """float32, hx given, a mask with holes; and the backward runs the forward again (one more
+    kernel run per direction and layer)."""
+    from gpukb.kernels import cpu as kernels
+
+    runs = []
+    run_cell = kernels.run_cell
+    monkeypatch.setattr(kernels, "run_cell",
+                        lambda *a, **k: runs.append(1) or run_cell(*a, **k))
+    module, _ = _pair(mode, 3, 4, dtype=torch.float32, **kwargs)
+    calls = module.num_layers * module._directions
+    B, T = 3, 6
+    gen = torch.Generator().manual_seed(5)
+    mask = torch.rand((B, T), generator=gen) < 0.7
+    x = torch.randn((B, T, 3) if module.batch_first else (T, B, 3), generator=gen,
+                    requires_grad=True)
+    hx = _hx(mode, (calls, B, 4), dtype=torch.float32)
+    leaves = [x, *(hx if mode == "lstm" else [hx])]
+    results = {}
+    for recompute in (False, True):
+        module.recompute = recompute
+        runs.clear()
+        result = module(x, hx, mask=mask)
+        assert len(runs) == calls
+        grads = _grads(module, result, leaves)
+        assert len(runs) == calls * (2 if recompute else 1)
+        results[recompute] = _flat(result) + list(grads)
+    for i, (a, b) in enumerate(zip(results[False], results[True])):
+        assert torch.equal(a, b), f"item {i} differs"
+
+
+def _saved_elements(mode, recompute):
+    """Items of the tensors autograd saves for one forward, outside the arguments' memory."""
+    module = PAIRS[mode][0](3, 4, batch_first=True, dtype=F64, recompute=recompute)
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    hx = _hx(mode, (1, 2, 4))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    arguments = [x, *(hx if mode == "lstm" else [hx]), mask, *module.parameters()]
+    known = {t.untyped_storage().data_ptr() for t in arguments}
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        output, _ = module(x, hx, mask=mask)
+    return output, sum(t.numel() for t in saved if t.untyped_storage().data_ptr() not in known)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_recompute_keeps_no_residuals(mode):
+    output, extra = _saved_elements(mode, recompute=False)
+    # cpu's fused vjp keeps (outputs, 4 pre-activations, cell) = 6H, GRU 7H, per sample and step
+    assert extra == (6 if mode == "lstm" else 7) * 4 * 2 * 5
+    output, extra = _saved_elements(mode, recompute=True)
+    assert extra == 0  # only the op's arguments (their memory: no copies either)
+    assert output.grad_fn is not None
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_opcheck_recompute(mode):
+    """The forward without residuals, under autograd (opcheck's aot_dispatch runs its backward,
+    which recomputes), and the recomputing backward op itself."""
+    args = _op_args(mode, reverse=True, time_major=False)[:-1] + (False,)
+    torch.library.opcheck(rnn_forward, args)
+    output, h_n, c_n, kept = rnn_forward(*args)
+    assert kept == []
+    grads_in = [torch.randn_like(output), torch.randn_like(h_n), torch.randn_like(c_n)]
+    detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args[:-1]]
+    torch.library.opcheck(rnn_backward, (*detached, True, [], *grads_in))
+
+
+def test_recompute_keyword_repr_state_dict_and_errors():
+    lstm = gpukb_torch.LSTM(3, 4, recompute=True)
+    assert lstm.recompute is True and "recompute=True" in repr(lstm)
+    gru = gpukb_torch.GRU(3, 4)
+    assert gru.recompute is False and "recompute" not in repr(gru)
+    reference = torch.nn.LSTM(3, 4)
+    assert list(lstm.state_dict()) == list(reference.state_dict())
+    lstm.load_state_dict(reference.state_dict())
+    reference.load_state_dict(lstm.state_dict())
+    with pytest.raises(TypeError, match="LSTM: recompute must be a bool, got int"):
+        gpukb_torch.LSTM(3, 4, recompute=1)
+    with pytest.raises(TypeError, match="GRU: recompute must be a bool, got str"):
+        gru.recompute = "yes"
+    assert gru.recompute is False
+    with pytest.raises(ValueError, match="recompute=True takes no residuals"):
+        args = _op_args("gru", False, False, requires_grad=False)[:-1]
+        rnn_backward(*args, True, [torch.zeros(1)], *[torch.zeros(1)] * 3)
 
 
 def test_results_do_not_alias_the_arguments():
