@@ -101,3 +101,45 @@ def test_other_calls_take_the_generic_path(plans, case):
     why = {"float16": "float16", "nested_inputs": "nested", "rank4": "rank 4",
            "nested_states": "flat list", "python_step": "neither a gpukb.cells cell nor compiled by Numba"}[case]
     assert why in plans[0].reason, plans[0]
+
+
+@pytest.mark.parametrize("kind, reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                               ("simple_rnn", True)])
+def test_frozen_cell_packs_once_with_the_same_results(kind, reset_after, monkeypatch):
+    """Cell.freeze: the fused cpu calls pack the weights once per panel width (a batch of at
+    most 3 rows takes wide panels) and give the unfrozen cell's results, bitwise."""
+    from gpukb.kernels.cpu import _common
+
+    packs = []
+    pack_weights = _common.pack_weights
+    monkeypatch.setattr(_common, "pack_weights", lambda *a, **k: packs.append(1) or pack_weights(*a, **k))
+    rng = np.random.default_rng(5)
+    W, U, b = weights(kind, 6, 32, np.float32, rng, reset_after)
+    plain = make_cell(kind, W, U, b, reset_after=reset_after)
+    frozen = make_cell(kind, W, U, b, reset_after=reset_after).freeze()
+    for B in (2, 8, 2, 8):
+        x = rng.standard_normal((B, 5, 6)).astype(np.float32)
+        states = [rng.standard_normal((B, 32)).astype(np.float32) for _ in plain.state_size]
+        want = gpukb.rnn(plain, x, states)
+        got = gpukb.rnn(frozen, x, states)
+        for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+            np.testing.assert_array_equal(g, w)
+    assert len(packs) == 4 + 2   # the plain cell at every call; the frozen one once per width
+    np.testing.assert_array_equal(
+        gpukb.rnn_vjp(frozen, x, states)[1](np.ones_like(want[1])).weights["kernel"],
+        gpukb.rnn_vjp(plain, x, states)[1](np.ones_like(want[1])).weights["kernel"])
+
+
+def test_frozen_cell_weights_are_its_own_and_fixed():
+    rng = np.random.default_rng(6)
+    W, U, b = weights("lstm", 3, 4, np.float64, rng)
+    cell = gpukb.cells.lstm(W, U, b)
+    assert not cell.frozen and cell.freeze() is cell and cell.frozen and cell.freeze() is cell
+    x = rng.standard_normal((2, 3, 3))
+    before = gpukb.rnn(cell, x, [np.zeros((2, 4))] * 2)[0]
+    W[...] = 0   # the caller's arrays were copied
+    np.testing.assert_array_equal(gpukb.rnn(cell, x, [np.zeros((2, 4))] * 2)[0], before)
+    with pytest.raises(ValueError, match="read-only"):
+        cell.kernel[0, 0] = 1.0
+    with pytest.raises(AttributeError, match="frozen cell"):
+        cell.recurrent_kernel = U

@@ -61,7 +61,8 @@ def fused_cell_vjp(call: RnnCall, recompute: bool = False) -> tuple[tuple, Any]:
     last, every, states = kernels.run_cell(
         kind, x, cell.kernel, cell.recurrent_kernel, cell.bias, call.state_leaves,
         call.step_mask, options._replace(return_all_outputs=True), cell.activation,
-        _recurrent_activation(cell), kept=kept)
+        _recurrent_activation(cell), kept=kept,
+        weight_cache=getattr(cell, "_kernel_cache", None))   # a frozen cell's (Cell.freeze)
     outputs = every
     if not options.return_all_outputs:
         outputs = (every[-1:] if options.time_major else every[:, -1:]).copy()

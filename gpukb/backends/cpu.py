@@ -125,5 +125,6 @@ def _run_fused_cell(call):
     last, outputs, states = kernels.run_cell(
         cell.kernel_layout.kind, call.input_leaves[0], cell.kernel, cell.recurrent_kernel,
         cell.bias, call.state_leaves, call.step_mask, loop_options(call), cell.activation,
-        getattr(cell, "recurrent_activation", "linear"))
+        getattr(cell, "recurrent_activation", "linear"),
+        weight_cache=getattr(cell, "_kernel_cache", None))   # a frozen cell's (Cell.freeze)
     return last, outputs, call.pack_states(list(states))

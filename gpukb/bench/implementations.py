@@ -137,10 +137,12 @@ class GpukbBackend(Implementation):
         backend, name = self.backend, self.name
         convert = backend.asarray
         # A backend that takes calls over (the dask plugin) runs cells with NumPy weights on its
-        # workers; the others get the cell in their own arrays.
+        # workers; the others get the cell in their own arrays, frozen (Cell.freeze: fixed
+        # weights, which the cpu kernels pack once, in the untimed first calls, as onnxruntime
+        # packs them when its session is created).
         cell = problem.cell()
         if not takes_calls_over(self.record):
-            cell = cell.converted(convert)
+            cell = cell.converted(convert).freeze()
         inputs = convert(problem.x)
         states = [convert(s) for s in problem.states]
         sync = synchronizer(backend)

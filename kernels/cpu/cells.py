@@ -159,22 +159,40 @@ def time_loop(kind, keeps=False):
         return loop
 
 
-def _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks):
-    """((PW, PU, PU2, bias_x, bias_h), (xpb, zb, rb)): packed weights, biases and buffers of a
-    layout (``rows``: the most rows one chunk has); what a layout does not use is a small
-    placeholder of the right type."""
+def _packed(layout, kernel, recurrent_kernel, dt, H, rows, cache):
+    """(PW, PU, PU2 or None, Gp): the weights packed for a chunk of ``rows`` rows; taken from
+    ``cache`` (a dict, or None) when it has them, else packed (and stored there). Only the
+    panel width depends on the call (panel_vectors(rows))."""
+    key = (layout.kind, dt.str, panel_vectors(rows))
+    packed = None if cache is None else cache.get(key)
+    if packed is not None:
+        return packed
     G = layout.gates * H
-    no_panels, no_bias, no_rows = np.zeros((1, 1, 1), dt), np.zeros(1, dt), np.zeros((1, 1), dt)
     if layout.reset_before:   # U in two parts: the z and r columns, then the candidate's
         PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel[:, :2 * H], G, dt, rows,
                                     recurrent_cols=2 * H)
-        PU2 = pack(recurrent_kernel, 2 * H, H, PU.shape[2])
+        packed = (PW, PU, pack(recurrent_kernel, 2 * H, H, PU.shape[2]), Gp)
+    else:
+        PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, rows)
+        packed = (PW, PU, None, Gp)
+    if cache is not None:
+        cache[key] = packed   # a race packs twice, the same panels either way
+    return packed
+
+
+def _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks, cache=None):
+    """((PW, PU, PU2, bias_x, bias_h), (xpb, zb, rb)): packed weights, biases and buffers of a
+    layout (``rows``: the most rows one chunk has; ``cache``: see run_cell); what a layout does
+    not use is a small placeholder of the right type."""
+    G = layout.gates * H
+    no_panels, no_bias, no_rows = np.zeros((1, 1, 1), dt), np.zeros(1, dt), np.zeros((1, 1), dt)
+    PW, PU, PU2, Gp = _packed(layout, kernel, recurrent_kernel, dt, H, rows, cache)
+    if layout.reset_before:
         Hp = PU2.shape[0] * PU2.shape[2]
         # zb's initial value is read from xpb[..., 2H:2H+Hp]
         xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks, width=max(Gp, 2 * H + Hp))
         weights = (PW, PU, PU2, C.padded_bias(bias, G, Gp, dt), no_bias)
         return weights, (xpb, np.empty((B, Hp), dt), np.empty((B, H), dt))
-    PW, PU, Gp = C.pack_weights(kernel, recurrent_kernel, G, dt, rows)
     xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks)
     if not layout.recurrent_bias:
         return (PW, PU, no_panels, C.padded_bias(bias, G, Gp, dt), no_bias), (xpb, no_rows, no_rows)
@@ -200,14 +218,17 @@ def _chunks(layout, B, H, row_flops, T, dt):
 
 
 def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
-             activation="tanh", recurrent_activation="linear", kept=None):
+             activation="tanh", recurrent_activation="linear", kept=None, weight_cache=None):
     """Run one Keras cell over a sequence (see the module docstring).
 
     ``kept``: None, or ``(kz, kc)``, C arrays in processing order that the loop fills for the
     backward (``kernels.cpu.backward.kept_buffers``): ``kz[s, n]`` the pre-activations of step
     s (LSTM: the 4H gates; GRU: the 3H input part, then the 3H recurrent part; GRU without
     reset_after: z, r, then the candidate's ``x_h + (r * h) @ U_h``), ``kc[s, n]`` the LSTM's
-    cell state after step s. Without it the loop compiled has none of that code."""
+    cell state after step s. Without it the loop compiled has none of that code.
+
+    ``weight_cache``: None, or a dict that the caller keeps with weights that never change (a
+    frozen cell's): the packed weights are stored there on the first call and reused."""
     layout = LAYOUTS[kind]
     dt = C.check_dtypes(x, kernel, recurrent_kernel, bias, *states)
     activations = (code(activation), code(recurrent_activation))
@@ -222,7 +243,8 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     mask, has_mask = C.mask_arg(step_mask, T, B)
     out = C.out_buffer(B, T, H, dt, options.return_all_outputs, options.time_major)
     seen = np.zeros(B, np.bool_)
-    weights, buffers = _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks)
+    weights, buffers = _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks,
+                                weight_cache)
     threads = len(chunks) if sync is not None else 1
     keeps = kept is not None
     if not keeps:

@@ -149,7 +149,8 @@ class Recurrent(Layer):
                                  self.recurrent_activation)
             else:
                 cell = cells.simple_rnn(weights[0], weights[1], bias, self.activation)
-            self._cells[run.library] = cell
+            # A loaded model's weights are fixed: the fused kernels pack them once (Cell.freeze)
+            self._cells[run.library] = cell = cell.freeze()
         return cell
 
     def zero_states(self, run: Run, batch: int) -> list:
