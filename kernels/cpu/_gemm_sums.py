@@ -17,6 +17,7 @@ from numba.extending import intrinsic
 
 from ._gemm import BIG_TILES, VECTOR_BYTES
 from ._numba_cache import cached_njit
+from ._rows import zero_row
 
 _I64 = ir.IntType(64)
 _I32 = ir.IntType(32)
@@ -141,8 +142,7 @@ def summed_products(z, a, sk, u, su, K, c0, c1):
     whole = c0 + (c1 - c0) // NR * NR
     ldz = z.shape[1]
     for m in range(M):
-        for c in range(c0, c1):
-            z[m, c] = 0
+        zero_row(z[m, c0:c1])
     za = z.ctypes.data
     # U's block of the k-chunk, copied contiguous (kc x NR) before the tiles go over it: read in
     # place, each of its rows is a row of dz apart, and every tile of Z would stream it from L2
