@@ -307,6 +307,20 @@ def test_layers_expose_name_class_config_and_weights():
         model.get_layer("nope")
 
 
+def test_loaded_weights_are_fixed_and_the_recurrent_cells_frozen():
+    """A loaded model's weights are read-only (an in-place change raises instead of being
+    ignored by the frozen cells, which keep their own copies and their packed weights)."""
+    model, *_ = _stack()
+    x = rand(2, 5, 3)
+    before = model.predict(x)
+    lstm = model.get_layer("lstm")
+    with pytest.raises(ValueError, match="read-only"):
+        lstm.weights[0][0, 0] = 1.0
+    cells = list(lstm._cells.values())
+    assert cells and all(cell.frozen for cell in cells)
+    np.testing.assert_array_equal(model.predict(x), before)
+
+
 def test_backend_option():
     model, *_ = _stack()
     with pytest.raises(ValueError, match="unknown backend"):

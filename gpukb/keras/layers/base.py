@@ -141,6 +141,9 @@ class Layer:
         self.configure()
         self._finish_options()
         self.weights: list[np.ndarray] = list(spec.weights)
+        for w in self.weights:   # a loaded model's weights are fixed (its cells are frozen):
+            if isinstance(w, np.ndarray):   # changing one in place raises, not silently ignored
+                w.flags.writeable = False
 
     # -- error texts --------------------------------------------------------------------------
 
