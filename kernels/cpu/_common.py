@@ -163,7 +163,11 @@ def projection_buffer(T, B, Gp, dtype, rows, chunks, width=None):
     share = (u1 - u0) / chunks[-1][3] if chunks[-1][3] else 1.0
     per_step = max(1, int(rows * (width or Gp) * share) * np.dtype(dtype).itemsize)
     tau = int(max(1, min(T, _XP_BLOCK_BYTES // per_step)))
-    return np.zeros((tau, B, width or Gp), dtype)
+    from ._gemm import aligned_empty
+
+    xpb = aligned_empty((tau, B, width or Gp), dtype)   # rows read and written by 512-bit loads
+    xpb[...] = 0
+    return xpb
 
 
 def max_threads():

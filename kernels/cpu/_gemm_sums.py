@@ -147,8 +147,8 @@ def summed_products(z, a, sk, u, su, K, c0, c1):
     # U's block of the k-chunk, copied contiguous (kc x NR) before the tiles go over it: read in
     # place, each of its rows is a row of dz apart, and every tile of Z would stream it from L2
     # again; packed, it stays in L1 (same products in the same order: the same bits).
-    panel = np.empty(_KC * NR, z.dtype)
-    pa = panel.ctypes.data
+    panel = np.empty(_KC * NR + 64 // es, z.dtype)
+    pa = (panel.ctypes.data + 63) // 64 * 64   # on a cache line (see _gemm.aligned_empty)
     u0 = u.ctypes.data
     for k0 in range(0, K, _KC):
         kc = min(_KC, K - k0)
