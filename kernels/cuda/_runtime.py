@@ -97,9 +97,13 @@ class Launcher:
     def view(self, array):
         """What a kernel gets for ``array``: a sync-free Numba view on a GPU (strides kept); in the
         simulator the array itself, or a contiguous copy of a strided one (the simulator copies
-        arguments in and out as single buffers; gpukb only ever writes to contiguous arrays)."""
+        arguments in and out as single buffers; gpukb only ever writes to contiguous arrays), or
+        a copy of a read-only one (a frozen cell's weights: the simulator writes every argument
+        back)."""
         if self.sim:
-            return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+            if array.flags.c_contiguous and array.flags.writeable:
+                return array
+            return np.array(array, order="C")
         return cuda().as_cuda_array(array, sync=False)
 
     def configure(self, kernel, blocks, threads, shared_bytes=0):
