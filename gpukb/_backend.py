@@ -123,6 +123,15 @@ class Backend:
         """Run ``gpukb.rnn`` on this backend: the shared semantics, fused where possible."""
         from ._plan import log_plan  # loads logging: not at import gpukb
 
+        plan, call = self.planned_call(step_function, inputs, initial_states, **options)
+        log_plan(plan, call)
+        return self.run_plan(plan, call)
+
+    def planned_call(self, step_function: Callable[[Any, Any], Any], inputs: Any,
+                     initial_states: list[Any] | tuple[Any, ...],
+                     **options: Any) -> tuple["Plan", "RnnCall"]:
+        """``(plan, call)`` for an ``rnn`` call, running nothing: a cell's weights and arguments
+        in its namespace and dtype, the call checked (``prepare``) and planned (``plan``)."""
         if isinstance(step_function, Cell):
             import optree
 
@@ -130,9 +139,7 @@ class Backend:
             step_function = step_function.converted(xp.asarray)
             inputs, initial_states = step_function.cast_rnn_arguments(inputs, initial_states)
         call = self.prepare(step_function, inputs, initial_states, **options)
-        plan = self.plan(call)
-        log_plan(plan, call)
-        return self.run_plan(plan, call)
+        return self.plan(call), call
 
     def prepare(self, step_function: Callable[[Any, Any], Any], inputs: Any,
                 initial_states: list[Any] | tuple[Any, ...], **options: Any) -> RnnCall:

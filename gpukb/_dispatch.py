@@ -377,13 +377,14 @@ def select_backend(leaves, backend: Any = None) -> Backend:
     mixed = len(first_of_library) > 1
     # Arrays of several libraries in one call only go to a backend that takes them together.
     hosts = [r for r in _records().values() if _takes(r.backend, kinds)] if mixed else []
-    mixed_error = TypeError(
-        "gpukb.rnn got arrays of different libraries in one call: "
-        + " and ".join(first_of_library.values())
-        + ". Convert them to one library first."
-    )
+
+    def mixed_error():
+        return TypeError("gpukb.rnn got arrays of different libraries in one call: "
+                         + " and ".join(first_of_library.values())
+                         + ". Convert them to one library first.")
+
     if mixed and not hosts:
-        raise mixed_error
+        raise mixed_error()
     if backend is not None:
         name, origin = backend, "backend="
     else:
@@ -392,7 +393,7 @@ def select_backend(leaves, backend: Any = None) -> Backend:
         record = _record_for(name, origin=origin)
         if kinds and not _takes(record.backend, kinds):
             if mixed:
-                raise mixed_error
+                raise mixed_error()
             accepted = record.backend.array_types
             companions = record.backend.companion_types
             raise TypeError(

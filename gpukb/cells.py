@@ -261,10 +261,25 @@ class Cell:
         return getattr(self, "_frozen", False)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._WEIGHTS and getattr(self, "_frozen", False):
-            raise AttributeError(f"{type(self).__name__}: {name} of a frozen cell cannot be "
-                                 "assigned (freeze() fixed the weights); build a new cell.")
+        if name in self._WEIGHTS:
+            if getattr(self, "_frozen", False):
+                raise AttributeError(f"{type(self).__name__}: {name} of a frozen cell cannot be "
+                                     "assigned (freeze() fixed the weights); build a new cell.")
+            if "input_dim" in self.__dict__:   # after __init__: the new weight must fit the cell
+                self._check_new_weight(name, value)
         object.__setattr__(self, name, value)
+
+    def _check_new_weight(self, name: str, value: Any) -> None:
+        """A weight assigned to a built cell must keep its shape, dtype and library (the cell's
+        units, input_dim and dtype were read from the weights it was built with: a kernel of
+        another shape was used as if it fitted, its extra rows ignored)."""
+        kind = type(self).__name__
+        weights = {w: getattr(self, w) for w in self._WEIGHTS}
+        weights[name] = value
+        width = self.gates * self.units
+        shapes = {"kernel": (self.input_dim, width), "recurrent_kernel": (self.units, width),
+                  "bias": self._bias_shape(self.units)}
+        _check_weights(kind, weights, shapes)   # and one dtype and library, as the others'
 
     def converted(self, asarray: Callable) -> "Cell":
         """A cell of the same kind with every weight passed through ``asarray``: this one when

@@ -17,6 +17,7 @@ import importlib.util
 
 import numpy
 
+from .. import _repeat_calls
 from .._backend import Backend, available, unavailable
 from .._fused import cell_problem, loop_options
 from .._plan import FUSED_CELL, GENERIC, JIT_LOOP, Plan, log_plan
@@ -37,6 +38,22 @@ class CPUBackend(Backend):
 
     def _load_xp(self):
         return numpy
+
+    def rnn(self, step_function, inputs, initial_states, **options):
+        """``Backend.rnn``; a cell called again with arguments of the same structure reuses the
+        checks and plan of the first such call (``gpukb._repeat_calls``: this backend plans from
+        the arguments' structure alone)."""
+        call_key = _repeat_calls.key(step_function, inputs, initial_states, options)
+        if call_key is None:
+            return super().rnn(step_function, inputs, initial_states, **options)
+        known = _repeat_calls.lookup(step_function, call_key, inputs, initial_states)
+        if known is None:
+            plan, call = self.planned_call(step_function, inputs, initial_states, **options)
+            _repeat_calls.store(step_function, call_key, plan, call)
+        else:
+            plan, call = known
+        log_plan(plan, call)
+        return self.run_plan(plan, call)
 
     def _cell_plan(self, call, fused_does):
         """The plan for a cell: fused (the fused kernels do ``fused_does``) or why not."""

@@ -127,10 +127,27 @@ def input_c(x, time_major):
     return xc, xc.shape[0], xc.shape[1]
 
 
+_placeholders: dict = {}
+
+
+def placeholder(shape, dtype):
+    """A small zeroed array that a kernel takes in place of one that a call does not use (a
+    mask, a kind's missing state or buffer, the meeting words of a call on one thread): one
+    per (shape, dtype) for the whole process, so the kernels never write into one."""
+    key = (shape, dtype)
+    array = _placeholders.get(key)
+    if array is None:
+        array = _placeholders.setdefault(key, np.zeros(shape, dtype))
+    return array
+
+
+_NO_MASK = np.ones((1, 1), np.bool_)   # never read: every step valid (and never written)
+
+
 def mask_arg(step_mask, T, B):
     """(mask array (T, B) bool C-contiguous, has_mask)."""
     if step_mask is None:
-        return np.ones((1, 1), np.bool_), False
+        return _NO_MASK, False
     m = np.ascontiguousarray(step_mask, dtype=np.bool_)
     assert m.shape == (T, B), f"step_mask must be (T, B) = {(T, B)}, got {m.shape}"
     return m, True
@@ -165,9 +182,7 @@ def projection_buffer(T, B, Gp, dtype, rows, chunks, width=None):
     tau = int(max(1, min(T, _XP_BLOCK_BYTES // per_step)))
     from ._gemm import aligned_empty
 
-    xpb = aligned_empty((tau, B, width or Gp), dtype)   # rows read and written by 512-bit loads
-    xpb[...] = 0
-    return xpb
+    return aligned_empty((tau, B, width or Gp), dtype, zeroed=True)   # 512-bit loads and stores
 
 
 def max_threads():

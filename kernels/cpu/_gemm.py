@@ -32,6 +32,8 @@ split the batch, or at small batch each step's units, themselves; see _common.ru
 All pointers are integer addresses of C-contiguous arrays that the caller keeps alive.
 """
 
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba import types
@@ -208,16 +210,19 @@ _tile1w = _make_tile(1, 1, WIDE_VECTORS)
 _tile1wn = _make_tile(1, _WIDE_PANELS, WIDE_VECTORS)
 
 
-def aligned_empty(shape, dtype):
-    """np.empty(shape, dtype), its first element on a 64-byte boundary (a view into a slightly
-    larger array). NumPy's allocations fall wherever malloc puts them, 0, 16 or 48 bytes past a
-    cache line on this machine from call to call; a panel that starts off a line makes every
-    512-bit load of the micro-kernel span two lines: one thread's recurrent GEMM at B=32, K=128,
-    N=512 ran at 98 GFLOP/s aligned, 83-87 with the panels 16-32 bytes off."""
+def aligned_empty(shape, dtype, zeroed=False):
+    """np.empty(shape, dtype) (np.zeros with ``zeroed``), its first element on a 64-byte boundary
+    (a view into a slightly larger array). NumPy's allocations fall wherever malloc puts them, 0,
+    16 or 48 bytes past a cache line on this machine from call to call; a panel that starts off a
+    line makes every 512-bit load of the micro-kernel span two lines: one thread's recurrent GEMM
+    at B=32, K=128, N=512 ran at 98 GFLOP/s aligned, 83-87 with the panels 16-32 bytes off.
+    ``zeroed`` takes calloc's zero pages: a large buffer is not written here (its pages are
+    zeroed by the system as the kernels' threads first touch them; clearing 512 KiB here took
+    0.1-0.2 ms of a 3 ms call before any thread started)."""
     dt = np.dtype(dtype)
-    n = int(np.prod(shape))
-    buf = np.empty(n + 64 // dt.itemsize, dt)
-    start = (-buf.ctypes.data % 64) // dt.itemsize
+    n = math.prod(shape)
+    buf = (np.zeros if zeroed else np.empty)(n + 64 // dt.itemsize, dt)
+    start = (-buf.__array_interface__["data"][0] % 64) // dt.itemsize
     return buf[start:start + n].reshape(shape)
 
 

@@ -37,7 +37,7 @@ from ._gemm import (I0, VECTOR_BYTES, ad, fused_rows, pack, panel_vectors, panel
                     project_block, step_columns)
 from ._numba_cache import cached_njit
 from ._rows import copy_row
-from ._sync import meet
+from ._sync import SYNC_WORDS, meet
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -180,26 +180,40 @@ def _packed(layout, kernel, recurrent_kernel, dt, H, rows, cache):
     return packed
 
 
+def _padded_biases(layout, bias, G, Gp, dt, cache):
+    """(input bias, recurrent bias) zero-padded to Gp (a placeholder where a layout has none);
+    kept in ``cache`` (see run_cell) like the packed weights."""
+    key = ("biases", layout.kind, dt.str, Gp)
+    biases = None if cache is None else cache.get(key)
+    if biases is not None:
+        return biases
+    if not layout.recurrent_bias:
+        biases = (C.padded_bias(bias, G, Gp, dt), C.placeholder((1,), dt))
+    else:
+        rows = (None, None) if bias is None else np.asarray(bias, dtype=dt).reshape(2, G)
+        biases = (C.padded_bias(rows[0], G, Gp, dt), C.padded_bias(rows[1], G, Gp, dt))
+    if cache is not None:
+        cache[key] = biases
+    return biases
+
+
 def _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks, cache=None):
     """((PW, PU, PU2, bias_x, bias_h), (xpb, zb, rb)): packed weights, biases and buffers of a
     layout (``rows``: the most rows one chunk has; ``cache``: see run_cell); what a layout does
     not use is a small placeholder of the right type."""
     G = layout.gates * H
-    no_panels, no_bias, no_rows = np.zeros((1, 1, 1), dt), np.zeros(1, dt), np.zeros((1, 1), dt)
     PW, PU, PU2, Gp = _packed(layout, kernel, recurrent_kernel, dt, H, rows, cache)
     if layout.reset_before:
         Hp = PU2.shape[0] * PU2.shape[2]
         # zb's initial value is read from xpb[..., 2H:2H+Hp]
         xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks, width=max(Gp, 2 * H + Hp))
-        weights = (PW, PU, PU2, C.padded_bias(bias, G, Gp, dt), no_bias)
+        weights = (PW, PU, PU2, *_padded_biases(layout, bias, G, Gp, dt, cache))
         return weights, (xpb, np.empty((B, Hp), dt), np.empty((B, H), dt))
     xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks)
-    if not layout.recurrent_bias:
-        return (PW, PU, no_panels, C.padded_bias(bias, G, Gp, dt), no_bias), (xpb, no_rows, no_rows)
-    rows = (None, None) if bias is None else np.asarray(bias, dtype=dt).reshape(2, G)
-    weights = (PW, PU, no_panels, C.padded_bias(rows[0], G, Gp, dt),
-               C.padded_bias(rows[1], G, Gp, dt))
-    return weights, (xpb, np.empty((B, Gp), dt), no_rows)
+    weights = (PW, PU, C.placeholder((1, 1, 1), dt), *_padded_biases(layout, bias, G, Gp, dt,
+                                                                      cache))
+    zb = np.empty((B, Gp), dt) if layout.recurrent_bias else C.placeholder((1, 1), dt)
+    return weights, (xpb, zb, C.placeholder((1, 1), dt))
 
 
 def _chunks(layout, B, H, row_flops, T, dt):
@@ -239,7 +253,7 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     held = [np.array(s, dtype=dt, order="C", copy=True) for s in states]
     hb = np.empty((2, B, H), dt)   # h; with a unit split double-buffered: step s reads hb[s % 2]
     hb[0] = held[0]
-    c = held[1] if layout.n_states == 2 else np.zeros((1, 1), dt)
+    c = held[1] if layout.n_states == 2 else C.placeholder((1, 1), dt)
     mask, has_mask = C.mask_arg(step_mask, T, B)
     out = C.out_buffer(B, T, H, dt, options.return_all_outputs, options.time_major)
     seen = np.zeros(B, np.bool_)
@@ -248,9 +262,10 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     threads = len(chunks) if sync is not None else 1
     keeps = kept is not None
     if not keeps:
-        kept = (np.zeros((1, 1, 1), dt), np.zeros((1, 1, 1), dt))
+        kept = (C.placeholder((1, 1, 1), dt), C.placeholder((1, 1, 1), dt))
     args = (xc, weights, (hb, c), buffers, out, mask, seen, C.Flags.of(options, has_mask),
-            activations, C.new_sync() if sync is None else sync, threads, kept)
+            activations, C.placeholder((SYNC_WORDS,), np.int64) if sync is None else sync,
+            threads, kept)
     C.run_chunks(time_loop(kind, keeps), args, chunks, T, C.row_step_seconds(row_flops, dt),
                  buffers[0].shape[0], sync)
     last = (out[-1] if options.time_major else out[:, -1]).copy()

@@ -1,0 +1,170 @@
+"""A cell called again with arguments of the same structure reuses the first call's checks and
+plan (gpukb/_repeat_calls.py): same results, same errors, same logged plans, and only plain calls."""
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import gpukb
+from gpukb import _repeat_calls, _rnn
+from gpukb._plan import recorded_plans
+
+D, H = 3, 4
+
+
+def lstm(rng, dtype=np.float32):
+    W = (0.5 * rng.standard_normal((D, 4 * H))).astype(dtype)
+    U = (0.5 * rng.standard_normal((H, 4 * H))).astype(dtype)
+    b = (0.1 * rng.standard_normal(4 * H)).astype(dtype)
+    return gpukb.cells.lstm(W, U, b)
+
+
+def arguments(rng, B, T, dtype=np.float32):
+    return (rng.standard_normal((B, T, D)).astype(dtype),
+            [rng.standard_normal((B, H)).astype(dtype) for _ in range(2)])
+
+
+@pytest.fixture
+def prepares(monkeypatch):
+    """How many calls were checked in full (gpukb._rnn.prepare)."""
+    count = []
+    original = _rnn.prepare
+
+    def counting(*args, **kwargs):
+        count.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_rnn, "prepare", counting)
+    return count
+
+
+def fresh_result(cell, x, states, **options):
+    """The result of a copy of ``cell`` that has seen no call."""
+    twin = gpukb.cells.lstm(cell.kernel.copy(), cell.recurrent_kernel.copy(), cell.bias.copy())
+    return gpukb.rnn(twin, x, states, **options)
+
+
+def assert_same(got, want):
+    for a, b in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_repeated_call_reuses_the_checks_and_gives_the_full_paths_results(prepares, frozen):
+    rng = np.random.default_rng(0)
+    cell = lstm(rng)
+    if frozen:
+        cell.freeze()
+    options = dict(go_backwards=True, return_all_outputs=False)
+    gpukb.rnn(cell, *arguments(rng, 2, 5), **options)
+    assert len(prepares) == 1
+    x, states = arguments(rng, 2, 5)   # new values, same structure
+    with recorded_plans() as plans:
+        got = gpukb.rnn(cell, x, states, **options)
+    assert len(prepares) == 1          # not checked again
+    assert [p.path for p in plans] == ["fused_cell"]   # still logged, once per call
+    assert isinstance(got[2], list)
+    assert_same(got, fresh_result(cell, x, states, **options))   # (one more full check)
+    assert len(prepares) == 2
+    # a tuple of states, another batch size, other flags: other structures, checked in full
+    gpukb.rnn(cell, x, tuple(states))
+    gpukb.rnn(cell, *arguments(rng, 3, 5), **options)
+    gpukb.rnn(cell, x, states, go_backwards=False)
+    assert len(prepares) == 5
+    assert isinstance(gpukb.rnn(cell, x, tuple(states))[2], tuple)
+    assert len(prepares) == 5
+
+
+def test_a_call_of_another_structure_still_gets_its_error(prepares):
+    rng = np.random.default_rng(1)
+    cell = lstm(rng)
+    x, states = arguments(rng, 2, 5)
+    gpukb.rnn(cell, x, states)
+    with pytest.raises(ValueError, match="initial_states|state"):
+        gpukb.rnn(cell, x, [states[0][:1], states[1]])
+    with pytest.raises(ValueError, match="rank >= 3"):
+        gpukb.rnn(cell, x[0], states)
+    with pytest.raises(TypeError, match="go_backwards must be a bool"):
+        gpukb.rnn(cell, x, states, go_backwards="yes")
+
+
+@pytest.mark.parametrize("change", ["mask", "input_length", "constants", "int flag", "float64 inputs",
+                                    "nested inputs"])
+def test_calls_that_are_not_plain_are_checked_every_time(prepares, change):
+    rng = np.random.default_rng(2)
+    cell = lstm(rng)
+    x, states = arguments(rng, 2, 5)
+    options = {}
+    if change == "mask":
+        options["mask"] = np.array([[1, 1, 0, 1, 1], [1, 0, 0, 1, 1]], bool)
+    elif change == "input_length":
+        options["input_length"] = 5
+    elif change == "constants":
+        options["constants"] = []
+    elif change == "int flag":
+        options["go_backwards"] = 1
+    elif change == "float64 inputs":
+        x = x.astype(np.float64)
+    assert _repeat_calls.key(cell, [x] if change == "nested inputs" else x, states,
+                             dict(mask=None, constants=None, input_length=None, go_backwards=False,
+                                  unroll=False, time_major=False, zero_output_for_mask=False,
+                                  return_all_outputs=True) | options) is None
+    if change == "nested inputs":
+        return
+    first = gpukb.rnn(cell, x, states, **options)
+    second = gpukb.rnn(cell, x, states, **options)
+    assert len(prepares) == 2
+    assert_same(second, first)
+    assert first[1].dtype == np.float32   # float64 inputs: cast to the cell's dtype, as before
+
+
+def test_the_reused_plan_does_not_keep_the_callers_arrays_alive():
+    rng = np.random.default_rng(3)
+    cell = lstm(rng)
+    x, states = arguments(rng, 2, 5)
+    gpukb.rnn(cell, x, states)
+    refs = [weakref.ref(a) for a in (x, *states)]
+    del x, states
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_new_weights_of_a_cell_that_is_not_frozen_are_used(prepares):
+    rng = np.random.default_rng(4)
+    cell = lstm(rng)
+    x, states = arguments(rng, 2, 5)
+    first = gpukb.rnn(cell, x, states)
+    cell.kernel = (rng.standard_normal((D, 4 * H))).astype(np.float32)
+    second = gpukb.rnn(cell, x, states)
+    assert len(prepares) == 2   # new weights: planned again
+    assert not np.array_equal(first[1], second[1])
+    assert_same(second, fresh_result(cell, x, states))
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("kernel", np.zeros((D + 1, 4 * H), np.float32), "kernel must have shape \\(3, 16\\)"),
+    ("recurrent_kernel", np.zeros((H, 4 * H + 1), np.float32), "recurrent_kernel must have shape"),
+    ("bias", np.zeros(4 * H, np.float64), "one dtype"),
+    ("kernel", np.zeros((D, 4 * H), np.float64), "one dtype; kernel is float64"),
+    ("kernel", [[0.0] * 16] * 3, "must be an array"),
+])
+def test_a_weight_that_does_not_fit_the_cell_is_refused(name, value, error):
+    cell = lstm(np.random.default_rng(5))
+    before = getattr(cell, name)
+    with pytest.raises((ValueError, TypeError), match=error):
+        setattr(cell, name, value)
+    assert getattr(cell, name) is before
+    cell.bias = None   # a cell without a bias is a cell still
+    assert not cell.use_bias
+
+
+def test_the_kept_structures_per_cell_are_bounded(monkeypatch):
+    monkeypatch.setattr(_repeat_calls, "MAX_KEYS_PER_CELL", 3)
+    rng = np.random.default_rng(5)
+    cell = lstm(rng)
+    for T in range(1, 8):
+        gpukb.rnn(cell, *arguments(rng, 1, T))
+        assert 1 <= len(cell._repeat_calls) <= 3
