@@ -23,6 +23,7 @@ from gpukb.testing.reference import rnn_reference
 
 _common.max_threads = lambda: 2   # the calling thread and a pool thread, on any machine
 _common._IN_CACHE_SPLIT_FACTOR = 1.0   # split the units of B=8 whatever this machine's L2
+_common._MIN_SECONDS_TO_SPLIT_UNITS = 0.0   # ... and however short the call
 rng = np.random.default_rng(0)
 B, D, H = BATCH, 1, 128
 # the split this test means: rows for B >= 16, units below

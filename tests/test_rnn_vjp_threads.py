@@ -52,6 +52,7 @@ def test_split_backward_matches_the_generic_path(kind, reset_after, split, monke
         m.setattr(_common, "max_threads", lambda: 2)
         m.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
         m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0)
+        m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
         m.setattr(_common, "L2_BYTES", 0)   # the backward splits units only past L2
         m.setattr(_common, "run_chunks", spy)
         _, pullback = gpukb.rnn_vjp(cell, x, states, **options)

@@ -43,6 +43,7 @@ def _run(problem, options, activations, split, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(_common, "max_threads", lambda: 2)
         m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0 if split else float("inf"))
+        m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
         m.setattr(_common, "run_chunks", spy)
         last, out, new_states = run_cell(kind, x, W, U, b, states, mask, options, *activations)
     return [last, out, *new_states], chunks[0]
@@ -85,7 +86,8 @@ def test_unit_chunks_cost_rule(monkeypatch):
     least = _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
     # a kernel that one core's L2 holds: split only steps of _IN_CACHE_SPLIT_FACTOR times more
     in_cache = least * _common._IN_CACHE_SPLIT_FACTOR
-    assert _common.unit_chunks(8, 256, in_cache / 2, 16, 1 << 20) is None
+    assert _common.unit_chunks(8, 256, in_cache / 2, 16, (1 << 20) - 4) is None
+    assert _common.unit_chunks(8, 256, in_cache / 2, 16, 1 << 20) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, in_cache / 2, 16, u) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, in_cache, 16, 0) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, big, 16, u) == [(0, 128), (128, 256)]
@@ -98,6 +100,31 @@ def test_unit_chunks_cost_rule(monkeypatch):
     assert _common.unit_chunks(8, 256, big, 16, u, threads=1) is None
     # more threads than two: shares of whole panels, as even as they can be
     assert _common.unit_chunks(2, 64, big, 16, u, threads=3) == [(0, 16), (16, 32), (32, 64)]
+
+
+def test_unit_chunks_split_only_calls_long_enough_to_pay_for_the_other_threads(monkeypatch):
+    """With ``steps``: one thread's estimated time for the call (per step the slower of the flops
+    and streaming the recurrent kernel, from L2 or from beyond) must reach
+    _MIN_SECONDS_TO_SPLIT_UNITS."""
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L2_BYTES", 2 << 20)
+    c = _common
+    least = c._MIN_STEP_FLOPS_TO_SPLIT_UNITS
+    halves = [(0, 128), (128, 256)]
+    for flops, weights, bandwidth in [
+            (least, 1 << 20, c._L2_BYTES_PER_SECOND),          # streaming from L2 decides
+            (least, 8 << 20, c._FAR_BYTES_PER_SECOND),         # ... from beyond L2
+            (1e3 * least, 1 << 20, None)]:                     # the flops decide
+        per_step = flops / c._SPLIT_FLOPS_PER_SECOND if bandwidth is None else weights / bandwidth
+        assert per_step >= max(flops / c._SPLIT_FLOPS_PER_SECOND, weights / c._L2_BYTES_PER_SECOND)
+        enough = int(np.ceil(c._MIN_SECONDS_TO_SPLIT_UNITS / per_step))
+        assert c.unit_chunks(1, 256, flops, 16, weights, steps=enough) == halves
+        assert c.unit_chunks(1, 256, flops, 16, weights, steps=enough - 1) is None
+        assert c.unit_chunks(1, 256, flops, 16, weights) == halves   # no steps: no such rule
+    # LSTM, float32, H = 256, B = 1, T = 20 (one thread: 0.8-0.9 ms here) is not split, T = 254 is
+    step, u = 2 * 4 * 256 * (256 + 128), 256 * 4 * 256 * 4
+    assert c.unit_chunks(1, 256, step, 16, u, steps=20) is None
+    assert c.unit_chunks(1, 256, step, 16, u, steps=254) == halves
 
 
 def test_row_chunks_cost_rule(monkeypatch):
@@ -124,6 +151,7 @@ def test_concurrent_unit_split_calls_never_wait_on_each_other(monkeypatch):
     rest, and both would wait forever)."""
     monkeypatch.setattr(_common, "max_threads", lambda: 3)
     monkeypatch.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0)
+    monkeypatch.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
     problems = [_problem(LSTM, 2, 9, 3, 48, np.float64, seed=s) for s in range(6)]
 
     def call(p):

@@ -72,14 +72,24 @@ _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per c
 # A unit split (unit_chunks) pays one meeting of the threads per step: split only steps of at
 # least this many flops (about 10 us on one core, against well under 1 us per meeting).
 _MIN_STEP_FLOPS_TO_SPLIT_UNITS = 5.0e5
-# ... when the recurrent kernel is more than half of L2 (each core then keeps its half in its own
-# L2 instead of streaming the whole); a kernel that one core's L2 holds, only from this many times
-# as many. On the 2-core development machine two threads of arithmetic-bound steps ran at 1.1-1.5x
-# one thread's rate, and with the host taking 15-20% of the vCPUs' time (steal) every meeting may
-# wait for a descheduled thread: two threads vs one, LSTM and GRU, B = 1-8, T = 20, interleaved
-# (fastest / median of 36 calls): H = 128-256 1.14-3.30x / 1.82-5.24x slower split; H = 512
-# 0.74-0.97x / 1.18-2.30x; H = 1024 0.54-0.78x / 0.87-1.23x.
+# ... when the recurrent kernel is at least half of L2 (each core then keeps its half in its own
+# L2 instead of streaming the whole); a kernel that fits in less, only from this many times as many.
+# On the 2-core development machine two threads of arithmetic-bound steps ran at 1.1-1.5x one
+# thread's rate, and with the host taking 15-20% of the vCPUs' time (steal) every meeting may
+# wait for a descheduled thread. Two threads vs one, interleaved in one process (fastest / median
+# of 5 rounds): LSTM H = 128 1.24-1.37x / 1.04-1.28x slower split (B = 1-8, T = 127-1000), GRU
+# H = 128 1.17-1.42x / 1.16-1.22x; GRU H = 256 (its kernel 0.375 of L2) 0.92-1.17x / 0.84-1.03x;
+# LSTM H = 256 (half of L2) 0.73-0.93x / 0.72-0.85x at the grid's lengths (T = 32-254), but
+# 1.33-1.38x slower at T = 20: see _MIN_SECONDS_TO_SPLIT_UNITS.
 _IN_CACHE_SPLIT_FACTOR = 16.0
+# A unit split starts the call's other threads (here the hand-off took 0.1-0.3 ms: a sleeping
+# vCPU is woken by the host) and meets once per step: split only calls that one thread would
+# spend at least this long on, estimated per step from the flops (at _SPLIT_FLOPS_PER_SECOND)
+# or from streaming the recurrent kernel (from L2, or from beyond it), whichever is slower.
+_MIN_SECONDS_TO_SPLIT_UNITS = 1.5e-3
+_SPLIT_FLOPS_PER_SECOND = 1.0e11
+_L2_BYTES_PER_SECOND = 4.5e10
+_FAR_BYTES_PER_SECOND = 2.0e10
 _MAX_UNIT_THREADS = 8
 
 # One compiled call runs one block of time steps of one row chunk, sized to take about this long:
@@ -276,7 +286,7 @@ def row_chunks(B, flops, weight_bytes=0):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None):
+def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None, steps=None):
     """Unit boundaries [(u0, u1), ...], one per thread, for a call whose batch is too small to
     split (see row_chunks), or None to run it on one thread.
 
@@ -284,14 +294,19 @@ def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None):
     GEMM, the input projection and the gate updates), then the threads meet (_sync.meet, well
     under a microsecond). A step of ``step_flops`` flops is split when one thread's share still
     takes several meetings' time (_MIN_STEP_FLOPS_TO_SPLIT_UNITS; _IN_CACHE_SPLIT_FACTOR times
-    that when the recurrent kernel, ``weight_bytes``, is at most half of L2) and every share
-    lies on whole packed panels of ``panel_columns`` columns (the widest of the call's packings).
+    that when the recurrent kernel, ``weight_bytes``, is less than half of L2), the call's
+    ``steps`` (when given) take one thread long enough to pay for starting the others
+    (_MIN_SECONDS_TO_SPLIT_UNITS), and every share lies on whole packed panels of
+    ``panel_columns`` columns (the widest of the call's packings).
     """
     nt = min(max_threads() if threads is None else threads, _MAX_UNIT_THREADS)
     least = _MIN_STEP_FLOPS_TO_SPLIT_UNITS
-    if weight_bytes <= L2_BYTES // 2:
+    if weight_bytes < L2_BYTES // 2:
         least *= _IN_CACHE_SPLIT_FACTOR
     if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < least:
+        return None
+    if steps is not None and steps * _step_seconds(step_flops, weight_bytes) < \
+            _MIN_SECONDS_TO_SPLIT_UNITS:
         return None
     if H % panel_columns:
         return None
@@ -301,6 +316,13 @@ def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None):
         return None
     bounds = [i * panels // nt * panel_columns for i in range(nt + 1)]
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _step_seconds(step_flops, weight_bytes):
+    """One thread's time for a step, estimated: its flops, or streaming the recurrent kernel
+    (from L2 when it fits there, else from farther out), whichever takes longer."""
+    bandwidth = _L2_BYTES_PER_SECOND if weight_bytes <= L2_BYTES else _FAR_BYTES_PER_SECOND
+    return max(step_flops / _SPLIT_FLOPS_PER_SECOND, weight_bytes / bandwidth)
 
 
 def row_step_seconds(row_flops, dtype):

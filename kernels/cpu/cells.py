@@ -224,7 +224,7 @@ def _chunks(layout, B, H, row_flops, T, dt):
     row_split = C.row_chunks(B, row_flops * B * T, u_bytes)
     if len(row_split) == 1 and not layout.reset_before:
         panel_columns = max(panel_width(dt, panel_vectors(B)), panel_width(dt, 2))
-        units = C.unit_chunks(B, H, row_flops * B, panel_columns, u_bytes)
+        units = C.unit_chunks(B, H, row_flops * B, panel_columns, u_bytes, steps=T)
         if units is not None:
             return B, [(0, B, u0, u1) for u0, u1 in units], C.new_sync()
     rows = max(n1 - n0 for n0, n1 in row_split)
