@@ -168,3 +168,30 @@ def test_the_kept_structures_per_cell_are_bounded(monkeypatch):
     for T in range(1, 8):
         gpukb.rnn(cell, *arguments(rng, 1, T))
         assert 1 <= len(cell._repeat_calls) <= 3
+
+
+def test_a_frozen_cells_kept_kernel_plans_give_the_unfrozen_cells_bits(monkeypatch):
+    """The CPU kernels' plan per call structure (kernels/cpu/cells.py, _Plan), kept by a frozen
+    cell: every structure, called twice, gives the bits of a cell that keeps nothing."""
+    from gpukb.kernels.cpu import _common, cells as kernel_cells
+
+    monkeypatch.setattr(kernel_cells, "MAX_PLANS", 5)
+    rng = np.random.default_rng(6)
+    frozen = lstm(rng)
+    plain = gpukb.cells.lstm(frozen.kernel.copy(), frozen.recurrent_kernel.copy(), frozen.bias.copy())
+    frozen.freeze()
+    for B, T, options in [(2, 5, {}), (3, 5, {}), (2, 4, dict(go_backwards=True)),
+                          (2, 5, dict(time_major=True, return_all_outputs=False)),
+                          (2, 5, dict(mask=np.array([[1, 1, 0, 1, 1], [0, 1, 1, 1, 1]], bool),
+                                      zero_output_for_mask=True)),
+                          (3, 6, {}), (2, 5, {})]:
+        for threads in (1, 2):
+            monkeypatch.setattr(_common, "max_threads", lambda: threads)
+            x, states = arguments(rng, B, T)
+            if options.get("time_major"):
+                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+            for _ in range(2):
+                assert_same(gpukb.rnn(frozen, x, states, **options),
+                            gpukb.rnn(plain, x, states, **options))
+            assert 1 <= len(frozen._kernel_cache["plans"]) <= 5
+    assert "plans" not in (getattr(plain, "_kernel_cache", None) or {})

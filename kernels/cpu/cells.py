@@ -25,6 +25,7 @@ arithmetic in the same order: the results are bitwise those of one thread.
 """
 
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -197,23 +198,28 @@ def _padded_biases(layout, bias, G, Gp, dt, cache):
     return biases
 
 
-def _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks, cache=None):
-    """((PW, PU, PU2, bias_x, bias_h), (xpb, zb, rb)): packed weights, biases and buffers of a
-    layout (``rows``: the most rows one chunk has; ``cache``: see run_cell); what a layout does
-    not use is a small placeholder of the right type."""
+def _prepare(layout, kernel, recurrent_kernel, bias, dt, H, rows, cache=None):
+    """((PW, PU, PU2, bias_x, bias_h), Gp, Hp): packed weights and biases of a layout (``rows``:
+    the most rows one chunk has; ``cache``: see run_cell), the padded gate width and, for GRU
+    without reset_after, the candidate's padded width (else 0); what a layout does not use is a
+    small placeholder of the right type."""
     G = layout.gates * H
     PW, PU, PU2, Gp = _packed(layout, kernel, recurrent_kernel, dt, H, rows, cache)
+    biases = _padded_biases(layout, bias, G, Gp, dt, cache)
     if layout.reset_before:
-        Hp = PU2.shape[0] * PU2.shape[2]
+        return (PW, PU, PU2, *biases), Gp, PU2.shape[0] * PU2.shape[2]
+    return (PW, PU, C.placeholder((1, 1, 1), dt), *biases), Gp, 0
+
+
+def _buffers(layout, dt, T, B, H, Gp, Hp, rows, chunks):
+    """(xpb, zb, rb): a call's projection buffer and per-kind scratch (see _make_time_loop)."""
+    if layout.reset_before:
         # zb's initial value is read from xpb[..., 2H:2H+Hp]
         xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks, width=max(Gp, 2 * H + Hp))
-        weights = (PW, PU, PU2, *_padded_biases(layout, bias, G, Gp, dt, cache))
-        return weights, (xpb, np.empty((B, Hp), dt), np.empty((B, H), dt))
+        return xpb, np.empty((B, Hp), dt), np.empty((B, H), dt)
     xpb = C.projection_buffer(T, B, Gp, dt, rows, chunks)
-    weights = (PW, PU, C.placeholder((1, 1, 1), dt), *_padded_biases(layout, bias, G, Gp, dt,
-                                                                      cache))
     zb = np.empty((B, Gp), dt) if layout.recurrent_bias else C.placeholder((1, 1), dt)
-    return weights, (xpb, zb, C.placeholder((1, 1), dt))
+    return xpb, zb, C.placeholder((1, 1), dt)
 
 
 def _chunks(layout, B, H, row_flops, T, dt):
@@ -242,32 +248,85 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     cell state after step s. Without it the loop compiled has none of that code.
 
     ``weight_cache``: None, or a dict that the caller keeps with weights that never change (a
-    frozen cell's): the packed weights are stored there on the first call and reused."""
-    layout = LAYOUTS[kind]
+    frozen cell's): the packed weights, and the plan of each call structure (``_Plan``: the
+    threads' split, the biases, the loop), are stored there on the first call and reused."""
     dt = C.check_dtypes(x, kernel, recurrent_kernel, bias, *states)
-    activations = (code(activation), code(recurrent_activation))
+    plans = None if weight_cache is None else weight_cache.setdefault("plans", {})
+    key = (kind, x.shape, dt.str, step_mask is None, tuple(options), activation,
+           recurrent_activation, kept is None, C.max_threads())
+    plan = None if plans is None else plans.get(key)
+    if plan is None:
+        plan = _plan(kind, x, kernel, recurrent_kernel, bias, dt, step_mask is not None, options,
+                     activation, recurrent_activation, kept is not None, weight_cache)
+        if plans is not None:
+            if len(plans) >= MAX_PLANS:   # a server seeing ever new lengths: start again
+                plans.clear()
+            plans[key] = plan
+    return _run(plan, x, states, step_mask, kept)
+
+
+# Plans a frozen cell keeps (one per call structure: kind, shape, flags, activations, threads).
+MAX_PLANS = 256
+
+
+class _Plan(NamedTuple):
+    """What run_cell decides from a call's shapes, flags and weights alone: a frozen cell keeps
+    it (``weight_cache``) for its next call of the same structure, which then runs with a few
+    Python operations (right after a kernel call, with the caches full of the kernel's data, the
+    deciding took 0.1-0.3 ms at B = 8-32)."""
+    layout: object
+    dt: np.dtype
+    B: int
+    T: int
+    H: int
+    time_major: bool
+    return_all_outputs: bool
+    rows: int
+    chunks: list
+    split: bool           # units split: a meeting's words per call, h double-buffered
+    weights: tuple
+    Gp: int
+    Hp: int
+    flags: object
+    activations: tuple
+    loop: object
+    row_seconds: float
+
+
+def _plan(kind, x, kernel, recurrent_kernel, bias, dt, has_mask, options, activation,
+          recurrent_activation, keeps, weight_cache):
+    layout = LAYOUTS[kind]
     H = recurrent_kernel.shape[0]
-    xc, B, T = C.input_c(x, options.time_major)
-    row_flops = 2.0 * layout.gates * H * (H + xc.shape[2])   # per row and step
+    tm = bool(options.time_major)
+    B, T, D = (x.shape[1], x.shape[0], x.shape[2]) if tm else x.shape
+    row_flops = 2.0 * layout.gates * H * (H + D)   # per row and step
     rows, chunks, sync = _chunks(layout, B, H, row_flops, T, dt)
-    held = [np.array(s, dtype=dt, order="C", copy=True) for s in states]
+    weights, Gp, Hp = _prepare(layout, kernel, recurrent_kernel, bias, dt, H, rows, weight_cache)
+    return _Plan(layout, dt, B, T, H, tm, bool(options.return_all_outputs), rows, chunks,
+                 sync is not None, weights, Gp, Hp, C.Flags.of(options, has_mask),
+                 (code(activation), code(recurrent_activation)), time_loop(kind, keeps),
+                 C.row_step_seconds(row_flops, dt))
+
+
+def _run(plan, x, states, step_mask, kept):
+    """Run a planned call on its arrays (see run_cell)."""
+    dt, B, T, H = plan.dt, plan.B, plan.T, plan.H
+    two_states = plan.layout.n_states == 2
+    xc = np.ascontiguousarray(x)
     hb = np.empty((2, B, H), dt)   # h; with a unit split double-buffered: step s reads hb[s % 2]
-    hb[0] = held[0]
-    c = held[1] if layout.n_states == 2 else C.placeholder((1, 1), dt)
-    mask, has_mask = C.mask_arg(step_mask, T, B)
-    out = C.out_buffer(B, T, H, dt, options.return_all_outputs, options.time_major)
-    seen = np.zeros(B, np.bool_)
-    weights, buffers = _prepare(layout, kernel, recurrent_kernel, bias, dt, T, B, H, rows, chunks,
-                                weight_cache)
-    threads = len(chunks) if sync is not None else 1
-    keeps = kept is not None
-    if not keeps:
+    hb[0] = states[0]
+    c = np.array(states[1], dtype=dt, order="C", copy=True) if two_states else \
+        C.placeholder((1, 1), dt)
+    mask = C.mask_arg(step_mask, T, B)[0]
+    out = C.out_buffer(B, T, H, dt, plan.return_all_outputs, plan.time_major)
+    buffers = _buffers(plan.layout, dt, T, B, H, plan.Gp, plan.Hp, plan.rows, plan.chunks)
+    sync = C.new_sync() if plan.split else None
+    if kept is None:
         kept = (C.placeholder((1, 1, 1), dt), C.placeholder((1, 1, 1), dt))
-    args = (xc, weights, (hb, c), buffers, out, mask, seen, C.Flags.of(options, has_mask),
-            activations, C.placeholder((SYNC_WORDS,), np.int64) if sync is None else sync,
-            threads, kept)
-    C.run_chunks(time_loop(kind, keeps), args, chunks, T, C.row_step_seconds(row_flops, dt),
-                 buffers[0].shape[0], sync)
-    last = (out[-1] if options.time_major else out[:, -1]).copy()
-    h = hb[T % 2 if sync is not None else 0].copy()
-    return last, out, (h, c) if layout.n_states == 2 else (h,)
+    args = (xc, plan.weights, (hb, c), buffers, out, mask, np.zeros(B, np.bool_), plan.flags,
+            plan.activations, C.placeholder((SYNC_WORDS,), np.int64) if sync is None else sync,
+            len(plan.chunks) if plan.split else 1, kept)
+    C.run_chunks(plan.loop, args, plan.chunks, T, plan.row_seconds, buffers[0].shape[0], sync)
+    last = (out[-1] if plan.time_major else out[:, -1]).copy()
+    h = hb[T % 2 if plan.split else 0].copy()
+    return last, out, (h, c) if two_states else (h,)
