@@ -399,3 +399,33 @@ def test_a_tiny_grid_runs_each_implementation_once_and_writes_the_json(capsys, t
             assert "float32 only" in theirs["float64"]["error"]
         ratios = [m["ratio"] for m in doc["heatmaps"] if m["dtype"] == "float32"][0]
         assert all(r is not None for row in ratios for r in row)
+
+
+def test_workers_check_against_the_references_the_parent_computed(tmp_path, capsys):
+    """The parent computes every point's float64 reference before any worker starts
+    (runner.write_references); a worker loads it instead of running BLAS between timed calls. A
+    wrong reference on disk shows in the worker's error, so the worker did use the file."""
+    from gpukb.bench import worker
+
+    size = Size(2, 3, 2, 4)
+    point = {"workload": "simple_rnn", "dtype": "float32", "size": size.as_dict()}
+    runner.write_references([point], str(tmp_path), 2)
+    problem = workloads.make_problem("simple_rnn", size, check_rows=2)
+    path = problem.reference_file(str(tmp_path))
+    np.testing.assert_array_equal(np.load(path), problem.reference)
+    np.save(path, problem.reference + 1.0)
+    worker.run_workloads({"key": "gpukb[cpu]", "points": [point], "check_rows": 2,
+                          "repeats": 1, "budget_s": 0.01, "references": str(tmp_path)})
+    events = [json.loads(line[len(runner.WORKER_MARK):]) for line in capsys.readouterr().out
+              .splitlines() if line.startswith(runner.WORKER_MARK)]
+    result = next(e["result"] for e in events if e["event"] == "result")
+    assert result["status"] == "ok" and result["relative_error"] > 0.1
+
+
+def test_relative_error_is_the_frobenius_norms_ratio():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((3, 40, 5))
+    out = ref + 1e-3 * rng.standard_normal(ref.shape)
+    want = np.linalg.norm(out - ref) / np.linalg.norm(ref)
+    assert workloads.relative_error(out, ref) == pytest.approx(want, rel=1e-12)
+    assert workloads.relative_error(np.zeros(3), np.zeros(3)) == 0.0

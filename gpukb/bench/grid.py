@@ -198,9 +198,26 @@ def run_grid(keys, points, *, repeats: int, budget_s: float, rounds: int = 1, pr
     """Run every implementation (by key) on every point, ``rounds`` times, the rounds
     interleaved; returns (results, best round per point, in plan order; the prepared
     implementations; skipped as (key, reason))."""
+    import tempfile
+
     from . import runner
 
-    spec = {"check_rows": CHECK_ROWS, "repeats": repeats, "budget_s": budget_s}
+    with tempfile.TemporaryDirectory(prefix="gpukb-grid-") as folder:
+        runner.write_references([p.as_wire() for p in points], folder, CHECK_ROWS)
+        spec = {"check_rows": CHECK_ROWS, "repeats": repeats, "budget_s": budget_s,
+                "references": folder}
+        all_rounds, ready, skipped = _rounds(keys, points, spec, rounds, progress, python)
+    results = best_of_rounds(all_rounds)
+    order_p = {(p.workload, p.dtype, p.size): i for i, p in enumerate(points)}
+    order_k = {k: i for i, k in enumerate(keys)}
+    results.sort(key=lambda r: (order_p[r.workload, r.dtype, r.size], order_k[r.key]))
+    runner.add_ratios(results)
+    return results, list(ready.values()), list(skipped.items())
+
+
+def _rounds(keys, points, spec, rounds, progress, python):
+    """``rounds`` runs of every implementation over the points: (results per round, ready
+    implementations by key, skipped reasons by key)."""
     all_rounds: list[list] = []
     ready: dict = {}
     skipped: dict = {}
@@ -217,12 +234,7 @@ def run_grid(keys, points, *, repeats: int, budget_s: float, rounds: int = 1, pr
             for name, reason in skipped_now:
                 skipped.setdefault(name, reason)
         all_rounds.append(results)
-    results = best_of_rounds(all_rounds)
-    order_p = {(p.workload, p.dtype, p.size): i for i, p in enumerate(points)}
-    order_k = {k: i for i, k in enumerate(keys)}
-    results.sort(key=lambda r: (order_p[r.workload, r.dtype, r.size], order_k[r.key]))
-    runner.add_ratios(results)
-    return results, list(ready.values()), list(skipped.items())
+    return all_rounds, ready, skipped
 
 
 def result_entry(r, peak: dict) -> dict:

@@ -206,17 +206,35 @@ def crashed_result(key: str, started: dict, why: str) -> Result:
                   status="error", error=why)
 
 
+def write_references(points, folder: str, check_rows=None) -> None:
+    """The float64 reference of every point (``{"workload", "dtype", "size"}``) into ``folder``,
+    for the workers to load (``Problem.load_reference``): computed here, before any worker
+    starts, so that no worker runs BLAS (and leaves its threads spinning) between timed calls."""
+    from .workloads import Size, make_problem
+
+    for point in points:
+        problem = make_problem(point["workload"], Size(**point["size"]), dtype=point["dtype"],
+                               check_rows=check_rows)
+        problem.save_reference(folder)
+
+
 def run_isolated(keys, workloads, sizes, *, repeats: int, budget_s: float, progress=None,
                  python: str | None = None, dtypes=("float32",)):
     """Run each implementation (by key) in a fresh worker process, one after the other, on every
     workload x dtype x size (see ``run_workers``). Returns (results in table order, the prepared
     implementations as records, skipped as [(key, reason)])."""
+    import tempfile
+
     spec = {"workloads": list(workloads), "sizes": [s.as_dict() for s in sizes],
             "dtypes": list(dtypes), "repeats": repeats, "budget_s": budget_s}
-    results, ready, skipped = run_workers(keys, spec,
-                                          per_key=len(workloads) * len(dtypes) * len(sizes),
-                                          from_wire=result_from_wire, crashed=crashed_result,
-                                          progress=progress, python=python)
+    with tempfile.TemporaryDirectory(prefix="gpukb-bench-") as folder:
+        from .worker import workload_points
+
+        write_references(workload_points(spec), folder)
+        results, ready, skipped = run_workers(keys, dict(spec, references=folder),
+                                              per_key=len(workloads) * len(dtypes) * len(sizes),
+                                              from_wire=result_from_wire, crashed=crashed_result,
+                                              progress=progress, python=python)
     order_w = {w: i for i, w in enumerate(workloads)}
     order_d = {d: i for i, d in enumerate(dtypes)}
     order_s = {s: i for i, s in enumerate(sizes)}

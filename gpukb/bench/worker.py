@@ -6,7 +6,8 @@ on stdout: ``skipped`` (with the reason) or ``ready`` (threads, versions), then 
 
 - ``gpukb.rnn`` workloads: ``key``, ``workloads``, ``sizes``, ``dtypes`` (default float32),
   ``repeats``, ``budget_s``; or, instead of the three lists, ``points`` (``gpukb bench --grid``:
-  each a workload, dtype and size) and ``check_rows`` (see ``workloads.Problem``);
+  each a workload, dtype and size) and ``check_rows`` (see ``workloads.Problem``); and
+  ``references``, a folder of the problems' references (``runner.write_references``);
 - a saved model (``gpukb bench --model``): ``key``, ``model`` (the file), ``problems`` (batch
   size -> the ``.npz`` of its inputs and reference outputs), ``calls``, ``repeats``, ``budget_s``.
 """
@@ -72,6 +73,8 @@ def run_workloads(spec: dict) -> None:
                "title": f"{shown} {size.label} {label}", "label": label,
                "kind": implementation.kind})
         problem = make_problem(workload, size, dtype=dtype, check_rows=spec.get("check_rows"))
+        if "references" in spec:   # computed by the parent: no BLAS here between timed calls
+            problem.load_reference(spec["references"])
         result = run_one(implementation, problem, repeats=spec["repeats"],
                          budget_s=spec["budget_s"])
         _emit({"event": "result", "result": result_to_wire(result)})

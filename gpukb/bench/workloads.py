@@ -129,6 +129,24 @@ class Problem:
     def relative_error(self, outputs) -> float:
         return relative_error(np.asarray(outputs)[:self.check_rows], self.reference)
 
+    def reference_file(self, folder: str) -> str:
+        """Where ``save_reference`` keeps this problem's reference in ``folder``."""
+        import os
+
+        size = self.size
+        name = (f"{self.workload}-{self.dtype}-{size.B}x{size.T}x{size.D}x{size.H}"
+                f"-{self.check_rows}.npy")
+        return os.path.join(folder, name)
+
+    def save_reference(self, folder: str) -> None:
+        np.save(self.reference_file(folder), self.reference)
+
+    def load_reference(self, folder: str) -> None:
+        """Take the reference that ``save_reference`` wrote (the benchmark workers: computing it
+        there ran BLAS, whose threads then spin for a while and take a core from the next
+        point's timed calls)."""
+        self._reference = np.load(self.reference_file(folder))
+
 
 def make_problem(workload: str, size: Size, seed: int = 0, dtype=np.float32,
                  check_rows: int | None = None) -> Problem:
@@ -207,10 +225,20 @@ def reference(workload, x, kernel, recurrent_kernel, bias, h0, c0=None) -> np.nd
     return outputs
 
 
+def _norm(a) -> float:
+    """The Frobenius norm without BLAS. ``np.linalg.norm`` is a BLAS dot product, which on a
+    large array wakes OpenBLAS's threads, and they spin for a while after it: in a benchmark
+    worker that checks a point's outputs and then times the next point, that spinning took a core
+    from the timed calls (gpukb's LSTM (8, 32, 128, 256), split over two threads that meet every
+    step: median 4.9-5.3 ms, 2.3-2.6 with OPENBLAS_NUM_THREADS=1)."""
+    a = np.asarray(a, np.float64)
+    return float(np.sqrt(np.sum(a * a)))
+
+
 def relative_error(outputs, ref) -> float:
     """``||outputs - ref|| / ||ref||`` (Frobenius norms, in float64)."""
     outputs = np.asarray(outputs, np.float64)
     if outputs.shape != ref.shape:
         raise ValueError(f"outputs have shape {outputs.shape}, the reference {ref.shape}.")
-    denominator = float(np.linalg.norm(ref))
-    return float(np.linalg.norm(outputs - ref) / (denominator if denominator else 1.0))
+    denominator = _norm(ref)
+    return _norm(outputs - ref) / (denominator if denominator else 1.0)
