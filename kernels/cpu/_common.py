@@ -82,10 +82,11 @@ _MIN_STEP_FLOPS_TO_SPLIT_UNITS = 5.0e5
 # LSTM H = 256 (half of L2) 0.73-0.93x / 0.72-0.85x at the grid's lengths (T = 32-254), but
 # 1.33-1.38x slower at T = 20: see _MIN_SECONDS_TO_SPLIT_UNITS.
 _IN_CACHE_SPLIT_FACTOR = 16.0
-# A unit split starts the call's other threads (here the hand-off took 0.1-0.3 ms: a sleeping
-# vCPU is woken by the host) and meets once per step: split only calls that one thread would
-# spend at least this long on, estimated per step from the flops (at _SPLIT_FLOPS_PER_SECOND)
-# or from streaming the recurrent kernel (from L2, or from beyond it), whichever is slower.
+# A unit split starts the call's other threads (here the other thread started 0.06-0.37 ms
+# after the calling one: a hand-off through Python) and meets once per step: split only calls
+# that one thread would spend at least this long on, estimated per step from the flops (at
+# _SPLIT_FLOPS_PER_SECOND) or from streaming the recurrent kernel (from L2, or from beyond it),
+# whichever is slower.
 _MIN_SECONDS_TO_SPLIT_UNITS = 1.5e-3
 _SPLIT_FLOPS_PER_SECOND = 1.0e11
 _L2_BYTES_PER_SECOND = 4.5e10
