@@ -12,9 +12,10 @@ plans from those alone (the cpu backend) keeps, per cell, the checked call and i
 
 Only plain calls take this path (``key`` is None otherwise): one NumPy array as inputs, a list
 or tuple of NumPy arrays as initial states, every array already in the cell's dtype (so the
-cast changes nothing), the cell's weights NumPy arrays (so ``Cell.converted`` is the cell),
-no mask, no constants, no ``input_length``, and every flag a plain bool. Anything else takes the
-full path, with its checks and errors, every time.
+cast changes nothing), the cell's weights NumPy arrays (so ``Cell.converted`` is the cell), no
+constants, no ``input_length``, a mask that is None or a NumPy array (its shape and dtype are
+part of the key; its values are read, and checked, at every call), and every flag a plain bool.
+Anything else takes the full path, with its checks and errors, every time.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .cells import Cell
 MAX_KEYS_PER_CELL = 64
 
 _FLAGS = ("go_backwards", "unroll", "time_major", "zero_output_for_mask", "return_all_outputs")
-_ABSENT = ("mask", "constants", "input_length")
+_ABSENT = ("constants", "input_length")
 
 
 def key(cell: Any, inputs: Any, initial_states: Any, options: dict) -> tuple | None:
@@ -44,6 +45,9 @@ def key(cell: Any, inputs: Any, initial_states: Any, options: dict) -> tuple | N
     for name in _ABSENT:
         if options.get(name) is not None:
             return None
+    mask = options.get("mask")
+    if mask is not None and type(mask) is not numpy.ndarray:
+        return None
     flags = tuple(options.get(name) for name in _FLAGS)
     if any(type(flag) is not bool for flag in flags):
         return None
@@ -62,12 +66,15 @@ def key(cell: Any, inputs: Any, initial_states: Any, options: dict) -> tuple | N
     # The weights' identities: a cell that is not frozen may get new weights (of new shapes).
     weights = (id(kernel), kernel.shape, id(recurrent_kernel), recurrent_kernel.shape,
                id(bias), None if bias is None else bias.shape)
-    return (inputs.shape, dtype, container, tuple(states), flags, weights)
+    masking = None if mask is None else (mask.shape, mask.dtype)
+    return (inputs.shape, dtype, container, tuple(states), flags, weights, masking)
 
 
-def lookup(cell: Cell, call_key: tuple, inputs: Any, initial_states: Any) -> tuple | None:
+def lookup(cell: Cell, call_key: tuple, inputs: Any, initial_states: Any,
+           mask: Any = None) -> tuple | None:
     """``(plan, call)`` for this call when a call of the same key was planned before, its
-    ``RnnCall`` holding this call's arrays; else None."""
+    ``RnnCall`` holding this call's arrays (and its mask as steps, ``_rnn``'s reading); else
+    None."""
     known = cell.__dict__.get("_repeat_calls")
     entry = None if known is None else known.get(call_key)
     if entry is None:
@@ -80,6 +87,11 @@ def lookup(cell: Cell, call_key: tuple, inputs: Any, initial_states: Any) -> tup
     fields.update(template.__dict__)
     fields.update(input_leaves=[inputs], initial_states=initial_states,
                   state_leaves=list(initial_states))
+    if mask is not None:
+        from ._rnn.validation import _mask_to_steps
+
+        fields["step_mask"] = _mask_to_steps(mask, numpy, template.batch_size,
+                                             template.time_steps, template.time_major)
     return plan, call
 
 
@@ -91,4 +103,4 @@ def store(cell: Cell, call_key: tuple, plan: Any, call: Any) -> None:
         object.__setattr__(cell, "_repeat_calls", known)   # a frozen cell refuses only weights
     # The arrays are dropped: the template must not keep a caller's inputs alive.
     known[call_key] = (plan, dataclasses.replace(call, input_leaves=[], initial_states=None,
-                                                 state_leaves=[]))
+                                                 state_leaves=[], step_mask=None))

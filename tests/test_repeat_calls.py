@@ -91,15 +91,15 @@ def test_a_call_of_another_structure_still_gets_its_error(prepares):
         gpukb.rnn(cell, x, states, go_backwards="yes")
 
 
-@pytest.mark.parametrize("change", ["mask", "input_length", "constants", "int flag", "float64 inputs",
-                                    "nested inputs"])
+@pytest.mark.parametrize("change", ["list mask", "input_length", "constants", "int flag",
+                                    "float64 inputs", "nested inputs"])
 def test_calls_that_are_not_plain_are_checked_every_time(prepares, change):
     rng = np.random.default_rng(2)
     cell = lstm(rng)
     x, states = arguments(rng, 2, 5)
     options = {}
-    if change == "mask":
-        options["mask"] = np.array([[1, 1, 0, 1, 1], [1, 0, 0, 1, 1]], bool)
+    if change == "list mask":
+        options["mask"] = [[1, 1, 0, 1, 1], [1, 0, 0, 1, 1]]
     elif change == "input_length":
         options["input_length"] = 5
     elif change == "constants":
@@ -121,13 +121,31 @@ def test_calls_that_are_not_plain_are_checked_every_time(prepares, change):
     assert first[1].dtype == np.float32   # float64 inputs: cast to the cell's dtype, as before
 
 
+def test_masked_calls_reuse_the_checks_and_read_every_calls_mask(prepares):
+    rng = np.random.default_rng(7)
+    cell = lstm(rng).freeze()
+    x, states = arguments(rng, 3, 6)
+    masks = [rng.random((3, 6)) < 0.6 for _ in range(3)] + [np.ones((3, 6), bool)]
+    for mask in masks:
+        got = gpukb.rnn(cell, x, states, mask=mask, zero_output_for_mask=True)
+        assert_same(got, fresh_result(cell, x, states, mask=mask, zero_output_for_mask=True))
+    assert len(prepares) == 1 + len(masks)   # the first call, and each fresh cell's
+    gpukb.rnn(cell, x, states, mask=masks[0].astype(np.int8), zero_output_for_mask=True)
+    assert len(prepares) == 2 + len(masks)   # another mask dtype: checked in full
+    with pytest.raises(ValueError, match="mask shape"):
+        gpukb.rnn(cell, x, states, mask=masks[0][:, :5], zero_output_for_mask=True)
+    with pytest.raises(TypeError, match="mask must be a boolean"):
+        gpukb.rnn(cell, x, states, mask=masks[0].astype("U1"), zero_output_for_mask=True)
+
+
 def test_the_reused_plan_does_not_keep_the_callers_arrays_alive():
     rng = np.random.default_rng(3)
     cell = lstm(rng)
     x, states = arguments(rng, 2, 5)
-    gpukb.rnn(cell, x, states)
-    refs = [weakref.ref(a) for a in (x, *states)]
-    del x, states
+    mask = np.ones((2, 5), bool)
+    gpukb.rnn(cell, x, states, mask=mask)
+    refs = [weakref.ref(a) for a in (x, *states, mask)]
+    del x, states, mask
     gc.collect()
     assert all(r() is None for r in refs)
 

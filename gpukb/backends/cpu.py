@@ -46,7 +46,8 @@ class CPUBackend(Backend):
         call_key = _repeat_calls.key(step_function, inputs, initial_states, options)
         if call_key is None:
             return super().rnn(step_function, inputs, initial_states, **options)
-        known = _repeat_calls.lookup(step_function, call_key, inputs, initial_states)
+        known = _repeat_calls.lookup(step_function, call_key, inputs, initial_states,
+                                     options.get("mask"))
         if known is None:
             plan, call = self.planned_call(step_function, inputs, initial_states, **options)
             _repeat_calls.store(step_function, call_key, plan, call)
