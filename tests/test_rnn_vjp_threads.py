@@ -44,9 +44,9 @@ def test_split_backward_matches_the_generic_path(kind, reset_after, split, monke
     chunks = []
     original = _common.run_chunks
 
-    def spy(fn, args, parts, *rest):
+    def spy(fn, args, parts, *rest, **options):
         chunks.append((fn, list(parts)))
-        return original(fn, args, parts, *rest)
+        return original(fn, args, parts, *rest, **options)
 
     with monkeypatch.context() as m:
         m.setattr(_common, "max_threads", lambda: 2)
@@ -59,10 +59,11 @@ def test_split_backward_matches_the_generic_path(kind, reset_after, split, monke
         got = _gradients(pullback, d_out, d_states)
     reverse = [parts for fn, parts in chunks if fn is backward._reverse_loop(
         {"lstm": LSTM, "simple_rnn": SIMPLE_RNN}.get(kind, GRU if reset_after else GRU_BEFORE))]
-    # GRU without reset_after never splits its units (its step needs all of r * h), as forward
-    assert len(reverse) == 1
+    # GRU without reset_after never splits its units (its step needs all of r * h), as forward;
+    # a loop on one thread runs in blocks of steps (backward._BlockSums), a split one at once
+    assert reverse and all(parts == reverse[0] for parts in reverse)
     if split == "units" and not reset_after:
-        assert reverse[0] == [(0, B, 0, H)]
+        assert reverse[0] == [(0, B, 0, H)] and len(reverse) == 6   # T = 6: a block per step
     else:
         assert len(reverse[0]) > 1 and (reverse[0][0][3] < H) == (split == "units"), reverse
     _, generic_pullback = generic_vjp(cell, x, states, **options)
@@ -107,3 +108,98 @@ def test_recomputation_gives_the_kept_results(kind):
         np.testing.assert_array_equal(with_kept[name], recomputed[name])
     for a, c in zip(with_kept["states"], recomputed["states"]):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind", [LSTM, GRU, GRU_BEFORE, SIMPLE_RNN])
+@pytest.mark.parametrize("time_major", [False, True])
+def test_block_sums_on_a_second_thread_give_one_threads_bits(kind, time_major, monkeypatch):
+    """A small batch's reverse loop runs on one thread, and a second thread adds up the weight
+    gradients block by block behind it (backward._BlockSums): the same bits as on one thread,
+    near the float64 products of the whole sequence."""
+    rng = np.random.default_rng(5)
+    B, T, D, H = 3, 11, 5, 16
+    G = {LSTM: 4, SIMPLE_RNN: 1}.get(kind, 3) * H
+    x = rng.standard_normal((T, B, D) if time_major else (B, T, D))
+    W, U = rng.standard_normal((D, G)) * 0.5, rng.standard_normal((H, G)) * 0.3
+    b = rng.standard_normal((2, G) if kind == GRU else (G,))
+    states = [rng.standard_normal((B, H)) for _ in range(2 if kind == LSTM else 1)]
+    mask = rng.random((T, B)) < 0.7
+    options = LoopOptions(go_backwards=True, time_major=time_major)
+    _, out, _ = run_cell(kind, x, W, U, b, states, mask, options, "tanh", "sigmoid")
+    gy = rng.standard_normal((T, B, H))
+    d_states = [rng.standard_normal((B, H)) for _ in states]
+    args = (kind, x, W, U, b, states, mask, options, "tanh", "sigmoid", out, gy, d_states)
+    reserved = []
+    original = _common._reserve_workers
+    results = {}
+    for threads in (1, 2):
+        with monkeypatch.context() as m:
+            m.setattr(_common, "max_threads", lambda: threads)
+            m.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+            m.setattr(_common, "_reserve_workers", lambda n: reserved.append(n) or original(n))
+            results[threads] = backward.cell_backward(*args)
+    assert reserved == [1]   # the sums ran on a thread of their own with two threads
+    for name in ("inputs", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_array_equal(results[1][name], results[2][name])
+    assert len(backward._BlockSums(
+        [(x, None, G, G)], np.float64, T, B, time_major, True).blocks) == 6   # blocks of 2 steps
+
+
+def test_summed_runs_add_runs_of_rows():
+    """summed_runs adds, onto z, the products of several runs of rows a fixed stride apart (a
+    batch-major layout's steps [t0, t1) of every sample), against float64."""
+    from gpukb.kernels.cpu._gemm_sums import block_columns, summed_runs
+
+    rng = np.random.default_rng(4)
+    dtype = np.float32
+    B, T, M, N = 3, 9, 7, 2 * block_columns(dtype) + 3
+    a = rng.standard_normal((B, T, M)).astype(dtype)
+    u = rng.standard_normal((B, T, N + 2)).astype(dtype)   # rows N + 2 apart
+    z0 = rng.standard_normal((M, N)).astype(dtype)
+    z = z0.copy()
+    t0, t1 = 2, 7
+    summed_runs(z, a.reshape(-1)[t0 * M:], M, u.reshape(-1)[t0 * (N + 2):], N + 2, B, T * M,
+                T * (N + 2), t1 - t0, 0, N)
+    rows_a = a[:, t0:t1].reshape(-1, M).astype(np.float64)
+    rows_u = u[:, t0:t1, :N].reshape(-1, N).astype(np.float64)
+    np.testing.assert_allclose(z, z0 + rows_a.T @ rows_u, rtol=0, atol=1e-4)
+
+
+def test_block_sums_stop_with_the_loop(monkeypatch):
+    """When the reverse loop raises between blocks (Ctrl-C arrives there), the thread adding up
+    the weight gradients stops after its current block before the exception propagates, its
+    thread is free again, and the next call gives the same bits as before."""
+    rng = np.random.default_rng(6)
+    B, T, D, H = 2, 16, 3, 16
+    x = rng.standard_normal((B, T, D))
+    W, U = rng.standard_normal((D, 4 * H)) * 0.5, rng.standard_normal((H, 4 * H)) * 0.3
+    b = rng.standard_normal(4 * H)
+    states = [rng.standard_normal((B, H)) for _ in range(2)]
+    options = LoopOptions()
+    _, out, _ = run_cell(LSTM, x, W, U, b, states, None, options, "tanh", "sigmoid")
+    gy = rng.standard_normal((T, B, H))
+    args = (LSTM, x, W, U, b, states, None, options, "tanh", "sigmoid", out, gy,
+            [np.zeros((B, H))] * 2)
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    before = backward.cell_backward(*args)
+    original, calls, added = _common.run_chunks, [], []
+
+    def interrupted(*a, **k):
+        if "first" in k:   # a block of the reverse loop (not the forward run again before it)
+            calls.append(k["first"])
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return original(*a, **k)
+
+    add = backward._BlockSums._add
+    monkeypatch.setattr(_common, "run_chunks", interrupted)
+    monkeypatch.setattr(backward._BlockSums, "_add", lambda self, *blk: added.append(blk) or
+                        add(self, *blk))
+    with pytest.raises(KeyboardInterrupt):
+        backward.cell_backward(*args)
+    assert calls == [0, 2, 4] and added == [(0, 2), (2, 4)]   # blocks of 2 steps, two summed
+    monkeypatch.setattr(_common, "run_chunks", original)
+    after = backward.cell_backward(*args)
+    for name in ("inputs", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_array_equal(before[name], after[name])

@@ -331,17 +331,17 @@ def row_step_seconds(row_flops, dtype):
     return row_flops * dtype.itemsize / (4 * _FLOPS_PER_SECOND) + _ROW_STEP_SECONDS
 
 
-def _run_time_blocks(fn, args, part, steps, seconds_per_step, align, stop):
-    """fn(*args, *part, s0, s1) over consecutive blocks [s0, s1) of range(steps): the first sized
-    from seconds_per_step, each next one from the last one's measured time; returns early once
-    ``stop`` is non-empty. Blocks are whole multiples of ``align`` steps (the kernel's projection
-    blocks) where possible; the results do not depend on the blocks."""
+def _run_time_blocks(fn, args, part, steps, seconds_per_step, align, stop, first=0):
+    """fn(*args, *part, s0, s1) over consecutive blocks [s0, s1) of range(first, steps): the
+    first sized from seconds_per_step, each next one from the last one's measured time; returns
+    early once ``stop`` is non-empty. Blocks are whole multiples of ``align`` steps (the kernel's
+    projection blocks) where possible; the results do not depend on the blocks."""
     step_seconds = seconds_per_step + _STEP_SECONDS
-    if steps * step_seconds <= _BLOCK_SECONDS:
-        fn(*args, *part, 0, steps)   # a short call: one block, nothing to time
+    if (steps - first) * step_seconds <= _BLOCK_SECONDS:
+        fn(*args, *part, first, steps)   # a short call: one block, nothing to time
         return
     n = int(_BLOCK_SECONDS / step_seconds)
-    s0 = 0
+    s0 = first
     while True:
         n = max(1, n // align * align if n >= align else n)
         if steps - s0 <= n + n // 2:   # the last block (no short one after it)
@@ -363,11 +363,11 @@ def new_sync():
     return new_sync()
 
 
-def run_chunks(fn, args, chunks, steps, row_seconds, align, sync=None):
+def run_chunks(fn, args, chunks, steps, row_seconds, align, sync=None, first=0):
     """fn(*args, n0, n1, u0, u1, s0, s1) over the chunks (n0, n1, u0, u1) (rows [n0, n1), units
-    [u0, u1) of H) and, for each chunk, blocks [s0, s1) of range(steps) (see _run_time_blocks;
-    ``row_seconds`` from row_step_seconds, for all H units; ``align``: the kernel's projection
-    block).
+    [u0, u1) of H) and, for each chunk, blocks [s0, s1) of range(first, steps) (see
+    _run_time_blocks; ``row_seconds`` from row_step_seconds, for all H units; ``align``: the
+    kernel's projection block).
 
     Row chunks (every chunk has all units): the calling thread and up to max_threads() - 1 pool
     threads take chunks from a shared list until none is left. Unit chunks (``sync`` given: the
@@ -388,7 +388,7 @@ def run_chunks(fn, args, chunks, steps, row_seconds, align, sync=None):
         return (n1 - n0) * row_seconds * (u1 - u0) / units
 
     if len(chunks) == 1:
-        _run_time_blocks(fn, args, chunks[0], steps, seconds(chunks[0]), align, stop)
+        _run_time_blocks(fn, args, chunks[0], steps, seconds(chunks[0]), align, stop, first)
         return
     together = sync is not None
     nworkers = len(chunks) - 1 if together else min(max_threads(), len(chunks)) - 1
@@ -401,7 +401,7 @@ def run_chunks(fn, args, chunks, steps, row_seconds, align, sync=None):
                 if not todo:
                     return
                 part = todo.pop()
-            _run_time_blocks(fn, args, part, steps, seconds(part), align, stop)
+            _run_time_blocks(fn, args, part, steps, seconds(part), align, stop, first)
             if together:   # exactly one chunk per thread: they wait for each other
                 return
 

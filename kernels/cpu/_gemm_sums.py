@@ -136,52 +136,102 @@ _KC = 128
 def summed_products(z, a, sk, u, su, K, c0, c1):
     """``z[m, c] = sum_k a[k * sk + m] * u[k * su + c]`` for every row m of z and columns
     c0 <= c < c1 (a, u: flat views of the operands; z: (M, N) C-contiguous)."""
+    for m in range(z.shape[0]):
+        zero_row(z[m, c0:c1])
+    _add_products(z, a, sk, u, su, 1, 0, 0, K, c0, c1, _buffer(z, _block(z)), _buffer(z, 0))
+
+
+@cached_njit(error_model="numpy", fastmath={"contract"}, nogil=True)
+def summed_runs(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1):
+    """``z[:, c0:c1] +=`` the products of ``runs`` runs of K rows each, run j starting
+    ``j * a_step`` elements into a and ``j * u_step`` into u (the rows of some steps of every
+    sample, in a batch-major layout); run after run, each run's rows in order."""
+    _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, _buffer(z, _block(z)),
+                  _buffer(z, z.shape[0] if runs > 1 else 0))
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _buffer(z, per_row):
+    """Room for _KC rows of ``per_row`` elements of z's dtype, plus a cache line to align them:
+    U's block of a k-chunk, or A's rows of one. Made by _add_products' callers and passed in:
+    Numba frees an array after its last use in a function, and _add_products only uses its
+    buffers' addresses."""
+    return np.empty(_KC * per_row + 64 // z.itemsize, z.dtype)
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _block(z):
+    return VECTOR_BYTES // z.itemsize * NV   # columns of U's block
+
+
+@cached_njit(error_model="numpy", inline="always")
+def _aligned(pointer):
+    return (pointer + 63) // 64 * 64   # on a cache line (see _gemm.aligned_empty)
+
+
+@cached_njit(error_model="numpy", fastmath={"contract"}, nogil=True)
+def _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, panel, rows):
+    """``z[m, c] += sum_r a[row_a(r) + m] * u[row_u(r) + c]`` over the rows r of ``runs`` runs of
+    K rows (row k of run j: ``j * a_step + k * sk`` in a, ``j * u_step + k * su`` in u), each
+    element adding its rows in that order. ``panel``, ``rows``: _buffer's for U's block and,
+    with several runs, for A's rows."""
     M = z.shape[0]
     es = z.itemsize
     NR = VECTOR_BYTES // es * NV
     whole = c0 + (c1 - c0) // NR * NR
     ldz = z.shape[1]
-    for m in range(M):
-        zero_row(z[m, c0:c1])
     za = z.ctypes.data
-    # U's block of the k-chunk, copied contiguous (kc x NR) before the tiles go over it: read in
+    # U's block of a k-chunk, copied contiguous (kc x NR) before the tiles go over it: read in
     # place, each of its rows is a row of dz apart, and every tile of Z would stream it from L2
-    # again; packed, it stays in L1 (same products in the same order: the same bits).
-    panel = np.empty(_KC * NR + 64 // es, z.dtype)
-    pa = (panel.ctypes.data + 63) // 64 * 64   # on a cache line (see _gemm.aligned_empty)
+    # again; packed, it stays in L1 (same products in the same order: the same bits). With
+    # several runs A's rows of the chunk are copied contiguous too, so that a chunk spans runs
+    # and Z is read and written once per chunk, not once per run.
+    pa = _aligned(panel.ctypes.data)
+    ra = _aligned(rows.ctypes.data)
     u0 = u.ctypes.data
-    for k0 in range(0, K, _KC):
-        kc = min(_KC, K - k0)
-        aa = a.ctypes.data + k0 * sk * es
+    a0 = a.ctypes.data
+    total = runs * K
+    for k0 in range(0, total, _KC):
+        kc = min(_KC, total - k0)
+        if runs > 1:
+            for k in range(kc):
+                j, kk = divmod(k0 + k, K)
+                _copy(ra + k * M * es, a0 + (j * a_step + kk * sk) * es, M * es)
+            aa, ska = ra, M
+        else:
+            aa, ska = a0 + k0 * sk * es, sk
         for c in range(c0, whole, NR):
             for k in range(kc):
-                _copy(pa + k * NR * es, u0 + ((k0 + k) * su + c) * es, NR * es)
+                j, kk = divmod(k0 + k, K)
+                _copy(pa + k * NR * es, u0 + (j * u_step + kk * su + c) * es, NR * es)
             m = 0
             while m < M:
                 left = M - m
                 zp = za + (m * ldz + c) * es
                 ap = aa + m * es
                 if BIG_TILES and left >= 8:
-                    _tile8(z, zp, ldz, ap, sk, pa, NR, kc)
+                    _tile8(z, zp, ldz, ap, ska, pa, NR, kc)
                     m += 8
                 elif left >= 6:
-                    _tile6(z, zp, ldz, ap, sk, pa, NR, kc)
+                    _tile6(z, zp, ldz, ap, ska, pa, NR, kc)
                     m += 6
                 elif left >= 4:
-                    _tile4(z, zp, ldz, ap, sk, pa, NR, kc)
+                    _tile4(z, zp, ldz, ap, ska, pa, NR, kc)
                     m += 4
                 elif left >= 2:
-                    _tile2(z, zp, ldz, ap, sk, pa, NR, kc)
+                    _tile2(z, zp, ldz, ap, ska, pa, NR, kc)
                     m += 2
                 else:
-                    _tile1(z, zp, ldz, ap, sk, pa, NR, kc)
+                    _tile1(z, zp, ldz, ap, ska, pa, NR, kc)
                     m += 1
     if whole < c1:   # the last columns, fewer than a vector block
-        for k in range(K):
+        for r in range(total):
+            j, kk = divmod(r, K)
+            ar, ur = j * a_step + kk * sk, j * u_step + kk * su
             for m in range(M):
-                v = a[k * sk + m]
+                v = a[ar + m]
                 for c in range(whole, c1):
-                    z[m, c] += v * u[k * su + c]
+                    z[m, c] += v * u[ur + c]
 
 
 def block_columns(dtype):

@@ -36,11 +36,16 @@ How it runs (everything in processing order, ``(T, B, ...)``):
    rows; a small one by units, the threads meeting once per step between the pointwise part and
    the GEMM (each thread's GEMM needs every unit of dz; the next step's pointwise part reads
    only the thread's own units of the h cotangent).
-3. The weights' and inputs' gradients are GEMMs over all steps at once (NumPy's BLAS, on every
-   core): ``x.T @ dz``, ``h.T @ dz``, ``dz @ kernel.T``.
+3. The weights' and inputs' gradients are GEMMs over all steps (the kernels' own micro-kernels,
+   ``_gemm_sums`` and ``_gemm``): ``x.T @ dz``, ``h.T @ dz``, ``dz @ kernel.T``. When the reverse
+   loop runs on one thread (a batch too small to split), the weight gradients are summed block of
+   steps by block of steps behind it, on a second thread while the loop goes on
+   (``_BlockSums``); when every thread is busy in the loop, over all steps after it.
 """
 
+import queue
 import threading
+from concurrent.futures import wait
 
 import numpy as np
 
@@ -52,7 +57,7 @@ from ..cells.activations import code
 from . import _common as C
 from .activations import act_inplace, act_into
 from ._gemm import I0, ad, fused_rows, gate_columns, pack_transposed, panel_vectors, panel_width
-from ._gemm_sums import block_columns, summed_products
+from ._gemm_sums import block_columns, summed_products, summed_runs
 from ._numba_cache import cached_njit
 from ._rows import copy_row, zero_row
 from ._sync import meet
@@ -449,16 +454,91 @@ def _products(products, dt):
     return outs
 
 
-def _times_transpose(a, w, dt):
-    """a @ w.T (a: (rows, G), w: (D, G)), its rows shared out over the threads."""
+def _times_transpose(a, w, dt, threads=None):
+    """a @ w.T (a: (rows, G), w: (D, G)), its rows shared out over ``threads`` threads (default:
+    all of the kernels')."""
     nv = 2
     P = _packed_transpose(w, nv, dt)   # (G, D) in panels
     z = np.empty((a.shape[0], P.shape[0] * P.shape[2]), dt)
     init = np.zeros(z.shape[1], dt)
+    threads = C.max_threads() if threads is None else threads
     tasks = [(z, a, P, init, nv, r0, r1, 0, P.shape[0])
-             for r0, r1 in _split(a.shape[0], C.max_threads() * _TASKS_PER_THREAD, 6)]
-    _run_tasks(_gemm_task, tasks)
+             for r0, r1 in _split(a.shape[0], threads * _TASKS_PER_THREAD, 6)]
+    if threads > 1:
+        _run_tasks(_gemm_task, tasks)
+    else:
+        for task in tasks:
+            _gemm_task(*task)
     return z[:, :w.shape[0]]
+
+
+# Blocks of steps over which _BlockSums adds up the weight gradients (fixed by T alone, so the
+# results do not depend on the threads).
+_SUM_BLOCKS = 8
+
+
+class _BlockSums:
+    """The weight gradients (``_products``' products) of a reverse loop that runs on one thread,
+    summed block of steps by block of steps as the loop finishes them: with a second thread, on
+    that thread while the loop goes on (a small batch's loop has no other work for it), else
+    after each block. Every element adds its blocks in the loop's order, each block's rows in
+    layout order, on any number of threads: the same bits."""
+
+    def __init__(self, products, dt, T, B, tm, back):
+        self.products, self.T, self.B, self.tm, self.back = products, T, B, tm, back
+        self.outs = [np.zeros((a.shape[-1], n), dt) for a, _, _, n in products]
+        size = -(-T // _SUM_BLOCKS)
+        self.blocks = [(s0, min(T, s0 + size)) for s0 in range(0, T, size)]
+        flops = sum(2.0 * a.size * n for a, _, _, n in products)
+        self.threaded = C.max_threads() > 1 and flops >= C._MIN_FLOPS_TO_SPLIT
+
+    def run(self, loop, args, chunks, row_seconds, times_transpose):
+        """The reverse loop (``C.run_chunks(loop, args, chunks, ...)``, block by block) and the
+        sums; returns ``times_transpose(threads)``, run on the calling thread after the loop
+        (with every thread once the sums are done)."""
+        if not self.threaded:
+            for s0, s1 in self.blocks:
+                C.run_chunks(loop, args, chunks, s1, row_seconds, 1, None, first=s0)
+                self._add(s0, s1)
+            return times_transpose(None)
+        ready = queue.SimpleQueue()
+        workers = C._reserve_workers(1)
+        try:
+            done = workers[0].submit(lambda: self._add_as_ready(ready))
+            try:
+                for s0, s1 in self.blocks:
+                    C.run_chunks(loop, args, chunks, s1, row_seconds, 1, None, first=s0)
+                    ready.put((s0, s1))
+                d_x = times_transpose(None if done.done() else 1)
+            except BaseException:   # e.g. Ctrl-C: the sums stop after their current block
+                ready.put(None)
+                wait([done])
+                raise
+            done.result()
+        finally:
+            C._release_workers(workers)
+        return d_x
+
+    def _add_as_ready(self, ready):
+        for _ in self.blocks:
+            block = ready.get()
+            if block is None:
+                return
+            self._add(*block)
+
+    def _add(self, s0, s1):
+        """Add reverse steps [s0, s1)' rows: input steps [T - s1, T - s0), or [s0, s1) when
+        the loop went backwards."""
+        T, B = self.T, self.B
+        t0, t1 = (s0, s1) if self.back else (T - s1, T - s0)
+        for (a, u, su, n), z in zip(self.products, self.outs):
+            M = a.shape[-1]
+            flat = a.reshape(-1)
+            if self.tm:   # the block's rows are contiguous: (t1 - t0) * B rows
+                row, runs, K, a_step, u_step = t0 * B, 1, (t1 - t0) * B, 0, 0
+            else:         # one run of t1 - t0 rows per sample, T rows apart
+                row, runs, K, a_step, u_step = t0, B, t1 - t0, T * M, T * su
+            summed_runs(z, flat[row * M:], M, u[row * su:], su, runs, a_step, u_step, K, 0, n)
 
 
 def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
@@ -516,21 +596,32 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
     threads = len(chunks) if sync is not None else 1
     args = (kept, ys, h_prev, c0, valid, flags, (gy, gh, gc), work, (PUt, PUt2, nv),
             (act, ract), C.new_sync() if sync is None else sync, threads)
-    C.run_chunks(_reverse_loop(kind), args, chunks, T,
-                 C.row_step_seconds(2.0 * G * H * 2, dt), 1, sync)
+    loop, row_seconds = _reverse_loop(kind), C.row_step_seconds(2.0 * G * H * 2, dt)
 
-    # Step 3: the weights' and inputs' gradients over all steps at once; every array is in x's
-    # layout, so that row k of each is the same (sample, step).
+    # Step 3: the weights' and inputs' gradients over all steps; every array is in x's layout,
+    # so that row k of each is the same (sample, step).
     xc = np.ascontiguousarray(x, dtype=dt)
     flat_dz = dz.reshape(-1)
     if kind == GRU_BEFORE:   # U_h's gradient takes r * h, the others h
-        d_w, d_uzr, d_uh = _products([(xc, flat_dz, G, G), (h_prev, flat_dz, G, 2 * H),
-                                      (rh, flat_dz[2 * H:], G, H)], dt)
+        products = [(xc, flat_dz, G, G), (h_prev, flat_dz, G, 2 * H), (rh, flat_dz[2 * H:], G, H)]
+    else:
+        products = [(xc, flat_dz, G, G),
+                    (h_prev, (dz_rec if kind == GRU else dz).reshape(-1), G, G)]
+    if len(chunks) == 1:   # one thread's loop: the sums follow it, block by block
+        sums = _BlockSums(products, dt, T, B, tm, back)
+        d_x = sums.run(loop, args, chunks, row_seconds,
+                       lambda threads: _times_transpose(dz.reshape(T * B, G),
+                                                        np.asarray(kernel, dt), dt, threads))
+        product_grads = sums.outs
+    else:   # every thread busy in the loop: the sums over all steps at once, after it
+        C.run_chunks(loop, args, chunks, T, row_seconds, 1, sync)
+        product_grads = _products(products, dt)
+        d_x = _times_transpose(dz.reshape(T * B, G), np.asarray(kernel, dt), dt)
+    if kind == GRU_BEFORE:
+        d_w, d_uzr, d_uh = product_grads
         d_u = np.concatenate([d_uzr, d_uh], axis=1)
     else:
-        d_w, d_u = _products([(xc, flat_dz, G, G),
-                              (h_prev, (dz_rec if kind == GRU else dz).reshape(-1), G, G)], dt)
-    d_x = _times_transpose(dz.reshape(T * B, G), np.asarray(kernel, dt), dt)
+        d_w, d_u = product_grads
     d_x = d_x.reshape(x.shape) if d_x.flags.c_contiguous else np.ascontiguousarray(
         d_x).reshape(x.shape)
     d_bias = None

@@ -119,7 +119,8 @@ def _make_time_loop(kind, keeps=False):
                         _masked_row(orow, h_old[n], h[n], u0, u1, flags.zero_output_for_mask,
                                     seen[n])
                         continue
-                    seen[n] = True
+                    if not seen[n]:   # stored once: with a unit split every thread reads this line
+                        seen[n] = True
                     if kind == LSTM:
                         lstm.update_row(z[n], c[n], h[n], orow, H, u0, u1, act, ract)
                     elif kind == GRU:
