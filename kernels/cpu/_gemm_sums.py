@@ -191,19 +191,24 @@ def _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, panel, rows)
     u0 = u.ctypes.data
     a0 = a.ctypes.data
     total = runs * K
+    u_rows = np.empty(_KC, np.int64)   # the chunk's rows' offsets in u, found once per chunk
     for k0 in range(0, total, _KC):
         kc = min(_KC, total - k0)
         if runs > 1:
             for k in range(kc):
                 j, kk = divmod(k0 + k, K)
+                u_rows[k] = j * u_step + kk * su
                 _copy(ra + k * M * es, a0 + (j * a_step + kk * sk) * es, M * es)
             aa, ska = ra, M
-        else:
+        else:   # one run: rows su apart (summed_products' case, kept as plain as it was)
             aa, ska = a0 + k0 * sk * es, sk
         for c in range(c0, whole, NR):
-            for k in range(kc):
-                j, kk = divmod(k0 + k, K)
-                _copy(pa + k * NR * es, u0 + (j * u_step + kk * su + c) * es, NR * es)
+            if runs > 1:
+                for k in range(kc):
+                    _copy(pa + k * NR * es, u0 + (u_rows[k] + c) * es, NR * es)
+            else:
+                for k in range(kc):
+                    _copy(pa + k * NR * es, u0 + ((k0 + k) * su + c) * es, NR * es)
             m = 0
             while m < M:
                 left = M - m
