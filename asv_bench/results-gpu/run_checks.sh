@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Every GPU check of the cuda backend in ONE call on a lent GPU machine (the device tool), sized to
-# end within about 8 minutes so that a 15-minute budget leaves room for one rerun.
+# end within about 8 minutes (each step has its own timeout) so that a 15-minute budget leaves room
+# for a start and a short rerun.
 #
-#   device run, from the repository root, carry [".whl"], timeout_s 560:
+#   here, first (the device image has no network and no setuptools build of ours):
+#     bash asv_bench/results-gpu/make_wheels.sh
+#   device run, from the repository root, carry [".whl"], timeout_s 540:
 #     bash asv_bench/results-gpu/run_checks.sh
 #
-# .whl/ holds the wheels the device image lacks (it has no network); today that is optree:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl optree
+# .whl/ holds gpukb's own wheels (gpukb, gpukb-torch, gpukb-dask) and the ones the image lacks
+# (optree; dask, distributed, dask-cuda and their small pure-Python needs); make_wheels.sh says
+# which.
 #
-# Writes to $OUT (or ./gpu-out): env.txt, pytest-gpu.txt + .xml, pytest-vjp.txt + .xml (rnn_vjp's
-# fused backward), bench.txt + bench.json (the cuDNN comparison), overhead.txt (per-step cost at
-# T=1000). Copy what comes back into a dated folder
-# here, with the device and versions, and update README.md beside this script.
+# Phase 1, correctness, runs its four test groups side by side (compiling dominates; the GPU is
+# time-sliced between their processes); phase 2, timing, runs alone. Writes to $OUT (or ./gpu-out)
+# at most 8 files, the device tool's limit: env.txt, gpu.txt (the gpu-marked tests), vjp.txt
+# (rnn_vjp's fused CUDA backward), torch.txt (the PyTorch drop-in on CUDA tensors), dask.txt
+# (gpukb-dask on CuPy chunks), bench.txt + bench.json (the forward against cuDNN, and the per-step
+# cost at T=1000), train.txt (forward + backward against cuDNN). Copy what comes back into a dated
+# folder here, with the device and versions, and update README.md beside this script.
 set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 out=${OUT:-$repo/gpu-out}
@@ -21,61 +26,77 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 site=/tmp/gpukb-site
 py=${PY:-python3}
+start=$SECONDS
+stamp() { echo "[$((SECONDS - start)) s] $*"; }
 
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
-  $py -m pip list 2>/dev/null | grep -i -E "^(numpy|numba|numba-cuda|cupy|torch|hypothesis|optree|cuda-)" ; } \
+  $py --version; nproc
+  $py -m pip list 2>/dev/null | grep -i -E "^(numpy|numba|numba-cuda|cupy|torch|hypothesis|optree|cuda-|pytest|scipy|h5py)" ; } \
   > "$out/env.txt" 2>&1
 
-# Install gpukb (and carried wheels) into a private folder; nothing touches the image's packages.
-if ls "$repo"/.whl/*.whl >/dev/null 2>&1; then
-  $py -m pip install -q --no-index --no-deps --no-compile --target "$site" "$repo"/.whl/*.whl || exit 1
-fi
-$py -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" "$repo" || exit 1
+# Install the carried wheels into a private folder; nothing touches the image's packages.
+$py -m pip install -q --no-index --no-deps --no-compile --target "$site" "$repo"/.whl/*.whl >> "$out/env.txt" 2>&1 \
+  || { stamp "installing the wheels failed"; tail -20 "$out/env.txt"; exit 1; }
 export PYTHONPATH=$site
 # Run from elsewhere: the checkout's gpukb/ (no kernels/ inside) must not shadow the installed one.
 cd /tmp || exit 1
-$py -c "import gpukb, sys; r = gpukb.get_backend('cuda').is_available(); print('cuda backend:', bool(r), r.reason); sys.exit(0 if r else 1)" \
-  | tee -a "$out/env.txt" || exit 1
+$py - >> "$out/env.txt" 2>&1 <<'EOF'
+import sys, gpukb
+r = gpukb.get_backend("cuda").is_available()
+print("gpukb", gpukb.__version__, "from", gpukb.__file__)
+print("cuda backend:", bool(r), r.reason)
+import numba
+from importlib.metadata import version
+print("numba", numba.__version__, "numba-cuda", version("numba-cuda"))
+sys.exit(0 if r else 1)
+EOF
+ok=$?
+tail -4 "$out/env.txt"
+[ $ok -eq 0 ] || { $py -c "import numba.cuda; numba.cuda.detect()" >> "$out/env.txt" 2>&1; exit 1; }
+stamp "installed"
 
-# 1. Correctness on the GPU: the gpu-marked tests (grid-sync persistent kernel, streams, DLPack,
-#    TF32, conformance on CuPy arrays).
-timeout 240 $py -m pytest -q -p no:cacheprovider -m gpu -o addopts="" \
-  "$repo/tests/test_cuda_gpu.py" "$repo/tests/test_cells.py" --junitxml "$out/pytest-gpu.xml" \
-  2>&1 | tee "$out/pytest-gpu.txt" | tail -25
+pytest_opts=(-q -p no:cacheprovider -o addopts="" -rfEs --durations=8)
 
-# 1b. rnn_vjp's fused CUDA backward (per step and persistent, one block and a multi-block
-#     grid-sync tiling; so far verified only under the CUDA simulator) on CuPy arrays, against the
-#     cpu backend's fused vjp: the simulator's test file, run on the GPU (--noconftest: its
-#     folder's conftest collects it only under the simulator). Most of its time is compiling.
-timeout 210 $py -m pytest -q -p no:cacheprovider --noconftest -o addopts="" \
-  "$repo/tests/cuda_sim/test_sim_vjp.py" --junitxml "$out/pytest-vjp.xml" \
-  2>&1 | tee "$out/pytest-vjp.txt" | tail -15
+# Phase 1: correctness, four groups at once.
+# 1a. The gpu-marked tests: grid-sync persistent kernel as a real cooperative launch, streams,
+#     DLPack, TF32, the conformance suite on CuPy arrays.
+timeout 200 $py -m pytest "${pytest_opts[@]}" -n 5 -m gpu \
+  "$repo/tests/test_cuda_gpu.py" "$repo/tests/test_cells.py" > "$out/gpu.txt" 2>&1 &
+# 1b. rnn_vjp's fused CUDA backward (per step and persistent, one block and a multi-block grid-sync
+#     tiling) on CuPy arrays against the cpu backend's fused vjp: the simulator's test file, run on
+#     the GPU (--noconftest: its folder's conftest collects it only under the simulator).
+timeout 200 $py -m pytest "${pytest_opts[@]}" -n 5 --noconftest \
+  "$repo/tests/cuda_sim/test_sim_vjp.py" > "$out/vjp.txt" 2>&1 &
+# 1c. The PyTorch drop-in on CUDA tensors (against cuDNN and the CPU), and the torch backend's CUDA
+#     tests.
+timeout 200 $py -m pytest "${pytest_opts[@]}" -n 3 \
+  "$repo/plugins/gpukb-torch/tests/test_dropin_cuda.py" "$repo/plugins/gpukb-torch/tests/test_torch_backend.py" \
+  > "$out/torch.txt" 2>&1 &
+# 1d. gpukb-dask's CuPy test on Dask's threads (skipped, with the reason, without dask).
+timeout 200 $py -m pytest "${pytest_opts[@]}" -k cupy \
+  "$repo/plugins/gpukb-dask/tests/test_dask_backend.py" > "$out/dask.txt" 2>&1 &
+wait
+stamp "phase 1 done"
+for f in gpu vjp torch dask; do echo "== $f: $(tail -1 "$out/$f.txt")"; done
 
-# 2. Against cuDNN (PyTorch nn.LSTM / nn.GRU), float32, T=100, D=H, masks none/right/random.
-timeout 240 $py -m gpukb.bench.cuda --cells lstm,gru \
+# Phase 2: timing, alone on the machine.
+# 2a. Against cuDNN (PyTorch nn.LSTM / nn.GRU), float32, T=100, D=H, masks none/right/random.
+timeout 170 $py -m gpukb.bench.cuda --cells lstm,gru \
   --shapes 1x256,8x256,32x512,64x1024,256x1024 --steps 100 --masks none,right,random \
-  --json "$out/bench.json" 2>&1 | tee "$out/bench.txt" > /dev/null
+  --json "$out/bench.json" > "$out/bench.txt" 2>&1
+stamp "bench done"
+# 2b. Per-step cost: T=1000 at tiny sizes, where launch overhead is all there is.
+echo "== overhead: T=1000 ==" >> "$out/bench.txt"
+timeout 45 $py -m gpukb.bench.cuda --cells lstm --shapes 1x64,8x128 --steps 1000 \
+  --masks none --repeat 10 >> "$out/bench.txt" 2>&1
+# 2c. Forward + backward against cuDNN through the PyTorch drop-in.
+timeout 80 $py "$repo/asv_bench/results-gpu/train_bench.py" > "$out/train.txt" 2>&1
+stamp "train bench done"
+# 2d. gpukb-dask: CuPy chunks on a dask_cuda.LocalCUDACluster against one process.
+echo "== gpu_check.py ==" >> "$out/dask.txt"
+timeout 80 $py "$repo/plugins/gpukb-dask/gpu_check.py" >> "$out/dask.txt" 2>&1
+stamp "all done"
 
-# 3. Per-step cost: T=1000 at tiny sizes, where launch overhead is all there is.
-timeout 60 $py -m gpukb.bench.cuda --cells lstm --shapes 1x64,8x128 --steps 1000 \
-  --masks none --repeat 10 2>&1 | tee "$out/overhead.txt" > /dev/null
-
-echo "== overhead (T=1000) =="; grep -E "^lstm" "$out/overhead.txt"
-echo "== vs cuDNN (T=100) =="; grep -E "^(lstm|gru) " "$out/bench.txt"
-
-# 4. gpukb-dask (issue 15): CuPy chunks through the cuda backend on a dask_cuda.LocalCUDACluster,
-#    against one process; and the plugin's CuPy test on Dask's threads. Needs dask, distributed and
-#    dask-cuda with their pure-Python dependencies in .whl/ (the image has none of them, as far as
-#    known), e.g. python3 -m pip download --no-deps -d .whl dask distributed dask-cuda cloudpickle
-#    toolz partd locket fsspec msgpack psutil sortedcontainers tblib tornado zict pyyaml click
-#    (add --only-binary/--platform as for optree above for msgpack, psutil and pyyaml). Without
-#    dask-cuda, gpu_check.py uses a plain LocalCluster and says so; without dask it is skipped.
-if $py -c "import dask.array, distributed" >/dev/null 2>&1; then
-  $py -m pip install -q --no-index --no-deps --no-build-isolation --target "$site" "$repo/plugins/gpukb-dask" \
-    && timeout 150 $py "$repo/plugins/gpukb-dask/gpu_check.py" 2>&1 | tee "$out/dask-gpu.txt" | tail -12
-  timeout 90 $py -m pytest -q -p no:cacheprovider -o addopts="" \
-    "$repo/plugins/gpukb-dask/tests/test_dask_backend.py" -k cupy 2>&1 | tee -a "$out/dask-gpu.txt" | tail -3
-else
-  echo "gpukb-dask GPU check skipped: dask/distributed not importable (carry their wheels in .whl/)" \
-    | tee "$out/dask-gpu.txt"
-fi
+echo "== vs cuDNN (T=100, then T=1000) =="; grep -E "^(lstm|gru) " "$out/bench.txt"
+echo "== train =="; cat "$out/train.txt"
+echo "== dask =="; tail -8 "$out/dask.txt"
