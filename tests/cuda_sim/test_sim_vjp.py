@@ -67,6 +67,7 @@ def vjp_and_grads(backend, cell, x, states, options, cotangents):
     """(forward result, Grads, the plans logged) of one rnn_vjp call and one pullback call, as
     NumPy arrays (the cuda backend's call runs on its own arrays)."""
     move = to_device if backend == "cuda" else (lambda a: a)
+    options = {k: move(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
     with recorded_plans() as plans:
         result, pullback = gpukb.rnn_vjp(cell, move(x), [move(s) for s in states],
                                          backend=backend, **options)
