@@ -57,6 +57,11 @@ def to_device(a):
     return cupy.asarray(a)
 
 
+def options_on_device(options):
+    """rnn's keyword arguments with their arrays (mask, input_length) moved by to_device."""
+    return {k: to_device(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+
+
 def to_host(tree):
     import optree
 
@@ -67,7 +72,7 @@ def vjp_and_grads(backend, cell, x, states, options, cotangents):
     """(forward result, Grads, the plans logged) of one rnn_vjp call and one pullback call, as
     NumPy arrays (the cuda backend's call runs on its own arrays)."""
     move = to_device if backend == "cuda" else (lambda a: a)
-    options = {k: move(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
+    options = options_on_device(options) if backend == "cuda" else options
     with recorded_plans() as plans:
         result, pullback = gpukb.rnn_vjp(cell, move(x), [move(s) for s in states],
                                          backend=backend, **options)
@@ -178,7 +183,7 @@ def test_float32_fused_cuda_vjp_is_close_to_float64(kind, path):
 @pytest.mark.parametrize("path", ["auto", "step"])
 def test_the_forward_is_rnn_bitwise(path):
     cell, x, states, options = problem("gru", "tanh", "sigmoid", "mixed", {}, seed=3)
-    x, states = to_device(x), [to_device(s) for s in states]
+    x, states, options = to_device(x), [to_device(s) for s in states], options_on_device(options)
     with cell_path(path):
         (last, outputs, new_states), _ = gpukb.rnn_vjp(cell, x, states, backend="cuda", **options)
         want = gpukb.rnn(cell, x, states, backend="cuda", **options)
@@ -192,7 +197,7 @@ def test_residuals_and_recompute_give_the_direct_pullbacks_gradients_bitwise():
     same bits (the same kernels on the same arrays)."""
     cell, x, states, options = problem("lstm", "tanh", "sigmoid", "mixed",
                                        dict(go_backwards=True), seed=11)
-    x, states = to_device(x), [to_device(s) for s in states]
+    x, states, options = to_device(x), [to_device(s) for s in states], options_on_device(options)
     args = (cell, x, states)
     d_out, d_last, d_states = random_cotangents(12)(
         to_host(gpukb.rnn(*args, backend="cuda", **options)))

@@ -38,6 +38,13 @@ def as_tensor(array: Any) -> torch.Tensor:
         if any(s < 0 for s in array.strides):
             array = array.copy()
         return torch.from_numpy(array)
+    # torch.from_dlpack aborted the whole process (no exception) on CuPy views that were not
+    # C-contiguous, e.g. a reversed direction's outputs (torch 2.11, CuPy 14.2, an H200): those
+    # are copied first, as NumPy's negative strides are above.
+    if not array.flags.c_contiguous:
+        import cupy
+
+        array = cupy.ascontiguousarray(array)
     return torch.from_dlpack(array)
 
 
