@@ -92,6 +92,37 @@ def test_available_when_driver_device_and_packages_are_there(monkeypatch):
     assert cuda_backend.CUDABackend().is_available()
 
 
+class NumPyWithout:
+    """A NumPy module as NumPy 2.5 has it: no row_stack."""
+    __version__ = "2.5.2"
+
+
+@pytest.mark.parametrize("numpy_module, numba_cuda, broken", [
+    (NumPyWithout, "0.30.4", True),
+    (NumPyWithout, "0.30.0", True),
+    (NumPyWithout, "0.30.5", False),
+    (NumPyWithout, "0.31.0rc1", False),
+    (__import__("numpy"), "0.30.4", False) if hasattr(__import__("numpy"), "row_stack") else
+    (type("NumPyWith", (), {"row_stack": None, "__version__": "2.4.6"}), "0.30.4", False),
+])
+def test_numba_cuda_that_cannot_compile_with_numpy_2_5_is_named(numpy_module, numba_cuda, broken):
+    problem = cuda_backend._numpy_problem(numpy_module, numba_cuda)
+    assert (problem is not None) == broken
+    if broken:
+        assert f"numba-cuda {numba_cuda}" in problem and "NumPy 2.5.2" in problem
+        assert "pip install 'numpy<2.5'" in problem
+
+
+def test_unavailable_with_the_reason_when_numba_cuda_cannot_compile(monkeypatch):
+    monkeypatch.setattr(cuda_backend, "_cuda_driver_problem", lambda: None)
+    monkeypatch.setattr(cuda_backend.importlib.util, "find_spec", lambda name, *a, **k: object())
+    monkeypatch.delattr(cuda_backend.numpy, "row_stack", raising=False)   # as in NumPy 2.5
+    monkeypatch.setattr(cuda_backend.importlib.metadata, "version",
+                        lambda name: {"numba-cuda": "0.30.4"}[name])
+    availability = cuda_backend.CUDABackend().is_available()
+    assert not availability and "np.row_stack" in availability.reason
+
+
 def test_outside_the_simulator_only_gpu_arrays_are_accepted():
     backend = cuda_backend.CUDABackend()
     assert not backend.simulated

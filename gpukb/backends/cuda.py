@@ -38,7 +38,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import importlib.metadata
 import importlib.util
+import itertools
 import os
 import sys
 
@@ -92,6 +94,32 @@ def _cuda_driver_problem() -> str | None:
     if count.value == 0:
         return "no CUDA device found"
     return None
+
+
+# The newest numba-cuda known not to compile with NumPy 2.5: it registers an overload for
+# np.row_stack, which NumPy 2.5 removed, when it compiles its first kernel (AttributeError from
+# deep inside; seen with numba-cuda 0.30.4 and NumPy 2.5.2 on an H200, 2026-12-04).
+_NUMBA_CUDA_WITHOUT_NUMPY_2_5 = (0, 30, 4)
+
+
+def _release(version: str) -> tuple:
+    """'0.30.4' -> (0, 30, 4); the leading numbers of each part only ('1rc1' -> 1)."""
+    numbers = []
+    for part in version.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        numbers.append(int(digits or 0))
+    return tuple(numbers)
+
+
+def _numpy_problem(numpy_module, numba_cuda_version: str) -> str | None:
+    """None when numba-cuda can compile with this NumPy, else the reason and the fix."""
+    if hasattr(numpy_module, "row_stack"):
+        return None
+    if _release(numba_cuda_version) > _NUMBA_CUDA_WITHOUT_NUMPY_2_5:
+        return None
+    return (f"numba-cuda {numba_cuda_version} cannot compile kernels with NumPy "
+            f"{numpy_module.__version__} (it uses np.row_stack, which NumPy 2.5 removed): "
+            "pip install 'numpy<2.5', or a numba-cuda release that supports your NumPy")
 
 
 def _simulated() -> bool:
@@ -196,6 +224,12 @@ class CUDABackend(Backend):
             return unavailable("CuPy is not installed")
         if importlib.util.find_spec("numba_cuda") is None:
             return unavailable("numba-cuda is not installed")
+        try:
+            problem = _numpy_problem(numpy, importlib.metadata.version("numba-cuda"))
+        except importlib.metadata.PackageNotFoundError:   # importable but unrecorded: no version
+            problem = None
+        if problem is not None:
+            return unavailable(problem)
         return available()
 
     def _load_xp(self):
