@@ -2,7 +2,8 @@
 
 The corpus was recorded before the kernel-layer refactor (issue 11), whose rule is that results do
 not change: every recorded call runs again down its path (fused LSTM/GRU/SimpleRNN kernels, the
-``jit_step`` time loop) and must give float64 results bitwise equal to the record, float32 results
+``jit_step`` time loop) and must give float64 results bitwise equal to the record (within 4 ulp on
+another CPU than the record's), float32 results
 within 2 ulp (``np.testing.assert_array_max_ulp``). The simulator paths of the cuda backend are in
 ``tests/cuda_sim/test_sim_kernel_paths.py``. To re-record (only when a result is meant to change):
 ``python tests/fixtures/kernel_paths/make_kernel_paths.py``.
@@ -77,3 +78,21 @@ def test_the_npz_files_are_the_recorded_ones():
     for name, entry in MANIFEST["files"].items():
         data = (RECORDER.parent / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+
+
+def test_the_comparison_is_bitwise_on_the_records_cpu_and_within_a_few_ulp_elsewhere():
+    import numpy as np
+
+    spec = {"id": "x", "outputs": 1}
+    want = np.array([0.5, 0.25, -1.0])
+    one_ulp = np.nextafter(want, np.inf)
+    far = want + 8 * np.spacing(want)
+    here = corpus.platform_environment()
+    elsewhere = dict(here, cpu="another CPU")
+    corpus.assert_matches_record(spec, [want.copy()], {"out0": want}, here)
+    with pytest.raises(AssertionError, match="1 of 3 float64 values differ"):
+        corpus.assert_matches_record(spec, [np.where([True, False, False], one_ulp, want)],
+                                     {"out0": want}, here)
+    corpus.assert_matches_record(spec, [one_ulp], {"out0": want}, elsewhere)
+    with pytest.raises(AssertionError, match="another CPU"):
+        corpus.assert_matches_record(spec, [far], {"out0": want}, elsewhere)
