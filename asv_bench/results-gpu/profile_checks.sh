@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The next GPU session's profile of the cuda backend, in ONE device call (about 3 minutes), after
+# run_checks.sh's figures (README.md beside this file): why the persistent kernel takes 9-36 us
+# per step and why the per-step path costs ~0.22 ms of host time per step.
+#
+#   here: bash asv_bench/results-gpu/make_wheels.sh
+#   device run, from the repository root, carry [".whl"], timeout_s 300:
+#     bash asv_bench/results-gpu/profile_checks.sh
+#
+# Writes to $OUT (or ./gpu-out): tilings.txt (us per step of the persistent kernel, tiling by
+# tiling: one block against many, the grid sync alone, k-splits), host.txt (cProfile of the
+# per-step path), ncu.txt (Nsight Compute on one persistent launch at (8, 128), T=1000).
+set -uo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+out=${OUT:-$repo/gpu-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+site=/tmp/gpukb-site
+py=${PY:-python3}
+$py -m pip install -q --no-index --no-deps --no-compile --target "$site" "$repo"/.whl/*.whl || exit 1
+export PYTHONPATH=$site
+cd /tmp || exit 1
+script="$repo/asv_bench/results-gpu/profile_gpu.py"
+timeout 90 $py "$script" tilings > "$out/tilings.txt" 2>&1
+timeout 60 $py "$script" host > "$out/host.txt" 2>&1
+timeout 120 ncu --kernel-name regex:persistent --launch-skip 1 --launch-count 1 \
+  --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+  --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
+  $py "$script" one > "$out/ncu.txt" 2>&1
+cat "$out/tilings.txt"; head -40 "$out/host.txt"; grep -v "^==PROF==" "$out/ncu.txt" | head -120

@@ -1,0 +1,120 @@
+"""Where the cuda backend's time goes, for the next GPU session (the first one found the
+persistent kernel at 9-36 us per step and the per-step path host-bound at ~0.22 ms per step; see
+README.md beside this file).
+
+    python asv_bench/results-gpu/profile_gpu.py tilings   # the persistent kernel, tiling by tiling
+    python asv_bench/results-gpu/profile_gpu.py host      # cProfile of the per-step path's loop
+    python asv_bench/results-gpu/profile_gpu.py one       # one persistent call, for ncu
+
+``tilings``: float32 LSTM at T=1000, the planner's tiling and forced ones, microseconds per step
+(CUDA events, best of 5): one block (no grid sync) against the same work over many blocks, the
+same single block with the grid sync on (what a grid barrier costs alone), and other k-splits.
+``host``: a per-step call at (64, 1024), T=200, under cProfile (the 25 costliest functions by own
+time) and the host time of the call against the GPU time. Under NUMBA_ENABLE_CUDASIM=1 each
+mode runs at tiny sizes as a smoke test.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import sys
+import time
+
+import numpy as np
+
+import gpukb
+from gpukb import _rnn
+from gpukb._plan import PERSISTENT, Plan
+
+CUDA = gpukb.get_backend("cuda")
+SIM = CUDA.simulated
+xp = CUDA.xp
+
+
+def lstm_call(B, T, H, seed=0):
+    rng = np.random.default_rng(seed)
+    D = H
+    W = (rng.standard_normal((D, 4 * H)) / np.sqrt(D)).astype(np.float32)
+    U = (rng.standard_normal((H, 4 * H)) / np.sqrt(H)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(4 * H)).astype(np.float32)
+    cell = gpukb.cells.lstm(xp.asarray(W), xp.asarray(U), xp.asarray(b))
+    x = xp.asarray(rng.standard_normal((B, T, D)).astype(np.float32))
+    states = [xp.zeros((B, H), np.float32), xp.zeros((B, H), np.float32)]
+    return cell, x, states, _rnn.prepare(cell, x, states, xp=xp, backend="cuda")
+
+
+def gpu_ms(fn, repeat=5):
+    """Best GPU time of fn() in ms (wall time in the simulator)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        if SIM:
+            start = time.perf_counter()
+            fn()
+            best = min(best, (time.perf_counter() - start) * 1e3)
+            continue
+        begin, end = xp.cuda.Event(), xp.cuda.Event()
+        begin.record()
+        fn()
+        end.record()
+        end.synchronize()
+        best = min(best, xp.cuda.get_elapsed_time(begin, end))
+    return best
+
+
+def tilings():
+    from gpukb.kernels.cuda import persistent
+
+    shapes = [(1, 8, 4)] if SIM else [(1, 64, 1000), (8, 128, 1000), (1, 256, 1000), (8, 256, 200)]
+    for B, H, T in shapes:
+        *_, call = lstm_call(B, T, H)
+        planned = persistent.plan(B, H, persistent.LSTM, 4)
+        forced = {"planned": planned}
+        for label, kwargs in [("one block", dict(unit_tile=H, coop=False)),
+                              ("one block + grid sync", dict(unit_tile=H, coop=True)),
+                              ("one block, ksplit 1", dict(unit_tile=H, ksplit=1, coop=False)),
+                              ("units of 8, ksplit 4", dict(unit_tile=8, ksplit=4)),
+                              ("units of 32, ksplit 8", dict(unit_tile=32, ksplit=8))]:
+            forced[label] = persistent.plan(B, H, persistent.LSTM, 4, **kwargs)
+        print(f"== LSTM float32 B={B} H={H} T={T}")
+        for label, tiling in forced.items():
+            if tiling is None:
+                print(f"  {label:26} does not fit")
+                continue
+            plan = Plan("cuda", PERSISTENT, label, detail=tiling)
+            ms = gpu_ms(lambda: CUDA.run_plan(plan, call))
+            print(f"  {label:26} {ms * 1e3 / T:8.2f} us/step  {tiling}", flush=True)
+
+
+def host():
+    B, H, T = (2, 8, 4) if SIM else (64, 1024, 200)
+    cell, x, states, _ = lstm_call(B, T, H)
+    CUDA.cell_path = "step"
+    run = lambda: gpukb.rnn(cell, x, states, backend="cuda")  # noqa: E731
+    gpu = gpu_ms(run)
+    start = time.perf_counter()
+    run()
+    host_ms = (time.perf_counter() - start) * 1e3
+    print(f"per-step path B={B} H={H} T={T}: GPU {gpu:.2f} ms, host {host_ms:.2f} ms "
+          f"({host_ms * 1e3 / T:.1f} us per step on the host)")
+    profile = cProfile.Profile()
+    profile.enable()
+    run()
+    profile.disable()
+    pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+def one():
+    B, H, T = (1, 8, 4) if SIM else (8, 128, 1000)
+    cell, x, states, _ = lstm_call(B, T, H)
+    gpukb.rnn(cell, x, states, backend="cuda")   # compile: ncu skips this launch (-s)
+    if not SIM:
+        xp.cuda.get_current_stream().synchronize()
+    gpukb.rnn(cell, x, states, backend="cuda")
+    if not SIM:
+        xp.cuda.get_current_stream().synchronize()
+
+
+if __name__ == "__main__":
+    {"tilings": tilings, "host": host, "one": one}[sys.argv[1]]()
