@@ -488,3 +488,42 @@ def test_errors():
         lstm(x, torch.zeros(1, 2, 4))
     with pytest.raises(ValueError, match=r"c_0 must have shape \(1, 2, 4\)"):
         lstm(x, (torch.zeros(1, 2, 4), torch.zeros(2, 2, 4)))
+
+
+def test_gpu_results_that_are_not_c_contiguous_are_copied_before_dlpack(monkeypatch):
+    """torch.from_dlpack aborted the process on a CuPy view with a negative stride (a reversed
+    direction's outputs, seen on an H200): as_tensor copies such arrays first. A stand-in CuPy
+    module and array (NumPy memory underneath) check which arrays are copied."""
+    import types
+
+    import numpy as np
+
+    from gpukb_torch import _arrays
+
+    copied = []
+
+    class FakeCupyArray:
+        __module__ = "cupy"
+
+        def __init__(self, array):
+            self.array = array
+            self.flags = array.flags
+
+        def __dlpack__(self, **kwargs):
+            return np.ascontiguousarray(self.array).__dlpack__()
+
+        def __dlpack_device__(self):
+            return self.array.__dlpack_device__()
+
+    def ascontiguousarray(a):
+        copied.append(a)
+        return FakeCupyArray(np.ascontiguousarray(a.array))
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(
+        ascontiguousarray=ascontiguousarray))
+    base = np.arange(24.0).reshape(2, 3, 4)
+    for view, copies in ((base, 0), (base[::-1], 1), (base[:, ::-1], 1), (base[:, :, :2], 1)):
+        copied.clear()
+        tensor = _arrays.as_tensor(FakeCupyArray(view))
+        assert len(copied) == copies
+        assert torch.equal(tensor, torch.from_numpy(np.ascontiguousarray(view)))
