@@ -96,7 +96,7 @@ timeout 70 $py "$repo/asv_bench/results-gpu/train_bench.py" > "$out/train.txt" 2
 stamp "train bench done"
 # 2d. gpukb-dask: CuPy chunks on a dask_cuda.LocalCUDACluster against one process.
 echo "== gpu_check.py ==" >> "$out/dask.txt"
-timeout 60 $py "$repo/plugins/gpukb-dask/gpu_check.py" >> "$out/dask.txt" 2>&1
+timeout 90 $py "$repo/plugins/gpukb-dask/gpu_check.py" >> "$out/dask.txt" 2>&1
 stamp "all done"
 
 echo "== vs cuDNN (T=100, then T=1000) =="; grep -E "^(lstm|gru) " "$out/bench.txt"
