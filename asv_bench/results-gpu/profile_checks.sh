@@ -10,15 +10,9 @@
 # Writes to $OUT (or ./gpu-out): tilings.txt (us per step of the persistent kernel, tiling by
 # tiling: one block against many, the grid sync alone, k-splits), host.txt (cProfile of the
 # per-step path), ncu.txt (Nsight Compute on one persistent launch at (8, 128), T=1000).
-set -uo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-out=${OUT:-$repo/gpu-out}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-site=/tmp/gpukb-site
-py=${PY:-python3}
-$py -m pip install -q --no-index --no-deps --no-compile --target "$site" "$repo"/.whl/*.whl || exit 1
-export PYTHONPATH=$site
+# shellcheck source=asv_bench/results-gpu/_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
+install_wheels /tmp/gpukb-install.log || exit 1
 cd /tmp || exit 1
 script="$repo/asv_bench/results-gpu/profile_gpu.py"
 timeout 90 $py "$script" tilings > "$out/tilings.txt" 2>&1

@@ -19,13 +19,8 @@
 # (gpukb-dask on CuPy chunks), bench.txt + bench.json (the forward against cuDNN, and the per-step
 # cost at T=1000), train.txt (forward + backward against cuDNN). Copy what comes back into a dated
 # folder here, with the device and versions, and update README.md beside this script.
-set -uo pipefail
-repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-out=${OUT:-$repo/gpu-out}
-mkdir -p "$out"
-export PYTHONUNBUFFERED=1
-site=/tmp/gpukb-site
-py=${PY:-python3}
+# shellcheck source=asv_bench/results-gpu/_setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 start=$SECONDS
 stamp() { echo "[$((SECONDS - start)) s] $*"; }
 
@@ -34,10 +29,7 @@ stamp() { echo "[$((SECONDS - start)) s] $*"; }
   $py -m pip list 2>/dev/null | grep -i -E "^(numpy|numba|numba-cuda|cupy|torch|hypothesis|optree|cuda-|pytest|scipy|h5py)" ; } \
   > "$out/env.txt" 2>&1
 
-# Install the carried wheels into a private folder; nothing touches the image's packages.
-$py -m pip install -q --no-index --no-deps --no-compile --target "$site" "$repo"/.whl/*.whl >> "$out/env.txt" 2>&1 \
-  || { stamp "installing the wheels failed"; tail -20 "$out/env.txt"; exit 1; }
-export PYTHONPATH=$site
+install_wheels "$out/env.txt" || exit 1
 # Run from elsewhere: the checkout's gpukb/ (no kernels/ inside) must not shadow the installed one.
 cd /tmp || exit 1
 $py - >> "$out/env.txt" 2>&1 <<'EOF'

@@ -43,9 +43,10 @@ def _flat(result):
 
 def _grads(module, result, leaves):
     """Gradients of a fixed random projection of every result, w.r.t. ``leaves`` and the
-    module's parameters (None where nothing flowed)."""
+    module's parameters (None where nothing flowed). The projection is drawn on the CPU and moved
+    to each result's device, so that every device sees the same one (test_dropin_cuda.py)."""
     gen = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype)).sum()
+    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum()
                for t in _flat(result))
     params = [p for _, p in sorted(module.named_parameters())]
     return torch.autograd.grad(loss, [*leaves, *params], allow_unused=True)

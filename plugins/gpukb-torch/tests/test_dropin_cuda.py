@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch", reason="gpukb-torch needs PyTorch")
 gpukb_torch = pytest.importorskip("gpukb_torch", reason="gpukb-torch is not installed")
 
 import gpukb  # noqa: E402
+from test_dropin import _flat, _grads  # noqa: E402  (the CPU tests' helpers, device-aware)
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 if not torch.cuda.is_available():
@@ -48,22 +49,6 @@ def _pair(mode, *args, dtype=F64, **kwargs):
 def _hx(mode, shape, dtype=F64, device=CUDA):
     make = lambda: torch.randn(shape, dtype=dtype, device=device, requires_grad=True)  # noqa: E731
     return (make(), make()) if mode == "lstm" else make()
-
-
-def _flat(result):
-    output, hidden = result
-    output = output.data if hasattr(output, "batch_sizes") else output
-    return [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
-
-
-def _grads(module, result, leaves):
-    """Gradients of a fixed random projection of every result (made on the CPU, so that every
-    device sees the same projection), w.r.t. ``leaves`` and the module's parameters."""
-    gen = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=gen, dtype=t.dtype).to(t.device)).sum()
-               for t in _flat(result))
-    params = [p for _, p in sorted(module.named_parameters())]
-    return torch.autograd.grad(loss, [*leaves, *params], allow_unused=True)
 
 
 def _assert_close_lists(ours, theirs, **tol):
