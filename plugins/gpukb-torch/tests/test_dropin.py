@@ -58,6 +58,15 @@ def _assert_close_lists(ours, theirs, **tol):
         torch.testing.assert_close(a, b, msg=lambda m: f"item {i}: {m}", **tol)
 
 
+def _assert_matches(ours, theirs, inputs, leaves, assert_close_lists=_assert_close_lists):
+    """ours(*inputs) against theirs(*inputs), float64: outputs and states to 1e-10, gradients
+    (``_grads``) to 1e-9."""
+    result, expected = ours(*inputs), theirs(*inputs)
+    assert_close_lists(_flat(result), _flat(expected), rtol=1e-10, atol=1e-12)
+    assert_close_lists(_grads(ours, result, leaves), _grads(theirs, expected, leaves),
+                       rtol=1e-9, atol=1e-11)
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters: names, shapes, initialisation
 # ---------------------------------------------------------------------------------------------
@@ -106,10 +115,7 @@ def test_matches_torch_outputs_states_and_gradients(mode, config):
     if config["hx"]:
         hx = _hx(mode, (layers, B, 4) if config["batched"] else (layers, 4))
         leaves += list(hx) if mode == "lstm" else [hx]
-    result, expected = ours(x, hx), theirs(x, hx)
-    _assert_close_lists(_flat(result), _flat(expected), rtol=1e-10, atol=1e-12)
-    _assert_close_lists(_grads(ours, result, leaves), _grads(theirs, expected, leaves),
-                        rtol=1e-9, atol=1e-11)
+    _assert_matches(ours, theirs, (x, hx), leaves)
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch", reason="gpukb-torch needs PyTorch")
 gpukb_torch = pytest.importorskip("gpukb_torch", reason="gpukb-torch is not installed")
 
 import gpukb  # noqa: E402
-from test_dropin import _flat, _grads  # noqa: E402  (the CPU tests' helpers, device-aware)
+from test_dropin import _assert_matches, _flat, _grads  # noqa: E402  (the CPU tests' helpers)
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 if not torch.cuda.is_available():
@@ -80,10 +80,7 @@ def test_float64_matches_cudnn(mode, config, B, H):
     if config["hx"]:
         hx = _hx(mode, (layers, B, H))
         leaves += list(hx) if mode == "lstm" else [hx]
-    result, expected = ours(x, hx), theirs(x, hx)
-    _assert_close_lists(_flat(result), _flat(expected), rtol=1e-10, atol=1e-12)
-    _assert_close_lists(_grads(ours, result, leaves), _grads(theirs, expected, leaves),
-                        rtol=1e-9, atol=1e-11)
+    _assert_matches(ours, theirs, (x, hx), leaves, _assert_close_lists)
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
