@@ -38,9 +38,9 @@ def as_tensor(array: Any) -> torch.Tensor:
         if any(s < 0 for s in array.strides):
             array = array.copy()
         return torch.from_numpy(array)
-    # torch.from_dlpack aborted the whole process (no exception) on CuPy views that were not
-    # C-contiguous, e.g. a reversed direction's outputs (torch 2.11, CuPy 14.2, an H200): those
-    # are copied first, as NumPy's negative strides are above.
+    # torch.from_dlpack aborted the whole process (no exception) on CuPy views with a negative
+    # stride, such as a reversed direction's outputs (torch 2.11, CuPy 14.2, an H200; see
+    # asv_bench/results-gpu/dlpack_probe.py): any view that is not C-contiguous is copied first.
     if not array.flags.c_contiguous:
         import cupy
 
