@@ -7,7 +7,8 @@
 #   device run, from the repository root, carry [".whl"], timeout_s 300:
 #     bash asv_bench/results-gpu/profile_checks.sh
 #
-# Writes to $OUT (or ./gpu-out): tilings.txt (us per step of the persistent kernel, tiling by
+# Writes to $OUT (or ./gpu-out): barriers.txt (us per grid barrier: numba-cuda's grid sync
+# against an atomic counter, 1-132 blocks), tilings.txt (us per step of the persistent kernel, tiling by
 # tiling: one block against many, the grid sync alone, k-splits), host.txt (cProfile of the
 # per-step path), ncu.txt (Nsight Compute on one persistent launch at (8, 128), T=1000).
 # shellcheck source=asv_bench/results-gpu/_setup.sh
@@ -15,10 +16,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
 install_wheels /tmp/gpukb-install.log || exit 1
 cd /tmp || exit 1
 script="$repo/asv_bench/results-gpu/profile_gpu.py"
+timeout 60 $py "$script" barriers > "$out/barriers.txt" 2>&1
 timeout 90 $py "$script" tilings > "$out/tilings.txt" 2>&1
 timeout 60 $py "$script" host > "$out/host.txt" 2>&1
 timeout 120 ncu --kernel-name regex:persistent --launch-skip 1 --launch-count 1 \
   --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
   --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
   $py "$script" one > "$out/ncu.txt" 2>&1
-cat "$out/tilings.txt"; head -40 "$out/host.txt"; grep -v "^==PROF==" "$out/ncu.txt" | head -120
+cat "$out/barriers.txt" "$out/tilings.txt"; head -40 "$out/host.txt"; grep -v "^==PROF==" "$out/ncu.txt" | head -120

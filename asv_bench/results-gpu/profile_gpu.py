@@ -5,10 +5,14 @@ README.md beside this file).
     python asv_bench/results-gpu/profile_gpu.py tilings   # the persistent kernel, tiling by tiling
     python asv_bench/results-gpu/profile_gpu.py host      # cProfile of the per-step path's loop
     python asv_bench/results-gpu/profile_gpu.py one       # one persistent call, for ncu
+    python asv_bench/results-gpu/profile_gpu.py barriers  # what one grid barrier costs
 
 ``tilings``: float32 LSTM at T=1000, the planner's tiling and forced ones, microseconds per step
 (CUDA events, best of 5): one block (no grid sync) against the same work over many blocks, the
 same single block with the grid sync on (what a grid barrier costs alone), and other k-splits.
+``barriers``: microseconds per barrier of numba-cuda's grid sync (``cuda.cg.this_grid().sync()``,
+what the persistent kernel uses) against a barrier of one atomic counter (thread 0 of each block
+adds one, then spins on atomic reads), at 1-132 blocks of 256 threads (GPU only).
 ``host``: a per-step call at (64, 1024), T=200, under cProfile (the 25 costliest functions by own
 time) and the host time of the call against the GPU time. Under NUMBA_ENABLE_CUDASIM=1 each
 mode runs at tiny sizes as a smoke test.
@@ -116,5 +120,59 @@ def one():
         xp.cuda.get_current_stream().synchronize()
 
 
+def barriers():
+    if SIM:
+        print("barriers: GPU only (the simulator runs blocks one after another)")
+        return
+    from numba import cuda
+
+    @cuda.jit
+    def grid_syncs(n, out):
+        grid = cuda.cg.this_grid()
+        for _ in range(n):
+            grid.sync()
+        if cuda.grid(1) == 0:
+            out[0] = n
+
+    @cuda.jit
+    def counter_barriers(n, counter, out):
+        blocks = cuda.gridDim.x
+        for i in range(n):
+            cuda.syncthreads()
+            if cuda.threadIdx.x == 0:
+                cuda.threadfence()
+                cuda.atomic.add(counter, 0, 1)
+                target = (i + 1) * blocks
+                while cuda.atomic.add(counter, 0, 0) < target:   # an atomic read: never hoisted
+                    pass
+                cuda.threadfence()
+            cuda.syncthreads()
+        if cuda.grid(1) == 0:
+            out[0] = n
+
+    n = 2000
+    out = cuda.device_array(1, np.int64)
+    for blocks in (1, 2, 8, 32, 132):
+        counter = cuda.to_device(np.zeros(1, np.int64))
+        times = {}
+        for name, launch in (("grid sync", lambda: grid_syncs[blocks, 256](n, out)),
+                             ("atomic counter", lambda: counter_barriers[blocks, 256](n, counter,
+                                                                                   out))):
+            launch()   # compile
+            cuda.synchronize()
+            best = float("inf")
+            for _ in range(3):
+                counter.copy_to_device(np.zeros(1, np.int64))
+                start, end = cuda.event(), cuda.event()
+                start.record()
+                launch()
+                end.record()
+                end.synchronize()
+                best = min(best, cuda.event_elapsed_time(start, end))
+            times[name] = best * 1e3 / n
+        print(f"{blocks:4d} blocks: " + ", ".join(f"{k} {v:.2f} us" for k, v in times.items()),
+              flush=True)
+
+
 if __name__ == "__main__":
-    {"tilings": tilings, "host": host, "one": one}[sys.argv[1]]()
+    {"tilings": tilings, "host": host, "one": one, "barriers": barriers}[sys.argv[1]]()
