@@ -19,7 +19,7 @@ script="$repo/asv_bench/results-gpu/profile_gpu.py"
 timeout 60 $py "$script" barriers > "$out/barriers.txt" 2>&1
 timeout 90 $py "$script" tilings > "$out/tilings.txt" 2>&1
 timeout 60 $py "$script" host > "$out/host.txt" 2>&1
-timeout 120 ncu --kernel-name regex:persistent --launch-skip 1 --launch-count 1 \
+timeout 120 ncu --clock-control none --kernel-name regex:persistent --launch-skip 1 --launch-count 1 \
   --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
   --section SchedulerStats --section MemoryWorkloadAnalysis --section SourceCounters \
   $py "$script" one > "$out/ncu.txt" 2>&1

@@ -39,6 +39,18 @@ class DaskBackend(gpukb.Backend):
 
         return dask.array
 
+    def namespace(self, leaves: list[Any]) -> Any:
+        """``dask.array``, with arrays it creates in the inputs' chunk type (CuPy chunks stay CuPy)."""
+        import numpy
+
+        from ._namespace import ChunkNamespace
+
+        for leaf in leaves:
+            meta = getattr(leaf, "_meta", None)
+            if meta is not None and type(meta) is not numpy.ndarray:
+                return ChunkNamespace(self.xp, meta)
+        return self.xp
+
     def asarray(self, value: Any) -> Any:
         """A NumPy array as a Dask array (Dask's automatic chunks: one chunk for a small array)."""
         return self.xp.asarray(value)

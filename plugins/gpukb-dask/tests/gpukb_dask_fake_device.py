@@ -39,6 +39,33 @@ class DeviceArray:
     def astype(self, dtype, **kwargs):
         return DeviceArray(self.data.astype(dtype))
 
+    # What gpukb's validation does to a mask (as CuPy has them): Dask applies each to the meta
+    # too, and keeps the chunk type only when the result is a DeviceArray.
+    def __ne__(self, other):
+        return DeviceArray(self.data != other)
+
+    def reshape(self, *shape, **kwargs):
+        return DeviceArray(self.data.reshape(*shape, **kwargs))
+
+    def transpose(self, *axes):   # np.transpose (Dask's .T on the meta) calls it
+        return DeviceArray(self.data.transpose(*axes))
+
+    T = property(lambda self: DeviceArray(self.data.T))
+
+    def __array_function__(self, func, types, args, kwargs):
+        # NumPy's functions on DeviceArrays return DeviceArrays (as CuPy's __array_function__):
+        # Dask calls them on the meta (zeros_like, asanyarray(..., like=)) to learn the chunk type.
+        def unwrap(value):
+            if isinstance(value, DeviceArray):
+                return value.data
+            if isinstance(value, (list, tuple)):
+                return type(value)(unwrap(v) for v in value)
+            return value
+
+        kwargs = {k: unwrap(v) for k, v in kwargs.items()}
+        result = func(*unwrap(args), **kwargs)
+        return DeviceArray(result) if isinstance(result, np.ndarray) else result
+
     def __array__(self, dtype=None, copy=None):
         raise TypeError("DeviceArray: no implicit conversion to NumPy (as CuPy)")
 
