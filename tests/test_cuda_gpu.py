@@ -237,3 +237,34 @@ def test_tf32_only_on_opt_in(backend, cupy):
     finally:
         backend.cell_path, backend.allow_tf32 = saved
     assert linalg.get_compute_type(np.float32) == before
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru_before"])
+def test_per_step_launches_skip_numba_dispatch_and_equal_it_bit_for_bit(backend, cupy, kind, monkeypatch):
+    """The per-step loop converts its kernel arguments once (RepeatedLaunch) instead of through
+    numba-cuda's dispatcher at every step: it must actually do so on this numba-cuda (not fall
+    back), and give exactly what the dispatcher's launches give."""
+    from gpukb.kernels.cuda import _runtime
+
+    made = []
+    original = _runtime.RepeatedLaunch.__init__
+
+    def record(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(_runtime.RepeatedLaunch, "__init__", record)
+    monkeypatch.setattr(backend, "cell_path", "step")
+    cell, x, states, options = problem(kind, np.float32, B=6, T=11, D=5, H=24, mask_kind="random")
+    device = dict(mask=cupy.asarray(options["mask"]))
+    for flags in (dict(), dict(go_backwards=True, return_all_outputs=False)):
+        results = []
+        for fast in (True, False):
+            monkeypatch.setattr(_runtime, "FAST_LAUNCH", fast)
+            made.clear()
+            result = gpukb.rnn(cell, cupy.asarray(x), [cupy.asarray(s) for s in states],
+                               backend="cuda", **device, **flags)
+            assert made and all(launch.fast == fast for launch in made)
+            results.append([cupy.asnumpy(a) for a in optree.tree_leaves(result)])
+        for got, want in zip(*results):
+            np.testing.assert_array_equal(got, want)

@@ -6,6 +6,8 @@ README.md beside this file).
     python asv_bench/results-gpu/profile_gpu.py host      # cProfile of the per-step path's loop
     python asv_bench/results-gpu/profile_gpu.py one       # one persistent call, for ncu
     python asv_bench/results-gpu/profile_gpu.py barriers  # what one grid barrier costs
+    python asv_bench/results-gpu/profile_gpu.py launch    # per-step path: dispatcher vs RepeatedLaunch
+    python asv_bench/results-gpu/profile_gpu.py sweep     # persistent kernel: every tiling, JSON lines
 
 ``tilings``: float32 LSTM at T=1000, the planner's tiling and forced ones, microseconds per step
 (CUDA events, best of 5): one block (no grid sync) against the same work over many blocks, the
@@ -109,6 +111,73 @@ def host():
     pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
+def launch():
+    """The per-step path with numba-cuda's dispatcher at every launch against RepeatedLaunch
+    (arguments converted once), forward and forward + backward: GPU and host ms per call."""
+    from gpukb.kernels.cuda import _runtime
+
+    shapes = [(2, 8, 4)] if SIM else [(8, 256, 100), (32, 512, 100), (64, 1024, 100), (256, 1024, 100)]
+    CUDA.cell_path = "step"
+    for B, H, T in shapes:
+        cell, x, states, _ = lstm_call(B, T, H)
+        U = cell.recurrent_kernel
+        h = xp.zeros((B, H), np.float32)
+        rec = xp.empty((B, 4 * H), np.float32)
+
+        def gemms():
+            for _ in range(T):
+                xp.dot(h, U, out=rec)
+
+        def forward():
+            gpukb.rnn(cell, x, states, backend="cuda")
+
+        def train():
+            (_, outputs, _), pullback = gpukb.rnn_vjp(cell, x, states, backend="cuda")
+            pullback(xp.ones_like(outputs))
+
+        line = [f"B={B:3d} H={H:4d} T={T}: gemms alone {gpu_ms(gemms):7.2f} ms"]
+        for fast in (False, True):
+            _runtime.FAST_LAUNCH = fast
+            for name, fn in (("fwd", forward), ("fwd+bwd", train)):
+                gpu = gpu_ms(fn)
+                start = time.perf_counter()
+                fn()
+                host = (time.perf_counter() - start) * 1e3
+                line.append(f"{'repeated' if fast else 'dispatch'} {name} GPU {gpu:7.2f} host {host:7.2f}")
+        print(" | ".join(line), flush=True)
+    _runtime.FAST_LAUNCH = True
+
+
+def sweep():
+    """The persistent kernel's time per step for every unit tile and threads per block that fit,
+    at small batches: the data for the size rule (persistent.plan). JSON lines."""
+    import json
+
+    from gpukb.kernels.cuda import persistent
+
+    shapes = ([(1, 8, 4)] if SIM else
+              [(1, 64, 300), (1, 128, 300), (1, 256, 300), (1, 512, 300), (4, 128, 300),
+               (8, 128, 300), (8, 256, 300), (8, 512, 200), (16, 256, 200), (32, 256, 200)])
+    for B, H, T in shapes:
+        *_, call = lstm_call(B, T, H)
+        planned = persistent.plan(B, H, persistent.LSTM, 4, max_batch=64)
+        for threads in (128, 256, 512, 1024):
+            for hs in (1, 2, 4, 8, 16, 32, 64):
+                if hs > H:
+                    continue
+                tiling = persistent.plan(B, H, persistent.LSTM, 4, max_batch=64, threads=threads,
+                                         unit_tile=hs)
+                if tiling is None:
+                    continue
+                plan = Plan("cuda", PERSISTENT, "sweep", detail=tiling)
+                try:
+                    us = gpu_ms(lambda: CUDA.run_plan(plan, call)) * 1e3 / T
+                except Exception as error:   # noqa: BLE001 - a tiling the device refuses
+                    us = repr(error)[:80]
+                print(json.dumps(dict(B=B, H=H, T=T, threads=threads, tiling=list(tiling),
+                                      planned=tiling == planned, us_per_step=us)), flush=True)
+
+
 def one():
     B, H, T = (1, 8, 4) if SIM else (8, 128, 1000)
     cell, x, states, _ = lstm_call(B, T, H)
@@ -175,4 +244,5 @@ def barriers():
 
 
 if __name__ == "__main__":
-    {"tilings": tilings, "host": host, "one": one, "barriers": barriers}[sys.argv[1]]()
+    {"tilings": tilings, "host": host, "one": one, "barriers": barriers, "launch": launch,
+     "sweep": sweep}[sys.argv[1]]()

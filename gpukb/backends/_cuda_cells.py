@@ -185,12 +185,17 @@ def _run_steps(launcher, kind, arrays, h0, c0, flags, xp):
                    v_h, view(c if c is not None else _placeholder(xp, dtype)), view(zbuf),
                    view(a.out))
     v_mask, v_seen = view(a.mask), view(a.seen)
+    # Arguments converted once; each step passes only t, the output slot and whether to write.
+    step_launch = launcher.repeated(
+        kernel, (v_x, 0, *step_arrays, 0, False, v_mask, v_seen, *flags), varying=(1, 9, 10))
+    if kind == GRU_BEFORE:
+        gates_launch = launcher.repeated(gates, (v_x, 0, *gate_arrays, options, activations), varying=(1,))
+    all_outputs = options.return_all_outputs
     for s in range(T):
         t = T - 1 - s if options.go_backwards else s
         xp.dot(h, U, out=rec)
         if kind == GRU_BEFORE:
-            gates(v_x, t, *gate_arrays, options, activations)
+            gates_launch(t)
             xp.dot(rh, U_h, out=rec_h)
-        kernel(v_x, t, *step_arrays, s if options.return_all_outputs else 0,
-               options.return_all_outputs or s == T - 1, v_mask, v_seen, *flags)
+        step_launch(t, s if all_outputs else 0, all_outputs or s == T - 1)
     return h, c

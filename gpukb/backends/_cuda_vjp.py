@@ -219,13 +219,17 @@ def _reverse_per_step(xp, launcher, kind, dt, U, step_arrays, direct, gc, dz, dz
     if kind == GRU_BEFORE:
         reset_arrays = (a, h_prev, valid, has_mask, view(d_rh), view(dz), view(direct),
                         view(part), activations[1])
+    if step is None:   # B == 0
+        return direct + through
+    # Arguments converted once; each step passes only i.
+    step = launcher.repeated(step, (0, *arrays), varying=(0,))
+    if kind == GRU_BEFORE:
+        reset = launcher.repeated(reset, (0, *reset_arrays), varying=(0,))
     for i in range(T - 1, -1, -1):
-        if step is None:   # B == 0
-            break
-        step(i, *arrays)
+        step(i)
         if kind == GRU_BEFORE:
             xp.dot(cand, ut_h, out=d_rh)
-            reset(i, *reset_arrays)
+            reset(i)
             xp.dot(part, ut, out=through)
         else:
             xp.dot(dz_rec[i] if kind == GRU else dz[i], ut, out=through)

@@ -17,6 +17,7 @@ Kernels are compiled lazily (first use) and kept in ``_CACHE``; ``clear_caches()
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -118,6 +119,102 @@ class Launcher:
         configured = self.configure(kernel, blocks, threads, shared_bytes)
         if configured is not None:
             configured(*args)
+
+    def repeated(self, configured, args, varying):
+        """``configured`` to be launched many times with ``args``, but for the scalars at the
+        positions ``varying``, whose values each call of the result gives (see ``RepeatedLaunch``)."""
+        return RepeatedLaunch(configured, args, varying, fast=not self.sim)
+
+
+logger = logging.getLogger("gpukb.kernels")
+# Launching through numba-cuda's dispatcher types and wraps every argument again at every launch:
+# about 100 us a launch of the per-step kernel (10 arrays, two tuples) on the H200, where the
+# kernel itself takes a few us (profile_gpu.py host, 2026-12-04). FAST_LAUNCH = False restores it
+# (profile_gpu.py launch compares the two).
+FAST_LAUNCH = True
+
+
+class RepeatedLaunch:
+    """One configured kernel launched many times with the same arguments but for a few integer or
+    boolean scalars (the per-step loop: the step index, the output slot, whether to write).
+
+    On a GPU the arguments are converted to the kernel's parameters once, as numba-cuda's own
+    ``_Kernel.launch`` converts them, and each call replaces only the varying scalars before
+    handing the parameters to ``cuda.core.launch``. This uses numba-cuda internals
+    (``_compile_for_args``, ``_prepare_args``, ``_codelibrary``); where they differ (another
+    numba-cuda) the ordinary launch is used, which gives the same results more slowly, and the
+    reason is logged once at DEBUG on ``gpukb.kernels``.
+    """
+
+    def __init__(self, configured, args, varying, fast=True):
+        self._configured = configured
+        self._args = list(args)
+        self._varying = tuple(varying)
+        self._fast = _FastLaunch.build(configured, self._args, self._varying) if fast and FAST_LAUNCH else None
+
+    @property
+    def fast(self) -> bool:
+        return self._fast is not None
+
+    def __call__(self, *values):
+        if self._fast is not None:
+            self._fast(values)
+            return
+        args = self._args
+        for position, value in zip(self._varying, values):
+            args[position] = value
+        self._configured(*args)
+
+
+_FAST_PROBLEM_LOGGED = set()
+
+
+class _FastLaunch:
+    def __init__(self, kernel, function, launch, config, stream, params, slots):
+        self._kernel, self._function, self._launch = kernel, function, launch
+        self._config, self._stream = config, stream
+        self._params = params      # the kernel's parameters, flat, as numba-cuda builds them
+        self._slots = slots        # (index in params, numba type) of each varying scalar
+
+    @classmethod
+    def build(cls, configured, args, varying):
+        try:
+            from cuda.core import LaunchConfig, launch
+            from numba.cuda._compat import CUDA_CORE_GE_1_0
+
+            kernel = configured.dispatcher._compile_for_args(*args)
+            if kernel.debug or kernel.extensions:
+                raise NotImplementedError("a debug kernel or one with argument extensions")
+            stream = configured.stream
+            params, slots, retr = [], {}, []
+            for position, (ty, value) in enumerate(zip(kernel.argument_types, args)):
+                start = len(params)
+                kernel._prepare_args(ty, value, stream, retr, params)
+                if position in varying:
+                    if len(params) != start + 1:
+                        raise NotImplementedError(f"varying argument {position} of type {ty}")
+                    slots[position] = (start, ty)
+            if retr:
+                raise NotImplementedError("arguments that need a write-back")
+            cooperative = {"is_cooperative" if CUDA_CORE_GE_1_0 else "cooperative_launch": kernel.cooperative}
+            config = LaunchConfig(grid=configured.griddim, block=configured.blockdim,
+                                  shmem_size=configured.sharedmem, **cooperative)
+            function = kernel._codelibrary.get_cufunc().kernel
+        except Exception as error:  # noqa: BLE001 - any difference in numba-cuda's internals
+            reason = f"{type(error).__name__}: {error}"
+            if reason not in _FAST_PROBLEM_LOGGED:
+                _FAST_PROBLEM_LOGGED.add(reason)
+                logger.debug("kernel launches go through numba-cuda's dispatcher (%s)", reason)
+            return None
+        return cls(kernel, function, launch, config, stream, params, [slots[p] for p in varying])
+
+    def __call__(self, values):
+        params, kernel = self._params, self._kernel
+        for (index, ty), value in zip(self._slots, values):
+            one = []
+            kernel._prepare_args(ty, value, self._stream, None, one)
+            params[index] = one[0]
+        self._launch(self._stream, self._config, self._function, *params)
 
 
 def sm_count() -> int:
