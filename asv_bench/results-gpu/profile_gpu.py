@@ -158,6 +158,8 @@ def sweep():
     shapes = ([(1, 8, 4)] if SIM else
               [(1, 64, 300), (1, 128, 300), (1, 256, 300), (1, 512, 300), (4, 128, 300),
                (8, 128, 300), (8, 256, 300), (8, 512, 200), (16, 256, 200), (32, 256, 200)])
+    if len(sys.argv) > 2:   # BxH,BxH,...: other shapes, T=300
+        shapes = [(*map(int, text.split("x")), 300) for text in sys.argv[2].split(",")]
     for B, H, T in shapes:
         *_, call = lstm_call(B, T, H)
         planned = persistent.plan(B, H, persistent.LSTM, 4, max_batch=64)

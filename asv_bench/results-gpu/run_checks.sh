@@ -76,7 +76,7 @@ for f in gpu vjp torch dask; do echo "== $f: $(tail -1 "$out/$f.txt")"; grep -E 
 # Phase 2: timing, alone on the machine.
 # 2a. Against cuDNN (PyTorch nn.LSTM / nn.GRU), float32, T=100, D=H, masks none/right/random.
 timeout 150 $py -m gpukb.bench.cuda --cells lstm,gru \
-  --shapes 1x256,8x256,32x512,64x1024,256x1024 --steps 100 --masks none,right,random \
+  --shapes 1x256,8x256,16x256,32x256,32x512,64x1024,256x1024 --steps 100 --masks none,right,random \
   --json "$out/bench.json" > "$out/bench.txt" 2>&1
 stamp "bench done"
 # 2b. Per-step cost: T=1000 at tiny sizes, where launch overhead is all there is.

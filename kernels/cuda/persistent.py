@@ -47,11 +47,22 @@ from .unit import held_output, reset_gates, store, unit_update
 GATE_GROUPS = {layout.kind: layout.gates for layout in LAYOUTS}
 
 # ---- the size rule ---------------------------------------------------------------------------
-# PLACEHOLDERS until measured on a GPU (no GPU was available when this was written): the
-# persistent kernel is used when B <= PERSISTENT_MAX_BATCH and a tiling fits the budgets below;
-# otherwise the per-step path (cuBLAS GEMM + fused step kernel per step) runs. To be tuned on an
-# H100 against cuDNN at (B, H) in (1,256), (8,256), (32,512), T=100 (see the README, CUDA backend).
-PERSISTENT_MAX_BATCH = 8
+# Measured on an H200 (asv_bench/results-gpu/2026-12-04-h200-profile/sweep.jsonl: float32 LSTM,
+# every unit tile at B in 1..32, H in 64..512). A step of the persistent kernel costs 7-10 us at
+# B=1 whatever the tiling (a grid barrier is ~1.2 us of it); above that the time grows with the
+# work per block, so many small blocks beat few large ones: at (8, 128) 2 units a block (64
+# blocks) took 9.4 us a step where 16 units (8 blocks) took 24.2. The persistent kernel is used
+# when B <= PERSISTENT_MAX_BATCH and a tiling fits the budgets below (at (16, 256) it took 18.3 us
+# a step, the per-step path about 40); otherwise the per-step path (cuBLAS GEMM + fused step
+# kernel per step) runs.
+PERSISTENT_MAX_BATCH = 32
+# The planner's first choice: the smallest unit tile giving a block at least this many (row,
+# unit) pairs (B=1: 4 units; B=8: 1 unit), within the block budget; best or within 8% of the best
+# tiling at every measured shape.
+PERSISTENT_MIN_PAIRS = 4
+# At most this many (row, unit) pairs in all: one block owns every unit, no grid sync (below the
+# measured shapes: kept from the first rule, not measured).
+PERSISTENT_ONE_BLOCK_PAIRS = 128
 # Dynamic shared memory per block: 48 KiB is what a launch gets without opting in to more
 # (cudaFuncAttributeMaxDynamicSharedMemorySize); placeholder.
 PERSISTENT_SHARED_BYTES = 48 * 1024
@@ -120,8 +131,12 @@ def plan(batch: int, units: int, kind: int, itemsize: int, *, max_batch=None, sh
     if unit_tile is not None:
         candidates = [unit_tile]
     else:
-        # Whole H in one block first (no grid sync), then powers of two downwards.
-        candidates = [units] + [1 << e for e in range(units.bit_length(), -1, -1) if (1 << e) < units]
+        # Small unit tiles first (many small blocks: see the size rule above), whole H last; whole
+        # H first when the problem is tiny (one block, no grid sync).
+        smallest = -(-PERSISTENT_MIN_PAIRS // bt)
+        tiles = [1 << e for e in range(units.bit_length()) if smallest <= (1 << e) < units]
+        whole = [units]
+        candidates = whole + tiles if bt * units <= PERSISTENT_ONE_BLOCK_PAIRS else tiles + whole
     for hs in candidates:
         if bt * hs > threads:
             continue

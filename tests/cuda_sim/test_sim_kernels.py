@@ -120,10 +120,11 @@ def test_persistent_kernel_matches_reference(case, ksplit, tile, coop):
 def test_auto_path_picks_persistent_for_small_batches(case):
     cell, x, states, options = case
     B, H = states[0].shape
+    # A batch limit of 6 (the default, 32, would make every batch the simulator can run small).
     result = cells.run_cell(prepared(cell, x, states, options), cell, path="auto",
-                            plan_options=dict(threads=64))
+                            plan_options=dict(threads=64, max_batch=6))
     chosen = cells.last_path()
-    if B <= persistent.PERSISTENT_MAX_BATCH:
+    if B <= 6:
         assert isinstance(chosen, persistent.Plan) and not chosen.coop
     else:
         assert chosen == "step"
@@ -144,7 +145,10 @@ def test_size_rule_at_the_benchmark_shapes():
     assert small is not None and small.unit_blocks == 1 and not small.coop
     # Larger batches, or weights too big for the co-resident blocks: per-step path.
     assert persistent.plan(32, 512, lstm, f32, max_blocks=132) is None
-    assert persistent.plan(9, 16, lstm, f32, max_blocks=132) is None
+    assert persistent.plan(persistent.PERSISTENT_MAX_BATCH + 1, 16, lstm, f32, max_blocks=132) is None
+    # Many small blocks rather than few large ones (measured on an H200, see the size rule).
+    assert (p8.unit_tile, p8.blocks) == (2, 128)
+    assert persistent.plan(1, 256, lstm, f32, max_blocks=132).unit_tile == persistent.PERSISTENT_MIN_PAIRS
     assert persistent.plan(1, 1024, lstm, f32, max_blocks=132) is None
     # Without co-resident blocks to spare (the simulator), only one-block tilings qualify.
     assert persistent.plan(1, 256, lstm, f32, max_blocks=1) is None
