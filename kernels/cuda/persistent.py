@@ -47,7 +47,7 @@ from .unit import held_output, reset_gates, store, unit_update
 GATE_GROUPS = {layout.kind: layout.gates for layout in LAYOUTS}
 
 # ---- the size rule ---------------------------------------------------------------------------
-# Measured on an H200 (asv_bench/results-gpu/2026-12-04-h200-profile/sweep.jsonl: float32 LSTM,
+# Measured on an H200 (asv_bench/results-gpu/2026-12-04-h200-2/sweep.jsonl: float32 LSTM,
 # every unit tile at B in 1..32, H in 64..512). A step of the persistent kernel costs 7-10 us at
 # B=1 whatever the tiling (a grid barrier is ~1.2 us of it); above that the time grows with the
 # work per block, so many small blocks beat few large ones: at (8, 128) 2 units a block (64
