@@ -9,11 +9,19 @@ DEBUG; see ``gpukb._plan``), then runs it (``run_plan``):
 - ``jit_loop``: a step function compiled by Numba (``numba.njit`` or ``gpukb.jit_step``) gets the
   whole time loop compiled around it (``gpukb.backends._jit_loop``);
 - ``generic``: every other call runs the shared generic loop on NumPy; the plan says why.
+
+Option (attribute of ``gpukb.get_backend("cpu")``, or environment variable read when gpukb first
+looks for backends): ``scratch_bytes`` / ``GPUKB_CPU_SCRATCH_MB``, the most memory the fused
+backward keeps between calls for its large work arrays (``gpukb.kernels.cpu._scratch``; default
+256 MiB, 0 turns the reuse off); ``clear_session`` lets it go.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import numbers
+import os
+import sys
 
 import numpy
 
@@ -22,7 +30,35 @@ from .._backend import Backend, available, unavailable
 from .._fused import cell_problem, loop_options
 from .._plan import FUSED_CELL, GENERIC, JIT_LOOP, Plan, log_plan
 from ..cells import Cell
+from .._warn import warn_user
 from . import _jit_loop
+
+DEFAULT_SCRATCH_BYTES = 256 << 20   # as gpukb.kernels.cpu._scratch.DEFAULT_LIMIT_BYTES
+_SCRATCH_MODULE = "gpukb.kernels.cpu._scratch"
+
+
+def checked_scratch_bytes(value) -> int:
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"cpu backend: scratch_bytes must be an int (bytes), "
+                        f"got {type(value).__name__} {value!r}.")
+    if value < 0:
+        raise ValueError(f"cpu backend: scratch_bytes must be 0 or more, got {value}.")
+    return int(value)
+
+
+def _scratch_from_environment() -> int:
+    raw = os.environ.get("GPUKB_CPU_SCRATCH_MB", "").strip()
+    if not raw:
+        return DEFAULT_SCRATCH_BYTES
+    try:
+        megabytes = int(raw)
+        if megabytes < 0:
+            raise ValueError
+    except ValueError:
+        warn_user(f"gpukb: environment variable GPUKB_CPU_SCRATCH_MB ignored: expected a whole "
+                  f"number of MiB, 0 or more, got {raw!r}; using {DEFAULT_SCRATCH_BYTES >> 20}.")
+        return DEFAULT_SCRATCH_BYTES
+    return megabytes << 20
 
 
 class CPUBackend(Backend):
@@ -30,6 +66,37 @@ class CPUBackend(Backend):
     array_types = ("numpy:ndarray",)
     priority = 0
     install_hint = "Reinstall gpukb (pip install gpukb) to get its Numba dependency."
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._scratch_applied = None
+        self.scratch_bytes = _scratch_from_environment()
+
+    @property
+    def scratch_bytes(self) -> int:
+        """Most bytes the fused backward keeps between calls for its work arrays (0: none)."""
+        return self._scratch_bytes
+
+    @scratch_bytes.setter
+    def scratch_bytes(self, value) -> None:
+        self._scratch_bytes = checked_scratch_bytes(value)
+        if _SCRATCH_MODULE in sys.modules:   # else applied on the first fused vjp
+            self._apply_scratch_limit()
+
+    def _apply_scratch_limit(self) -> None:
+        if self._scratch_applied != self._scratch_bytes:
+            from gpukb.kernels.cpu import _scratch
+
+            _scratch.set_limit(self._scratch_bytes)
+            self._scratch_applied = self._scratch_bytes
+
+    def on_clear_session(self) -> bool:
+        """Let the fused backward's kept work arrays go; False when there were none."""
+        scratch = sys.modules.get(_SCRATCH_MODULE)
+        if scratch is None or scratch.held_bytes() == 0:
+            return False
+        scratch.clear()
+        return True
 
     def is_available(self):
         if importlib.util.find_spec("numba") is None:
@@ -109,6 +176,7 @@ class CPUBackend(Backend):
             from .._vjp.fused_cpu import fused_cell_vjp
             from .._vjp.pullback import Pullback
 
+            self._apply_scratch_limit()
             result, backward = fused_cell_vjp(call, recompute=True)
             return result, Pullback(call, result, backward, given)
         return super().run_vjp_plan_recomputing(plan, call, given)
@@ -127,6 +195,7 @@ class CPUBackend(Backend):
 
         if self.plan_vjp(call).path != FUSED_CELL:
             return NotImplemented
+        self._apply_scratch_limit()
         return fused_cell_vjp(call)
 
     def fused_rnn(self, call):

@@ -55,6 +55,7 @@ from ..cells import lstm as lstm_cell
 from ..cells import simple_rnn as rnn_cell
 from ..cells.activations import code
 from . import _common as C
+from . import _scratch
 from .activations import act_inplace, act_into
 from ._gemm import I0, ad, fused_rows, gate_columns, pack_transposed, panel_vectors, panel_width
 from ._gemm_sums import block_columns, summed_products, summed_runs
@@ -81,8 +82,8 @@ def kept_buffers(kind, T, B, H, dtype):
     dt = np.dtype(dtype)
     none = np.zeros((1, 1, 1), dt)
     K = KEPT_GATES[kind] * H
-    kz = np.empty((T, B, K), dt) if K else none
-    kc = np.empty((T, B, H), dt) if kind == LSTM else none
+    kz = _scratch.empty((T, B, K), dt) if K else none
+    kc = _scratch.empty((T, B, H), dt) if kind == LSTM else none
     return kz, kc
 
 
@@ -567,7 +568,7 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
     ys = np.ascontiguousarray(outputs)
 
     def in_x_layout(width):   # (T, B, width) or (B, T, width), by input time
-        return np.empty((T, B, width) if tm else (B, T, width), dt)
+        return _scratch.empty((T, B, width) if tm else (B, T, width), dt)
 
     h_prev = in_x_layout(H)
     _states_before(ys, tm, back, valid, has_mask, np.ascontiguousarray(states[0], dtype=dt),
