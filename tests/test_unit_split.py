@@ -42,6 +42,7 @@ def _run(problem, options, activations, split, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(_common, "max_threads", lambda: 2)
+        m.setattr(_common, "_MIN_SMALL_ROWS", 0)   # B=8 would be split by rows (small_batch_rows)
         m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0 if split else float("inf"))
         m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
         m.setattr(_common, "run_chunks", spy)
@@ -194,3 +195,58 @@ def test_meet_lets_no_thread_ahead_and_a_stop_releases_the_waiters():
     timer = threading.Timer(0.2, lambda: sync.__setitem__(1, 1))
     timer.start()
     assert _meetings(sync, np.zeros((2, 5), np.int64), 0, 2, 5) == 0
+
+
+def _run_rows(problem, options, activations, small_rows, monkeypatch):
+    """run_cell on 2 threads with small_batch_rows on (_MIN_SMALL_ROWS 4) or off (one thread)."""
+    kind, (x, W, U, b, states, mask) = problem
+    chunks = []
+    original = _common.run_chunks
+
+    def spy(fn, args, parts, *rest):
+        chunks.append(list(parts))
+        return original(fn, args, parts, *rest)
+
+    with monkeypatch.context() as m:
+        m.setattr(_common, "max_threads", lambda: 2)
+        m.setattr(_common, "_MIN_SMALL_ROWS", 4 if small_rows else 0)
+        m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", float("inf"))   # no unit split
+        m.setattr(_common, "run_chunks", spy)
+        last, out, new_states = run_cell(kind, x, W, U, b, states, mask, options, *activations)
+    return [last, out, *new_states], chunks[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", [LSTM, GRU, GRU_BEFORE, SIMPLE_RNN])
+def test_a_small_batch_split_by_rows_gives_the_one_thread_bits(kind, dtype, monkeypatch):
+    """B from 8 to 15: one chunk of rows per thread (small_batch_rows), each thread its own
+    rows through the whole loop, no meeting: the same bits as one thread."""
+    cases = [(8, LoopOptions(), ("tanh", "sigmoid")),
+             (9, LoopOptions(go_backwards=True, zero_output_for_mask=True), ("relu", "hard_sigmoid")),
+             (15, LoopOptions(return_all_outputs=False), ("tanh", "sigmoid"))]
+    for B, options, activations in cases:
+        problem = (kind, _problem(kind, B, 120, 5, 64, dtype, seed=B))   # enough work to split
+        one, one_chunks = _run_rows(problem, options, activations, False, monkeypatch)
+        rows, row_chunks = _run_rows(problem, options, activations, True, monkeypatch)
+        assert one_chunks == [(0, B, 0, 64)]
+        assert len(row_chunks) == 2 and all(c[2:] == (0, 64) for c in row_chunks)
+        assert row_chunks[0][0] == 0 and row_chunks[0][1] == row_chunks[1][0] and row_chunks[1][1] == B
+        for a, b in zip(one, rows):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_small_batch_rows_rule(monkeypatch):
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L2_BYTES", 1 << 20)
+    enough = _common._MIN_FLOPS_TO_SPLIT
+    fits = 1 << 20
+    assert _common.small_batch_rows(8, enough, fits) == [(0, 4), (4, 8)]
+    assert _common.small_batch_rows(9, enough, fits) == [(0, 4), (4, 9)]
+    assert _common.small_batch_rows(12, enough, fits) == [(0, 6), (6, 12)]
+    assert _common.small_batch_rows(7, enough, fits) == [(0, 7)]        # 3 rows a thread
+    assert _common.small_batch_rows(8, enough / 2, fits) == [(0, 8)]    # too little work
+    assert _common.small_batch_rows(8, enough, fits + 4) == [(0, 8)]    # U past L2: units
+    monkeypatch.setattr(_common, "max_threads", lambda: 1)
+    assert _common.small_batch_rows(8, enough, fits) == [(0, 8)]
+    monkeypatch.setattr(_common, "max_threads", lambda: 3)
+    assert _common.small_batch_rows(12, enough, fits) == [(0, 4), (4, 8), (8, 12)]

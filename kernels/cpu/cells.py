@@ -229,6 +229,8 @@ def _chunks(layout, B, H, row_flops, T, dt):
     reset_after=False, whose step needs every unit of r * h before its second product)."""
     u_bytes = H * layout.gates * H * dt.itemsize
     row_split = C.row_chunks(B, row_flops * B * T, u_bytes)
+    if len(row_split) == 1:
+        row_split = C.small_batch_rows(B, row_flops * B * T, u_bytes)
     if len(row_split) == 1 and not layout.reset_before:
         panel_columns = max(panel_width(dt, panel_vectors(B)), panel_width(dt, 2))
         units = C.unit_chunks(B, H, row_flops * B, panel_columns, u_bytes, steps=T)
