@@ -34,10 +34,10 @@ def _gradients(pullback, d_out, d_states):
     return [grads.inputs, *grads.initial_states, *grads.weights.values()]
 
 
-@pytest.mark.parametrize("split", ["rows", "units"])
+@pytest.mark.parametrize("split", ["rows", "small batch rows", "units"])
 @pytest.mark.parametrize("kind,reset_after", CASES)
 def test_split_backward_matches_the_generic_path(kind, reset_after, split, monkeypatch):
-    B, H = (18, 40) if split == "rows" else (5, 64)
+    B, H = {"rows": (18, 40), "small batch rows": (9, 40), "units": (5, 64)}[split]
     problem = _problem(kind, reset_after, B, 6, 3, H, np.float64)
     cell, x, states, mask, d_out, d_states = problem
     options = dict(mask=mask, go_backwards=True, zero_output_for_mask=False)
@@ -53,7 +53,8 @@ def test_split_backward_matches_the_generic_path(kind, reset_after, split, monke
         m.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
         m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0)
         m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
-        m.setattr(_common, "L2_BYTES", 0)   # the backward splits units only past L2
+        if split != "small batch rows":   # those need U within L2; units need it past L2
+            m.setattr(_common, "L2_BYTES", 0)
         m.setattr(_common, "run_chunks", spy)
         _, pullback = gpukb.rnn_vjp(cell, x, states, **options)
         got = _gradients(pullback, d_out, d_states)
@@ -66,6 +67,8 @@ def test_split_backward_matches_the_generic_path(kind, reset_after, split, monke
         assert reverse[0] == [(0, B, 0, H)] and len(reverse) == 6   # T = 6: a block per step
     else:
         assert len(reverse[0]) > 1 and (reverse[0][0][3] < H) == (split == "units"), reverse
+    if split == "small batch rows":   # one chunk of rows per thread
+        assert [part[:2] for part in reverse[0]] == [(0, 4), (4, 9)]
     _, generic_pullback = generic_vjp(cell, x, states, **options)
     want = _gradients(generic_pullback, d_out, d_states)
     for a, b in zip(got, want):
