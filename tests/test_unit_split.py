@@ -139,6 +139,11 @@ def test_row_chunks_cost_rule(monkeypatch):
     assert _common.row_chunks(256, flops, (1 << 20) + 4) == [(0, 128), (128, 256)]
     assert _common.row_chunks(32, flops) == [(0, 8), (8, 16), (16, 24), (24, 32)]
     assert _common.row_chunks(15, flops) == [(0, 15)]                # too few rows to split
+    # a multiple of the threads: never one thread with a chunk more than the other
+    assert _common.row_chunks(24, flops) == [(0, 12), (12, 24)]
+    assert len(_common.row_chunks(40, flops)) == 4 and len(_common.row_chunks(56, flops)) == 6
+    monkeypatch.setattr(_common, "max_threads", lambda: 3)
+    assert len(_common.row_chunks(40, flops)) == 3 and len(_common.row_chunks(64, flops)) == 6
     assert _common.row_chunks(256, _common._MIN_FLOPS_TO_SPLIT / 2) == [(0, 256)]
 
 

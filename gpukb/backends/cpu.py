@@ -69,7 +69,7 @@ class CPUBackend(Backend):
 
     def __init__(self) -> None:
         super().__init__()
-        self._scratch_applied = None
+        self._scratch_applied: int | None = None
         self.scratch_bytes = _scratch_from_environment()
 
     @property
