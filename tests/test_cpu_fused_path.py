@@ -132,6 +132,61 @@ def test_frozen_cell_packs_once_with_the_same_results(kind, reset_after, monkeyp
         gpukb.rnn_vjp(plain, x, states)[1](np.ones_like(want[1])).weights["kernel"])
 
 
+@pytest.mark.parametrize("kind, reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                                ("simple_rnn", True)])
+def test_frozen_cell_calls_reuse_their_internal_buffers_and_start_fresh(kind, reset_after):
+    """A frozen cell's plan keeps the buffers a call never returns (h, the input projection
+    block, scratch, which samples have had a valid step) for its next call of the same
+    structure (kernels/cpu/cells._internal): every call must start as a fresh one would, masked
+    after unmasked and back, one thread or several at once."""
+    import threading
+
+    rng = np.random.default_rng(7)
+    W, U, b = weights(kind, 6, 32, np.float32, rng, reset_after)
+    plain = make_cell(kind, W, U, b, reset_after=reset_after)
+    frozen = make_cell(kind, W, U, b, reset_after=reset_after).freeze()
+    calls = []
+    for seed in range(6):
+        r = np.random.default_rng(seed)
+        x = r.standard_normal((3, 7, 6)).astype(np.float32)
+        states = [r.standard_normal((3, 32)).astype(np.float32) for _ in plain.state_size]
+        mask = r.random((3, 7)) < 0.6 if seed % 2 else None
+        if mask is not None:
+            mask[0, :3] = False   # a sample whose first steps are masked: seen starts False
+        calls.append((x, states, dict(mask=mask, zero_output_for_mask=seed % 3 == 0)))
+    want = [gpukb.rnn(plain, x, states, **options) for x, states, options in calls]
+
+    def check(i):
+        x, states, options = calls[i]
+        got = gpukb.rnn(frozen, x, states, **options)
+        for g, w in zip([got[0], got[1], *got[2]], [want[i][0], want[i][1], *want[i][2]]):
+            np.testing.assert_array_equal(g, w)
+
+    for i in [0, 1, 2, 3, 4, 5, 1, 0]:
+        check(i)
+    plans = frozen._kernel_cache["plans"]
+    spares = [plan.spare for plan in plans.values()]
+    assert spares and all(len(spare) == 1 for spare in spares)   # kept, one set a plan
+    kept = [id(spare[0][0]) for spare in spares]
+    check(0), check(1)
+    assert [id(spare[0][0]) for spare in spares] == kept           # and used again
+    errors = []
+
+    def work(offset):
+        try:
+            for k in range(30):
+                check((offset + k) % len(calls))
+        except AssertionError as error:   # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 def test_frozen_cell_weights_are_its_own_and_fixed():
     rng = np.random.default_rng(6)
     W, U, b = weights("lstm", 3, 4, np.float64, rng)
