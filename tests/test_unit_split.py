@@ -30,8 +30,9 @@ def _problem(kind, B, T, D, H, dtype, seed=0):
     return x, W, U, b, states, mask
 
 
-def _run(problem, options, activations, split, monkeypatch):
-    """run_cell with the unit split forced on (2 threads) or off; returns (results, chunks)."""
+def _run(problem, options, activations, split, monkeypatch, small_rows=False):
+    """run_cell on 2 threads with the unit split forced on or off, and the small-batch row split
+    (small_batch_rows) on or off; returns (results, chunks)."""
     kind, (x, W, U, b, states, mask) = problem
     chunks = []
     original = _common.run_chunks
@@ -42,7 +43,7 @@ def _run(problem, options, activations, split, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(_common, "max_threads", lambda: 2)
-        m.setattr(_common, "_MIN_SMALL_ROWS", 0)   # B=8 would be split by rows (small_batch_rows)
+        m.setattr(_common, "_MIN_SMALL_ROWS", 4 if small_rows else 0)
         m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0 if split else float("inf"))
         m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
         m.setattr(_common, "run_chunks", spy)
@@ -202,25 +203,6 @@ def test_meet_lets_no_thread_ahead_and_a_stop_releases_the_waiters():
     assert _meetings(sync, np.zeros((2, 5), np.int64), 0, 2, 5) == 0
 
 
-def _run_rows(problem, options, activations, small_rows, monkeypatch):
-    """run_cell on 2 threads with small_batch_rows on (_MIN_SMALL_ROWS 4) or off (one thread)."""
-    kind, (x, W, U, b, states, mask) = problem
-    chunks = []
-    original = _common.run_chunks
-
-    def spy(fn, args, parts, *rest):
-        chunks.append(list(parts))
-        return original(fn, args, parts, *rest)
-
-    with monkeypatch.context() as m:
-        m.setattr(_common, "max_threads", lambda: 2)
-        m.setattr(_common, "_MIN_SMALL_ROWS", 4 if small_rows else 0)
-        m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", float("inf"))   # no unit split
-        m.setattr(_common, "run_chunks", spy)
-        last, out, new_states = run_cell(kind, x, W, U, b, states, mask, options, *activations)
-    return [last, out, *new_states], chunks[0]
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", [LSTM, GRU, GRU_BEFORE, SIMPLE_RNN])
 def test_a_small_batch_split_by_rows_gives_the_one_thread_bits(kind, dtype, monkeypatch):
@@ -231,8 +213,8 @@ def test_a_small_batch_split_by_rows_gives_the_one_thread_bits(kind, dtype, monk
              (15, LoopOptions(return_all_outputs=False), ("tanh", "sigmoid"))]
     for B, options, activations in cases:
         problem = (kind, _problem(kind, B, 120, 5, 64, dtype, seed=B))   # enough work to split
-        one, one_chunks = _run_rows(problem, options, activations, False, monkeypatch)
-        rows, row_chunks = _run_rows(problem, options, activations, True, monkeypatch)
+        one, one_chunks = _run(problem, options, activations, False, monkeypatch)
+        rows, row_chunks = _run(problem, options, activations, False, monkeypatch, small_rows=True)
         assert one_chunks == [(0, B, 0, 64)]
         assert len(row_chunks) == 2 and all(c[2:] == (0, 64) for c in row_chunks)
         assert row_chunks[0][0] == 0 and row_chunks[0][1] == row_chunks[1][0] and row_chunks[1][1] == B
