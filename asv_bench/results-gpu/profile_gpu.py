@@ -8,6 +8,7 @@ README.md beside this file).
     python asv_bench/results-gpu/profile_gpu.py barriers  # what one grid barrier costs
     python asv_bench/results-gpu/profile_gpu.py launch    # per-step path: dispatcher vs RepeatedLaunch
     python asv_bench/results-gpu/profile_gpu.py sweep     # persistent kernel: every tiling, JSON lines
+    python asv_bench/results-gpu/profile_gpu.py call      # one whole persistent call: host vs kernel
 
 ``tilings``: float32 LSTM at T=1000, the planner's tiling and forced ones, microseconds per step
 (CUDA events, best of 5): one block (no grid sync) against the same work over many blocks, the
@@ -109,6 +110,32 @@ def host():
     run()
     profile.disable()
     pstats.Stats(profile).sort_stats("tottime").print_stats(25)
+
+
+def call():
+    """One whole gpukb.rnn call on the persistent path (auto) at (1, 256) and (8, 256), T=100:
+    GPU time of the call, GPU time of the kernel alone (run_plan on a prepared call), host time,
+    and cProfile of 20 calls (the 25 costliest functions by own time): where the ~1.4 ms a call
+    beyond the kernel goes (second GPU session, README beside this file)."""
+    shapes = [(1, 8, 4)] if SIM else [(1, 256, 100), (8, 256, 100)]
+    CUDA.cell_path = "auto"
+    for B, H, T in shapes:
+        cell, x, states, prepared = lstm_call(B, T, H)
+        whole = lambda: gpukb.rnn(cell, x, states, backend="cuda")  # noqa: E731
+        plan = CUDA.plan(prepared)
+        kernel_only = lambda: CUDA.run_plan(plan, prepared)  # noqa: E731
+        gpu_whole, gpu_kernel = gpu_ms(whole), gpu_ms(kernel_only)
+        start = time.perf_counter()
+        whole()
+        host = (time.perf_counter() - start) * 1e3
+        print(f"B={B} H={H} T={T} ({plan.detail}): whole call GPU {gpu_whole:.3f} ms, "
+              f"run_plan alone GPU {gpu_kernel:.3f} ms, whole call host {host:.3f} ms", flush=True)
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(20):
+            whole()
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
 def launch():
@@ -247,4 +274,4 @@ def barriers():
 
 if __name__ == "__main__":
     {"tilings": tilings, "host": host, "one": one, "barriers": barriers, "launch": launch,
-     "sweep": sweep}[sys.argv[1]]()
+     "sweep": sweep, "call": call}[sys.argv[1]]()
