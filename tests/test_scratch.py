@@ -100,6 +100,24 @@ def test_repeated_pullbacks_reuse_their_work_arrays_and_give_the_same_bits():
             np.testing.assert_array_equal(got, want)
 
 
+def test_a_pullback_whose_sums_ran_on_a_worker_thread_frees_its_arrays(monkeypatch):
+    """A small batch's reverse loop runs on the calling thread and the weight sums on a worker
+    (backward._BlockSums): once the call returns, the worker must not keep the task, whose
+    closure holds the call's work arrays (it did until its next task)."""
+    from gpukb.kernels.cpu import _common
+
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    cell, x, states, mask, d_out, d_states = _problem("lstm", True, 4, 300, 24, 128, np.float32)
+    for call in range(3):
+        _, pullback = gpukb.rnn_vjp(cell, x, states, mask=mask)
+        _gradients(pullback, d_out, d_states)
+        del pullback
+        if call == 0:
+            held = _scratch.held_bytes()
+    assert held > 0 and _scratch.held_bytes() == held   # the first call's buffers came back
+
+
 def test_a_live_pullback_keeps_its_arrays_while_other_calls_run():
     cell, x, states, mask, d_out, d_states = _vjp_case(0)
     _, first = gpukb.rnn_vjp(cell, x, states, mask=mask)

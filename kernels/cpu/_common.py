@@ -240,6 +240,10 @@ class _GangWorker:
                 future.set_result(function())
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 future.set_exception(error)
+            # Let the task go before waiting for the next one: its closure holds the call's
+            # arrays (outputs, work arrays), which would otherwise live until this worker's
+            # next task (and the backward's reused buffers could not be reused).
+            del function, future
 
     def submit(self, function):
         future = Future()
