@@ -17,9 +17,12 @@ halves around the reset gate); then per sample either the masking rule (``kernel
 or the cell's update along the row (``kernels/cpu/{lstm,gru,simple_rnn}.py``). The loop is written
 once and compiled once per cell kind, which it sees as a compile-time constant.
 
-Threads (``_chunks``): a large batch is split by rows, each thread running the whole loop on its
-rows; a small one by units (not GRU without reset_after), each thread computing its units of
-every gate, the threads meeting after every step. So that no thread overwrites an h that another
+Threads (``_chunks``): a batch of 16 rows or more is split by rows (``_common.row_chunks``),
+each thread running the whole loop on its rows; so is one of 8-15 rows, one chunk per thread,
+when the recurrent kernel fits in L2 (``_common.small_batch_rows``); a smaller one, or one whose
+recurrent kernel is past L2, by units (not GRU without reset_after;
+``_common.unit_chunks``), each thread computing its units of every gate, the threads meeting
+after every step. So that no thread overwrites an h that another
 still reads, h is then double-buffered. Either way every output element is computed by the same
 arithmetic in the same order: the results are bitwise those of one thread.
 """
