@@ -28,6 +28,13 @@ def fresh_pool():
 
 
 def test_the_refcount_of_a_free_buffer_is_what_the_pool_expects_on_this_python():
+    """_FREE_REFCOUNT is measured at import by the same function that checks the buffers; one
+    view more must always count one more."""
+    probe = {0: np.empty(8, np.uint8)}
+    assert _scratch._references(probe, 0) == _scratch._FREE_REFCOUNT
+    view = probe[0][2:]
+    assert _scratch._references(probe, 0) == _scratch._FREE_REFCOUNT + 1
+    del view
     a = _scratch.empty(BIG, np.float32)
     address = a.ctypes.data
     del a

@@ -29,9 +29,18 @@ _lock = threading.Lock()
 _buffers: OrderedDict = OrderedDict()   # id -> uint8 buffer, least recently handed out first
 _limit = DEFAULT_LIMIT_BYTES
 _held = 0    # bytes of every buffer in the pool, in use or not
-# References to a buffer nobody uses, as sys.getrefcount sees it below: the pool's dict, the
-# local variable and getrefcount's argument (tests/test_scratch.py checks it on this Python).
-_FREE_REFCOUNT = 3
+
+
+def _references(buffers, key) -> int:
+    """sys.getrefcount of ``buffers[key]``, always counted by this one function, so that what
+    it gives for a buffer only the pool holds (_FREE_REFCOUNT) is measured, not assumed: how a
+    local variable and a call's argument count differs between Python versions (3.14 borrows
+    references from its stack). Every array made from a buffer holds one reference more."""
+    buffer = buffers[key]
+    return sys.getrefcount(buffer)
+
+
+_FREE_REFCOUNT = _references({0: np.empty(1, np.uint8)}, 0)
 
 
 def set_limit(nbytes: int) -> None:
@@ -71,10 +80,9 @@ def empty(shape, dtype) -> np.ndarray:
     global _held
     with _lock:
         for key in _buffers:
-            buffer = _buffers[key]
-            if buffer.nbytes == nbytes and sys.getrefcount(buffer) == _FREE_REFCOUNT:
+            if _buffers[key].nbytes == nbytes and _references(_buffers, key) == _FREE_REFCOUNT:
                 _buffers.move_to_end(key)
-                return buffer.view(dt).reshape(shape)   # the view's reference: in use now
+                return _buffers[key].view(dt).reshape(shape)   # the view's reference: in use
         if _held + nbytes > _limit:
             _shrink(nbytes)
         if _held + nbytes > _limit:
@@ -91,7 +99,5 @@ def _shrink(room: int) -> None:
     for key in list(_buffers):
         if _held + room <= _limit:
             return
-        buffer = _buffers[key]
-        if sys.getrefcount(buffer) == _FREE_REFCOUNT:
-            del _buffers[key]
-            _held -= buffer.nbytes
+        if _references(_buffers, key) == _FREE_REFCOUNT:
+            _held -= _buffers.pop(key).nbytes
