@@ -132,24 +132,30 @@ def test_frozen_cell_packs_once_with_the_same_results(kind, reset_after, monkeyp
         gpukb.rnn_vjp(plain, x, states)[1](np.ones_like(want[1])).weights["kernel"])
 
 
+@pytest.mark.parametrize("units", [32, 20])
 @pytest.mark.parametrize("kind, reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                                 ("simple_rnn", True)])
-def test_frozen_cell_calls_reuse_their_internal_buffers_and_start_fresh(kind, reset_after):
+def test_frozen_cell_calls_reuse_their_internal_buffers_and_start_fresh(kind, reset_after, units):
     """A frozen cell's plan keeps the buffers a call never returns (h, the input projection
     block, scratch, which samples have had a valid step) for its next call of the same
     structure (kernels/cpu/cells._internal): every call must start as a fresh one would, masked
-    after unmasked and back, one thread or several at once."""
+    after unmasked and back, one thread or several at once. The projection block is not
+    cleared between calls: with 20 units its panels are padded (and the recurrent kernel's
+    wider than the input kernel's), and a call with inf and NaN inputs leaves its values there
+    for the next."""
     import threading
 
     rng = np.random.default_rng(7)
-    W, U, b = weights(kind, 6, 32, np.float32, rng, reset_after)
+    W, U, b = weights(kind, 6, units, np.float32, rng, reset_after)
     plain = make_cell(kind, W, U, b, reset_after=reset_after)
     frozen = make_cell(kind, W, U, b, reset_after=reset_after).freeze()
     calls = []
     for seed in range(6):
         r = np.random.default_rng(seed)
         x = r.standard_normal((3, 7, 6)).astype(np.float32)
-        states = [r.standard_normal((3, 32)).astype(np.float32) for _ in plain.state_size]
+        if seed == 2:
+            x[1, 2, 0], x[2, 4, 3] = np.inf, np.nan
+        states = [r.standard_normal((3, units)).astype(np.float32) for _ in plain.state_size]
         mask = r.random((3, 7)) < 0.6 if seed % 2 else None
         if mask is not None:
             mask[0, :3] = False   # a sample whose first steps are masked: seen starts False
@@ -162,7 +168,7 @@ def test_frozen_cell_calls_reuse_their_internal_buffers_and_start_fresh(kind, re
         for g, w in zip([got[0], got[1], *got[2]], [want[i][0], want[i][1], *want[i][2]]):
             np.testing.assert_array_equal(g, w)
 
-    for i in [0, 1, 2, 3, 4, 5, 1, 0]:
+    for i in [0, 1, 2, 3, 4, 5, 1, 0, 2, 0]:
         check(i)
     plans = frozen._kernel_cache["plans"]
     spares = [plan.spare for plan in plans.values()]

@@ -28,6 +28,14 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # assumptions), NumPy's error model. The cell definitions (kernels/cells) compile with the options
 # of their caller, so they must be the same everywhere (see kernels/cells/_jit.py).
 KERNEL_OPTIONS = dict(fastmath={"contract"}, error_model="numpy")
+# ... and of the compiled loops that allocate nothing (the time loops, the GEMM's row panels):
+# without Numba's reference counting. With it, every array view a loop makes (a row z[n], a
+# slice of it) atomically increments and decrements its parent's count: at LSTM
+# (256, 60, 16, 32) 48% of one thread's time went to those two instructions, and with two
+# threads each count's cache line went back and forth between the cores at every row
+# (one thread 2.23 -> 1.39 ms, two 1.30 -> 0.83 ms; AMD EPYC, 2026-12-04). The arrays all come
+# from the caller, who keeps them alive for the call.
+NO_REFCOUNT = dict(_nrt=False)
 
 
 class Flags(NamedTuple):

@@ -263,7 +263,7 @@ def pack_transposed(u, NR):
     return P
 
 
-@cached_njit(error_model="numpy", nogil=True)
+@cached_njit(error_model="numpy", nogil=True, _nrt=False)   # see _common.NO_REFCOUNT
 def fused_rows(zarr, z, ldz, init, ldi, a, lda, p, k, npan, nv, n0, n1):
     """Z[n] = INIT[n] + A[n] @ P for rows n0 <= n < n1, over the first npan panels of P.
 

@@ -93,7 +93,7 @@ def _row(a, tm, t, n):
     return a[t, n] if tm else a[n, t]
 
 
-@cached_njit(**C.KERNEL_OPTIONS, nogil=True)
+@cached_njit(**C.KERNEL_OPTIONS, **C.NO_REFCOUNT, nogil=True)
 def _states_before(outputs, tm, back, valid, has_mask, h0, h_prev):
     """h_prev: each sample's h before each step, in x's layout ((T, B, H) when ``tm``, else
     (B, T, H)) by input time; ``outputs`` in that layout in processing order."""
@@ -348,7 +348,7 @@ def _reverse_loop(kind):
     with _lock:
         loop = _compiled.get(kind)
         if loop is None:
-            loop = _compiled[kind] = cached_njit(**C.KERNEL_OPTIONS, nogil=True)(
+            loop = _compiled[kind] = cached_njit(**C.KERNEL_OPTIONS, **C.NO_REFCOUNT, nogil=True)(
                 _make_reverse_loop(kind))
         return loop
 
@@ -389,7 +389,7 @@ def _chunks(kind, B, H, G, T, dt):
 # Step 3's GEMMs run on the kernels' own micro-kernels (_gemm, _gemm_sums) and threads: NumPy's BLAS would
 # run them on its own threads, which on a busy machine made them tens of times slower (measured:
 # a 1000x256 @ 256x32 product 0.3 ms on one thread, 12-16 ms on two under load).
-@cached_njit(**C.KERNEL_OPTIONS, nogil=True)
+@cached_njit(**C.KERNEL_OPTIONS, **C.NO_REFCOUNT, nogil=True)
 def _gemm_task(z, a, P, init, nv, n0, n1, p0, p1):
     """Rows [n0, n1) and panels [p0, p1) of z = a @ P (P packed, z padded to whole panels)."""
     es = z.itemsize
