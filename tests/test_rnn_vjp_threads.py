@@ -55,6 +55,7 @@ def test_split_backward_matches_the_generic_path(kind, reset_after, split, monke
         m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
         if split != "small batch rows":   # those need U within L2; units need it past L2
             m.setattr(_common, "L2_BYTES", 0)
+            m.setattr(_common, "L1_BYTES", 0)
         m.setattr(_common, "run_chunks", spy)
         _, pullback = gpukb.rnn_vjp(cell, x, states, **options)
         got = _gradients(pullback, d_out, d_states)

@@ -46,6 +46,7 @@ def _run(problem, options, activations, split, monkeypatch, small_rows=False):
         m.setattr(_common, "_MIN_SMALL_ROWS", 4 if small_rows else 0)
         m.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0 if split else float("inf"))
         m.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
+        m.setattr(_common, "_SPLIT_WEIGHTS_PAST_L1", 0.0)   # SimpleRNN's U: 64 KiB at H = 128
         m.setattr(_common, "run_chunks", spy)
         last, out, new_states = run_cell(kind, x, W, U, b, states, mask, options, *activations)
     return [last, out, *new_states], chunks[0]
@@ -82,16 +83,17 @@ def test_gru_with_reset_after_false_never_splits_units(monkeypatch):
 
 def test_unit_chunks_cost_rule(monkeypatch):
     monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L1_BYTES", 48 << 10)
     monkeypatch.setattr(_common, "L2_BYTES", 2 << 20)
     u = (1 << 20) + 4   # a recurrent kernel just past half of L2
     big = 10 * _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
     least = _common._MIN_STEP_FLOPS_TO_SPLIT_UNITS
-    # a kernel that one core's L2 holds: split only steps of _IN_CACHE_SPLIT_FACTOR times more
-    in_cache = least * _common._IN_CACHE_SPLIT_FACTOR
-    assert _common.unit_chunks(8, 256, in_cache / 2, 16, (1 << 20) - 4) is None
-    assert _common.unit_chunks(8, 256, in_cache / 2, 16, 1 << 20) == [(0, 128), (128, 256)]
-    assert _common.unit_chunks(8, 256, in_cache / 2, 16, u) == [(0, 128), (128, 256)]
-    assert _common.unit_chunks(8, 256, in_cache, 16, 0) == [(0, 128), (128, 256)]
+    # a kernel of at least _SPLIT_WEIGHTS_PAST_L1 times L1 is split, whatever L2
+    past_l1 = int(_common._SPLIT_WEIGHTS_PAST_L1 * (48 << 10))
+    assert _common.unit_chunks(8, 256, least, 16, past_l1 - 4) is None
+    assert _common.unit_chunks(8, 256, least, 16, past_l1) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, least, 16, u) == [(0, 128), (128, 256)]
+    assert _common.unit_chunks(8, 256, big, 16, 0) is None          # all work, no bytes to share
     assert _common.unit_chunks(8, 256, big, 16, u) == [(0, 128), (128, 256)]
     assert _common.unit_chunks(8, 256, big, 64, u) == [(0, 128), (128, 256)]
     # a batch that the row split takes, too little work per step, units off the panels
@@ -148,8 +150,9 @@ def test_row_chunks_cost_rule(monkeypatch):
     assert _common.row_chunks(256, _common._MIN_FLOPS_TO_SPLIT / 2) == [(0, 256)]
 
 
-def test_l2_size_is_read_or_assumed():
+def test_cache_sizes_are_read_or_assumed():
     assert 64 << 10 <= _common.L2_BYTES <= 1 << 30
+    assert 4 << 10 <= _common.L1_BYTES <= 4 << 20 and _common.L1_BYTES < _common.L2_BYTES
 
 
 def test_concurrent_unit_split_calls_never_wait_on_each_other(monkeypatch):
@@ -159,6 +162,7 @@ def test_concurrent_unit_split_calls_never_wait_on_each_other(monkeypatch):
     monkeypatch.setattr(_common, "max_threads", lambda: 3)
     monkeypatch.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0)
     monkeypatch.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
+    monkeypatch.setattr(_common, "_SPLIT_WEIGHTS_PAST_L1", 0.0)
     problems = [_problem(LSTM, 2, 9, 3, 48, np.float64, seed=s) for s in range(6)]
 
     def call(p):
@@ -237,3 +241,20 @@ def test_small_batch_rows_rule(monkeypatch):
     assert _common.small_batch_rows(8, enough, fits) == [(0, 8)]
     monkeypatch.setattr(_common, "max_threads", lambda: 3)
     assert _common.small_batch_rows(12, enough, fits) == [(0, 4), (4, 8), (8, 12)]
+
+
+def test_small_batch_rows_of_two_for_a_kernel_in_l1(monkeypatch):
+    """Batches of 4-7 rows: 2 or 3 rows a thread when the recurrent kernel takes at most half of
+    L1 and the call has _MIN_FLOPS_FOR_TINY_ROWS flops; else one thread (or the unit split)."""
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L1_BYTES", 48 << 10)
+    monkeypatch.setattr(_common, "L2_BYTES", 1 << 20)
+    long_call = _common._MIN_FLOPS_FOR_TINY_ROWS
+    in_l1 = 24 << 10
+    assert _common.small_batch_rows(4, long_call, in_l1) == [(0, 2), (2, 4)]
+    assert _common.small_batch_rows(5, long_call, in_l1) == [(0, 2), (2, 5)]
+    assert _common.small_batch_rows(7, long_call, in_l1) == [(0, 4), (4, 7)]
+    assert _common.small_batch_rows(3, long_call, in_l1) == [(0, 3)]          # 1 row a thread
+    assert _common.small_batch_rows(4, long_call / 2, in_l1) == [(0, 4)]      # too short a call
+    assert _common.small_batch_rows(4, long_call, in_l1 + 4) == [(0, 4)]      # past half of L1
+    assert _common.small_batch_rows(8, long_call, in_l1) == [(0, 4), (4, 8)]  # 4 a thread, as before

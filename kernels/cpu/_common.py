@@ -56,16 +56,22 @@ _MIN_FLOPS_TO_SPLIT = 4.0e6
 _ROW_ALIGN = 2   # chunk boundaries on even rows (the GEMM's row tiles are 8/6/4/2/1)
 _MIN_ROWS = 8    # rows per chunk, at least
 _MIN_SMALL_ROWS = 4   # rows per thread, at least, for a batch under 2 * _MIN_ROWS (small_batch_rows)
+# ... or 2 when the recurrent kernel takes at most half of L1 and the call has this many flops
+_MIN_TINY_ROWS = 2
+_MIN_FLOPS_FOR_TINY_ROWS = 3.0e7
 _CHUNKS_PER_THREAD = 4
 
 
-def _l2_bytes():
-    """One core's L2 cache in bytes (Linux sysfs), else 1 MiB."""
+def _cache_bytes(level, default):
+    """One core's data (or unified) cache of this level in bytes (Linux sysfs), else default."""
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
         for index in sorted(os.listdir(base)):
             with open(os.path.join(base, index, "level")) as f:
-                if f.read().strip() != "2":
+                if f.read().strip() != str(level):
+                    continue
+            with open(os.path.join(base, index, "type")) as f:
+                if f.read().strip() == "Instruction":
                     continue
             with open(os.path.join(base, index, "size")) as f:
                 size = f.read().strip().upper()
@@ -73,30 +79,34 @@ def _l2_bytes():
             return int(size.rstrip("KM")) * scale
     except (OSError, ValueError):
         pass
-    return 1 << 20
+    return default
 
 
-L2_BYTES = _l2_bytes()
+L1_BYTES = _cache_bytes(1, 32 << 10)
+L2_BYTES = _cache_bytes(2, 1 << 20)
 _XP_BLOCK_BYTES = 128 * 1024  # input projection computed this many bytes (per chunk) ahead
-# A unit split (unit_chunks) pays one meeting of the threads per step: split only steps of at
-# least this many flops (about 10 us on one core, against well under 1 us per meeting).
-_MIN_STEP_FLOPS_TO_SPLIT_UNITS = 5.0e5
-# ... when the recurrent kernel is at least half of L2 (each core then keeps its half in its own
-# L2 instead of streaming the whole); a kernel that fits in less, only from this many times as many.
-# On the 2-core development machine two threads of arithmetic-bound steps ran at 1.1-1.5x one
-# thread's rate, and with the host taking 15-20% of the vCPUs' time (steal) every meeting may
-# wait for a descheduled thread. Two threads vs one, interleaved in one process (fastest / median
-# of 5 rounds): LSTM H = 128 1.24-1.37x / 1.04-1.28x slower split (B = 1-8, T = 127-1000), GRU
-# H = 128 1.17-1.42x / 1.16-1.22x; GRU H = 256 (its kernel 0.375 of L2) 0.92-1.17x / 0.84-1.03x;
-# LSTM H = 256 (half of L2) 0.73-0.93x / 0.72-0.85x at the grid's lengths (T = 32-254), but
-# 1.33-1.38x slower at T = 20: see _MIN_SECONDS_TO_SPLIT_UNITS.
-_IN_CACHE_SPLIT_FACTOR = 16.0
-# A unit split starts the call's other threads (here the other thread started 0.06-0.37 ms
-# after the calling one: a hand-off through Python) and meets once per step: split only calls
-# that one thread would spend at least this long on, estimated per step from the flops (at
+# A unit split (unit_chunks) gives each core its share of the recurrent kernel to stream at every
+# step, and the threads meet once per step (about a microsecond). It pays when the kernel does
+# not fit in L1 (each core then reads half as much from L2 or beyond) and a step has enough work:
+# split kernels of at least this many times L1, steps of at least this many flops.
+# Measured on the 2-core AMD EPYC (L1d 48 KiB, L2 1 MiB; 2026-12-04, after the loops lost
+# Numba's reference counting; split against one thread, medians of 7 interleaved rounds in one
+# process): LSTM B = 1, H = 128 (U 256 KiB, 0.2 MFLOP a step) 0.60x at T = 1000, 0.73x at T =
+# 254; B = 4, H = 128 0.78x; GRU B = 1 and 4, H = 128 (192 KiB) 0.60x and 0.77x; SimpleRNN H = 256
+# (256 KiB) 0.69-0.75x; but LSTM B = 4, H = 64 (64 KiB) 1.03x, GRU B = 4, H = 64 (48 KiB) 1.09x,
+# SimpleRNN H = 128 (64 KiB) 1.03-1.05x. (Before, with every row view's reference count going
+# back and forth between the cores, kernels under half of L2 were split only at 16 times these
+# flops: LSTM H = 128 split was then 1.04-1.37x slower.)
+_SPLIT_WEIGHTS_PAST_L1 = 2.0
+_MIN_STEP_FLOPS_TO_SPLIT_UNITS = 1.0e5
+# A unit split starts the call's other threads and meets once per step: split only calls that
+# one thread would spend at least this long on, estimated per step from the flops (at
 # _SPLIT_FLOPS_PER_SECOND) or from streaming the recurrent kernel (from L2, or from beyond it),
-# whichever is slower.
-_MIN_SECONDS_TO_SPLIT_UNITS = 1.5e-3
+# whichever is slower. The estimate runs about twice the time measured; the split cost about
+# 85 us a call more at LSTM (1, 20, 64, 128) (0.124 -> 0.208 ms) and broke even at one thread's
+# 0.3 ms (LSTM (1, 100, 64, 128), estimated 0.58 ms: 0.96x); (1, 50, 128, 256), estimated
+# 1.2 ms, 0.80x; (4, 20, 128, 256), estimated 0.63 ms, 1.07x (EPYC, 2026-12-04).
+_MIN_SECONDS_TO_SPLIT_UNITS = 0.7e-3
 _SPLIT_FLOPS_PER_SECOND = 1.0e11
 _L2_BYTES_PER_SECOND = 4.5e10
 _FAR_BYTES_PER_SECOND = 2.0e10
@@ -303,7 +313,7 @@ def row_chunks(B, flops, weight_bytes=0):
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def small_batch_rows(B, flops, weight_bytes):
+def small_batch_rows(B, flops, weight_bytes, tiny_rows=True):
     """Row boundaries for a batch too small for row_chunks (under 2 * _MIN_ROWS rows) that still
     gives every thread _MIN_SMALL_ROWS rows: one chunk per thread, no spare chunks (a chunk of
     fewer rows runs its GEMM on a narrower row tile, and a thread running two chunks pays every
@@ -318,10 +328,20 @@ def small_batch_rows(B, flops, weight_bytes):
     (8, 300, 32, 128) 0.61x, (8, 200, 32, 256) 0.85x; GRU with reset_after=False (8, 300, 32, 128)
     0.70x; SimpleRNN (8, 200, 128, 256) 0.62x, (12, 300, 32, 64) 0.81x. Two rows a thread lost
     (LSTM (4, 200, 64, 128) 1.36x, (4, 100, 128, 512) 1.85x; GRU (4, 500, 16, 32) 1.10x), hence
-    _MIN_SMALL_ROWS = 4.
+    _MIN_SMALL_ROWS = 4, except for a recurrent kernel within half of L1 in a long enough call
+    (_MIN_TINY_ROWS, _MIN_FLOPS_FOR_TINY_ROWS), measured again once the loops had lost Numba's
+    reference counting (in-process A/B, 7 rounds): LSTM (4, 1000, 16, 32) 0.83x, (6, 1000, 16,
+    32) 0.77x, GRU (6, 1000, 16, 32) 0.81x, (4, 1000, 16, 32) 0.97x; but SimpleRNN (4, 1000, 16,
+    32) (12 MFLOP, 0.2 ms) 1.44x and (4, 500, 32, 64) 1.21x, LSTM (4, 500, 32, 64) (U 64 KiB,
+    past L1) 1.11x. ``tiny_rows=False``: never under _MIN_SMALL_ROWS (the backward's reverse
+    loop: LSTM (4, 1000, 16, 32) fwd+bwd 1.31x slower with two rows a thread).
     """
     nt = max_threads()
-    chunks = min(nt, B // _MIN_SMALL_ROWS) if _MIN_SMALL_ROWS else 1
+    least = _MIN_SMALL_ROWS
+    if tiny_rows and weight_bytes <= L1_BYTES // 2 and flops >= _MIN_FLOPS_FOR_TINY_ROWS and \
+            _MIN_SMALL_ROWS:
+        least = min(least, _MIN_TINY_ROWS)
+    chunks = min(nt, B // least) if least else 1
     if nt <= 1 or chunks < 2 or flops < _MIN_FLOPS_TO_SPLIT or weight_bytes > L2_BYTES:
         return [(0, B)]
     bounds = [0] + [min(B, ((i * B // chunks + _ROW_ALIGN - 1) // _ROW_ALIGN) * _ROW_ALIGN)
@@ -334,19 +354,18 @@ def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None, ste
     split (see row_chunks), or None to run it on one thread.
 
     The cost rule: every thread computes its units of every step (its share of the recurrent
-    GEMM, the input projection and the gate updates), then the threads meet (_sync.meet, well
-    under a microsecond). A step of ``step_flops`` flops is split when one thread's share still
-    takes several meetings' time (_MIN_STEP_FLOPS_TO_SPLIT_UNITS; _IN_CACHE_SPLIT_FACTOR times
-    that when the recurrent kernel, ``weight_bytes``, is less than half of L2), the call's
-    ``steps`` (when given) take one thread long enough to pay for starting the others
+    GEMM, the input projection and the gate updates), then the threads meet (_sync.meet, about a
+    microsecond). A call is split when its recurrent kernel (``weight_bytes``) is at least
+    _SPLIT_WEIGHTS_PAST_L1 times L1 (each core streams its share instead of the whole), a step
+    of ``step_flops`` flops still has work to share (_MIN_STEP_FLOPS_TO_SPLIT_UNITS), the
+    call's ``steps`` (when given) take one thread long enough to pay for starting the others
     (_MIN_SECONDS_TO_SPLIT_UNITS), and every share lies on whole packed panels of
     ``panel_columns`` columns (the widest of the call's packings).
     """
     nt = min(max_threads() if threads is None else threads, _MAX_UNIT_THREADS)
-    least = _MIN_STEP_FLOPS_TO_SPLIT_UNITS
-    if weight_bytes < L2_BYTES // 2:
-        least *= _IN_CACHE_SPLIT_FACTOR
-    if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < least:
+    if nt <= 1 or B >= 2 * _MIN_ROWS or step_flops < _MIN_STEP_FLOPS_TO_SPLIT_UNITS:
+        return None
+    if weight_bytes < _SPLIT_WEIGHTS_PAST_L1 * L1_BYTES:
         return None
     if steps is not None and steps * _step_seconds(step_flops, weight_bytes) < \
             _MIN_SECONDS_TO_SPLIT_UNITS:

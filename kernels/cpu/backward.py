@@ -373,7 +373,7 @@ def _chunks(kind, B, H, G, T, dt):
     rows = C.row_chunks(B, row_flops * B * T, u_bytes)
     if len(rows) == 1:   # 8-15 rows: one chunk per thread (0.82-0.90x the one-thread loop with
         # the sums beside it, LSTM and GRU (8-12, 200-500, 16-32, 32-256), EPYC, 2026-12-04)
-        rows = C.small_batch_rows(B, row_flops * B * T, u_bytes)
+        rows = C.small_batch_rows(B, row_flops * B * T, u_bytes, tiny_rows=False)
     nv = panel_vectors(max(n1 - n0 for n0, n1 in rows))
     # Units only for a recurrent kernel that one core's L2 cannot hold: on the development
     # machine the reverse loop's unit split was never faster below that, and up to 2x slower
