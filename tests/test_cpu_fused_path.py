@@ -125,11 +125,24 @@ def test_frozen_cell_packs_once_with_the_same_results(kind, reset_after, monkeyp
         for g, w in zip([got[0], got[1], *got[2]], [want[0], want[1], *want[2]]):
             np.testing.assert_array_equal(g, w)
     assert len(packs) == 3 + 2   # the plain cell at every call; the frozen one once per width
-    if kind != "lstm":
-        return
-    np.testing.assert_array_equal(
-        gpukb.rnn_vjp(frozen, x, states)[1](np.ones_like(want[1])).weights["kernel"],
-        gpukb.rnn_vjp(plain, x, states)[1](np.ones_like(want[1])).weights["kernel"])
+    # The backward's transposed weights too: packed at the frozen cell's first pullback only,
+    # every gradient bitwise the plain cell's, each time.
+    from gpukb.kernels.cpu import backward
+
+    transposes = []
+    packed_transpose = backward._packed_transpose
+    monkeypatch.setattr(backward, "_packed_transpose",
+                        lambda *a: transposes.append(1) or packed_transpose(*a))
+    dy = rng.standard_normal(want[1].shape).astype(np.float32)
+    want_grads = gpukb.rnn_vjp(plain, x, states)[1](dy)
+    per_call = len(transposes)
+    assert per_call >= 2
+    for _ in range(3):
+        got_grads = gpukb.rnn_vjp(frozen, x, states)[1](dy)
+        for name in ("kernel", "recurrent_kernel", "bias"):
+            np.testing.assert_array_equal(got_grads.weights[name], want_grads.weights[name])
+        np.testing.assert_array_equal(got_grads.inputs, want_grads.inputs)
+    assert len(transposes) == 2 * per_call
 
 
 @pytest.mark.parametrize("units", [32, 20])

@@ -106,5 +106,6 @@ class _Backward:
         grads = cell_backward(cell.kernel_layout.kind, call.input_leaves[0], cell.kernel,
                               cell.recurrent_kernel, cell.bias, call.state_leaves,
                               call.step_mask, loop_options(call), cell.activation,
-                              _recurrent_activation(cell), every, gy, d_states, self.kept)
+                              _recurrent_activation(cell), every, gy, d_states, self.kept,
+                              weight_cache=getattr(cell, "_kernel_cache", None))   # frozen cells
         return cell_grads(np, call, grads)
