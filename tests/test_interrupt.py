@@ -18,6 +18,10 @@ CHILD = """
 import json, os, signal, threading, time
 import numpy as np
 import gpukb
+
+# A pytest started in the background by a shell without job control runs with SIGINT ignored,
+# and its children inherit that: Ctrl-C must raise KeyboardInterrupt here whatever the parent.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from gpukb.kernels.cpu import _common
 from gpukb.testing.reference import rnn_reference
 

@@ -204,7 +204,8 @@ def test_a_process_forked_during_a_compile_runs_compiled_steps(tmp_path):
 
 
 _LONG_LOOP = """
-import sys, time, numpy as np, gpukb
+import signal, sys, time, numpy as np, gpukb
+signal.signal(signal.SIGINT, signal.default_int_handler)   # even if the parent ignores SIGINT
 
 @gpukb.jit_step
 def step(x, states):
