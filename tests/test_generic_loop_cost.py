@@ -255,3 +255,54 @@ def test_gpukb_bench_generic_passes_one_backend_on(monkeypatch):
     monkeypatch.setattr(generic, "main", lambda argv=None: calls.append(argv) or 0)
     assert cli.main(["bench", "--generic", "--backends", "cpu"]) == 0
     assert calls == [["--rounds", "3", "--backend", "cpu"]]
+
+
+def test_gpukb_bench_generic_refuses_a_backend_it_cannot_time(monkeypatch, capsys):
+    """A backend that takes arrays other than NumPy, torch or CuPy (the dask plugin takes dask
+    arrays and hands each call over), or one not available here, is refused before anything
+    runs, naming why (it used to run and end in a worker's traceback)."""
+    import gpukb
+    from gpukb.bench import generic
+
+    monkeypatch.setattr(generic, "measure", lambda *a: pytest.fail("ran despite the backend"))
+    monkeypatch.setattr(gpukb, "list_backends", lambda: ["cpu", "lazy", "far"])
+    monkeypatch.setattr(gpukb, "backend_available",
+                        lambda name: gpukb.Availability(name != "far", "no such device here"))
+
+    class Lazy:
+        array_types = ("dask.array.core:Array",)
+
+    monkeypatch.setattr(gpukb, "get_backend", lambda name: Lazy())
+    for name, message in [("lazy", "takes dask.array.core:Array"),
+                          ("far", "not available here: no such device here")]:
+        with pytest.raises(SystemExit) as exit_:
+            generic.main(["--backend", name])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert generic.backend_library("") == "numpy"
+
+
+def test_gpukb_bench_generic_times_the_torch_backend_on_torch_tensors(capsys):
+    """With the torch plugin the step, the arrays and the hand-written loop are torch's."""
+    pytest.importorskip("gpukb_torch")
+    from gpukb.bench import generic
+
+    assert generic.backend_library("torch") == "torch"
+    assert generic.main(["--rounds", "1", "--calls", "2", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "torch arrays, backend torch" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| none") or
+            line.startswith("| random")]
+    assert len(rows) == 2
+    for row in rows:
+        gpukb_ms, hand_ms = float(row[2]), float(row[3])
+        assert gpukb_ms > 0 and hand_ms > 0 and "n/a (NumPy only)" in row[4]
+
+
+def test_a_failing_generic_worker_says_why():
+    """A worker that fails (here: torch tensors sent to the cpu backend) is a RuntimeError with
+    the worker's last error line, not a CalledProcessError with the worker's whole source."""
+    pytest.importorskip("torch")
+    from gpukb.bench import generic
+
+    with pytest.raises(RuntimeError, match="gpukb worker .*failed: TypeError: backend 'cpu'"):
+        generic.measure("gpukb", False, 1, "cpu", "torch")
