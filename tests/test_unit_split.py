@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gpukb.kernels.cells import GRU, GRU_BEFORE, LSTM, SIMPLE_RNN
-from gpukb.kernels.cpu import _common, run_cell
+from gpukb.kernels.cpu import _common, _sync, run_cell
 from gpukb.kernels.cpu._sync import meet, new_sync
 from gpukb.kernels.options import LoopOptions
 
@@ -189,9 +189,15 @@ def _meetings(sync, log, me, threads, steps):
     return steps
 
 
-def test_meet_lets_no_thread_ahead_and_a_stop_releases_the_waiters():
-    steps = 20_000
+@pytest.mark.parametrize("spins", ["as configured", "none"])
+def test_meet_lets_no_thread_ahead_and_a_stop_releases_the_waiters(spins):
+    """``none``: no spinning at any meeting (sync[10], sync[11] = 0), so every wait goes
+    through the futex sleep and its wake-up."""
+    steps = 20_000 if spins == "as configured" else 2_000
     sync, log = new_sync(), np.full((3, steps), -1, np.int64)
+    assert (sync[10], sync[11]) == (_sync.FIRST_SPINS, _sync.SPINS)
+    if spins == "none":
+        sync[10] = sync[11] = 0
     results = [None] * 3
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(
         i, _meetings(sync, log, i, 3, steps))) for i in range(3)]

@@ -10,7 +10,8 @@ them), so a meeting costs well under a microsecond when every thread has its own
 call (a thread's k-th meeting waits until it reaches k * threads; it is never reset, so no
 meeting can be confused with the next), ``sync[1]`` is the stop flag (non-zero: a thread gave
 up, e.g. Ctrl-C, and the others return instead of waiting for it). A waiting thread spins for
-a few microseconds (pausing the core between looks), then sleeps on a Linux futex
+a few microseconds (``sync[11]`` pauses; ``sync[10]`` at the call's first meeting, where the
+other threads are still starting), then sleeps on a Linux futex
 (``sync[2]``: the generation that the last thread to arrive bumps, ``sync[3]``: how many
 sleep) with a 1 ms timeout: when the machine is busy, or a hypervisor takes a core away, a
 waiting thread gives its core to the thread it waits for instead of spinning against it.
@@ -29,7 +30,14 @@ from numba.extending import intrinsic
 from ._numba_cache import cached_njit
 
 _I64 = ir.IntType(64)
-_SPINS = 300           # pauses before sleeping (roughly 10-40 us)
+SPINS = 300            # pauses before sleeping (7 us on the 2-core EPYC, 23 ns a pause)
+# ... at a call's first meeting, where the other threads are still starting (15-25 us after the
+# calling thread there): the calling thread slept and paid a futex wake-up at every call. With
+# 10,000 (230 us there) split calls took 0.84-0.92x their time (LSTM and GRU, B = 1-4, H =
+# 128-512, in one process, medians of 9 rounds, 2026-12-04); a longer SPINS at the other
+# meetings changed nothing (0.97-1.01x). Both are kept in the sync words (sync[10], sync[11]),
+# read when the call runs, not compiled in.
+FIRST_SPINS = 10_000
 SYNC_WORDS = 16        # int64 words: 128 bytes, two cache lines of their own
 _FUTEX_SYSCALL = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98}
 _FUTEX_WAIT_PRIVATE, _FUTEX_WAKE_PRIVATE = 0 | 128, 1 | 128
@@ -60,6 +68,7 @@ def new_sync():
 
     sync = np.zeros(SYNC_WORDS, np.int64)
     sync[8], sync[9] = 0, _TIMEOUT_NS   # struct timespec {seconds, nanoseconds}
+    sync[10], sync[11] = FIRST_SPINS, SPINS
     return sync
 
 
@@ -163,11 +172,12 @@ def meet(sync, threads, meeting):
             _futex(generation, _FUTEX_WAKE_PRIVATE, 1 << 30, 0)
         return True
     spins = 0
+    limit = sync[10] if meeting == 1 else sync[11]
     while _atomic_load(count) < target:
         if _atomic_load(stop) != 0:
             return False
         spins += 1
-        if spins < _SPINS:
+        if spins < limit:
             _relax()
             continue
         if not HAS_FUTEX:
