@@ -17,7 +17,8 @@
 # at most 8 files, the device tool's limit: env.txt, gpu.txt (the gpu-marked tests), vjp.txt
 # (rnn_vjp's fused CUDA backward), torch.txt (the PyTorch drop-in on CUDA tensors), dask.txt
 # (gpukb-dask on CuPy chunks), bench.txt + bench.json (the forward against cuDNN, and the per-step
-# cost at T=1000), train.txt (forward + backward against cuDNN). Copy what comes back into a dated
+# cost at T=1000), train.txt (forward + backward against cuDNN; the generic loop on CuPy arrays).
+# Copy what comes back into a dated
 # folder here, with the device and versions, and update README.md beside this script.
 # shellcheck source=asv_bench/results-gpu/_setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
@@ -86,6 +87,10 @@ timeout 40 $py -m gpukb.bench.cuda --cells lstm --shapes 1x64,8x128 --steps 1000
 # 2c. Forward + backward against cuDNN through the PyTorch drop-in.
 timeout 70 $py "$repo/asv_bench/results-gpu/train_bench.py" > "$out/train.txt" 2>&1
 stamp "train bench done"
+# 2c'. The generic loop's own cost on CuPy arrays (issue 12 item 5: at most 1.2x the hand-written
+#      loop on every backend; measured on the cpu and torch backends without a GPU).
+echo "== generic loop, cuda backend ==" >> "$out/train.txt"
+timeout 60 $py -m gpukb.bench.generic --backend cuda --rounds 3 >> "$out/train.txt" 2>&1
 # 2d. gpukb-dask: CuPy chunks on a dask_cuda.LocalCUDACluster against one process.
 echo "== gpu_check.py ==" >> "$out/dask.txt"
 timeout 90 $py "$repo/plugins/gpukb-dask/gpu_check.py" >> "$out/dask.txt" 2>&1
