@@ -232,6 +232,31 @@ def test_a_small_batch_split_by_rows_gives_the_one_thread_bits(kind, dtype, monk
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", [LSTM, GRU, GRU_BEFORE, SIMPLE_RNN])
+def test_two_or_three_rows_a_thread_give_the_one_thread_bits(kind, dtype, monkeypatch):
+    """B from 4 to 7 with a recurrent kernel in L1 (small_batch_rows' two rows a thread): the
+    same bits as one thread, masks and every flag included."""
+    monkeypatch.setattr(_common, "L1_BYTES", 1 << 30)            # any kernel counts as in L1
+    monkeypatch.setattr(_common, "_MIN_FLOPS_FOR_TINY_ROWS", 0.0)
+    monkeypatch.setattr(_common, "_MIN_FLOPS_TO_SPLIT", 0.0)
+    cases = [(4, LoopOptions(), ("tanh", "sigmoid")),
+             (5, LoopOptions(go_backwards=True, zero_output_for_mask=True), ("relu", "hard_sigmoid")),
+             (7, LoopOptions(return_all_outputs=False, time_major=True), ("tanh", "sigmoid"))]
+    for B, options, activations in cases:
+        problem = (kind, _problem(kind, B, 60, 5, 32, dtype, seed=B))
+        if options.time_major:
+            x = problem[1][0]
+            problem = (kind, (np.ascontiguousarray(x.transpose(1, 0, 2)), *problem[1][1:]))
+        one, one_chunks = _run(problem, options, activations, False, monkeypatch)
+        rows, row_chunks = _run(problem, options, activations, False, monkeypatch, small_rows=True)
+        assert one_chunks == [(0, B, 0, 32)]
+        assert [c[:2] for c in row_chunks] == {4: [(0, 2), (2, 4)], 5: [(0, 2), (2, 5)],
+                                               7: [(0, 4), (4, 7)]}[B]
+        for a, b in zip(one, rows):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_small_batch_rows_rule(monkeypatch):
     monkeypatch.setattr(_common, "max_threads", lambda: 2)
     monkeypatch.setattr(_common, "L2_BYTES", 1 << 20)
@@ -264,3 +289,20 @@ def test_small_batch_rows_of_two_for_a_kernel_in_l1(monkeypatch):
     assert _common.small_batch_rows(4, long_call / 2, in_l1) == [(0, 4)]      # too short a call
     assert _common.small_batch_rows(4, long_call, in_l1 + 4) == [(0, 4)]      # past half of L1
     assert _common.small_batch_rows(8, long_call, in_l1) == [(0, 4), (4, 8)]  # 4 a thread, as before
+
+
+def test_the_reverse_loop_keeps_four_rows_a_thread(monkeypatch):
+    """The backward's reverse loop never takes small_batch_rows' two rows a thread (it gained
+    nothing there): a batch of 4-7 rows stays on one thread where the forward splits it."""
+    from gpukb.kernels.cpu import backward
+
+    monkeypatch.setattr(_common, "max_threads", lambda: 2)
+    monkeypatch.setattr(_common, "L1_BYTES", 1 << 30)
+    monkeypatch.setattr(_common, "_MIN_FLOPS_FOR_TINY_ROWS", 0.0)
+    dt = np.dtype(np.float32)
+    forward = _common.small_batch_rows(6, 1e9, 32 * 128 * 4)
+    chunks, sync, _ = backward._chunks(LSTM, 6, 32, 128, 1000, dt)
+    assert forward == [(0, 4), (4, 6)]
+    assert chunks == [(0, 6, 0, 32)] and sync is None
+    chunks, _, _ = backward._chunks(LSTM, 8, 32, 128, 1000, dt)
+    assert [c[:2] for c in chunks] == [(0, 4), (4, 8)]
