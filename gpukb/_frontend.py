@@ -20,6 +20,9 @@ def _array_leaves(*trees):
             continue
         if type(tree) is numpy.ndarray:  # a leaf for optree: no flattening needed
             leaves.append(tree)
+        elif (type(tree) is list or type(tree) is tuple) and all(
+                type(leaf) is numpy.ndarray for leaf in tree):   # a flat list of states
+            leaves.extend(tree)
         else:
             leaves.extend(optree.tree_leaves(tree))
     return leaves

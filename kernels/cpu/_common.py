@@ -137,7 +137,7 @@ def check_dtypes(x, *arrays):
     assert dt in _FLOATS, f"CPU RNN kernels take float32 or float64 inputs, got {dt}"
     for a in arrays:
         if a is not None:
-            assert np.dtype(a.dtype) == dt, f"dtype mismatch: {a.dtype} vs input {dt}"
+            assert a.dtype == dt, f"dtype mismatch: {a.dtype} vs input {dt}"
     return dt
 
 
