@@ -104,6 +104,10 @@ def test_unit_chunks_cost_rule(monkeypatch):
     assert _common.unit_chunks(8, 256, big, 16, u, threads=1) is None
     # more threads than two: shares of whole panels, as even as they can be
     assert _common.unit_chunks(2, 64, big, 16, u, threads=3) == [(0, 16), (16, 32), (32, 64)]
+    # ... but no more threads than the kernel has shares of L1's size (48 KiB here)
+    assert len(_common.unit_chunks(1, 256, big, 16, 8 << 20, threads=8)) == 8
+    assert len(_common.unit_chunks(1, 256, big, 16, 3 * (48 << 10), threads=8)) == 3
+    assert len(_common.unit_chunks(1, 256, big, 16, past_l1, threads=8)) == 2
 
 
 def test_unit_chunks_split_only_calls_long_enough_to_pay_for_the_other_threads(monkeypatch):
@@ -163,7 +167,9 @@ def test_concurrent_unit_split_calls_never_wait_on_each_other(monkeypatch):
     monkeypatch.setattr(_common, "_MIN_STEP_FLOPS_TO_SPLIT_UNITS", 0.0)
     monkeypatch.setattr(_common, "_MIN_SECONDS_TO_SPLIT_UNITS", 0.0)
     monkeypatch.setattr(_common, "_SPLIT_WEIGHTS_PAST_L1", 0.0)
+    monkeypatch.setattr(_common, "L1_BYTES", 1 << 10)   # three L1-sized shares and more
     problems = [_problem(LSTM, 2, 9, 3, 48, np.float64, seed=s) for s in range(6)]
+    assert len(_common.unit_chunks(2, 48, 1e9, 16, 48 * 192 * 8)) == 3
 
     def call(p):
         x, W, U, b, states, mask = p

@@ -373,7 +373,10 @@ def unit_chunks(B, H, step_flops, panel_columns, weight_bytes, threads=None, ste
     if H % panel_columns:
         return None
     panels = H // panel_columns
-    nt = min(nt, panels)
+    # No more threads than the kernel has shares of L1's size: a share that fits in L1 gains
+    # nothing from being split again, and every thread joins every meeting (a rule for machines
+    # with more cores; the development machine has two).
+    nt = min(nt, panels, max(2, int(weight_bytes // max(1, L1_BYTES))))
     if nt <= 1:
         return None
     bounds = [i * panels // nt * panel_columns for i in range(nt + 1)]
