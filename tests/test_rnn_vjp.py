@@ -447,6 +447,35 @@ def generic_vjp(cell, x, states, **options):
     return Backend.run_vjp_plan(backend, Plan("cpu", GENERIC, "test"), call, (x, states))
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_before", "simple_rnn"])
+@pytest.mark.parametrize("zero_output", [False, True])
+@pytest.mark.parametrize("return_all", [False, True])
+def test_last_output_cotangent_at_a_masked_last_step(kind, zero_output, return_all):
+    """d_last_output reaches the fused backward apart from d_outputs (it starts the carried
+    output cotangent): at a masked last step it flows to the last valid step's output, or
+    nowhere when masked outputs are zeros; every sample's last step masked or not."""
+    rng = np.random.default_rng(11)
+    B, T, D, H = 4, 5, 3, 4
+    reset_after = kind != "gru_before"
+    kind = "gru" if kind == "gru_before" else kind
+    cell = make_cell(kind, cell_weights(kind, D, H, rng, reset_after), reset_after=reset_after)
+    x = rng.standard_normal((B, T, D))
+    states = [rng.standard_normal((B, H)) for _ in cell.state_size]
+    mask = np.arange(T)[None, :] < np.array([T, 3, 0, 1])[:, None]   # right-padded, one full
+    options = dict(mask=mask, zero_output_for_mask=zero_output, return_all_outputs=return_all)
+    fused, fused_pullback = gpukb.rnn_vjp(cell, x, states, **options)
+    _, generic_pullback = generic_vjp(cell, x, states, **options)
+    for d_out_scale in (0.0, 1.0):   # d_last_output alone, then with d_outputs
+        d_out, d_last, d_states = cotangents(fused, rng)
+        d_out = optree.tree_map(lambda a: a * d_out_scale, d_out)
+        got, want = (pullback(d_out, d_last, d_states)
+                     for pullback in (fused_pullback, generic_pullback))
+        for name in ("inputs", "initial_states", "weights"):
+            for a, b in zip(optree.tree_leaves(getattr(got, name)),
+                            optree.tree_leaves(getattr(want, name))):
+                np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
 def test_cells_take_the_fused_vjp_path():
     rng = np.random.default_rng(0)
     for kind, reset_after in (("lstm", True), ("gru", True), ("gru", False), ("simple_rnn", True)):

@@ -103,7 +103,7 @@ def test_recomputation_gives_the_kept_results(kind):
     _, out, _ = run_cell(kind, x, W, U, b, states, mask, options, "tanh", "sigmoid", kept=kept)
     plain = run_cell(kind, x, W, U, b, states, mask, options, "tanh", "sigmoid")[1]
     np.testing.assert_array_equal(out, plain)   # keeping changes no output
-    gy = rng.standard_normal((T, B, H))
+    gy = rng.standard_normal(out.shape)   # the outputs' layout
     d_states = [rng.standard_normal((B, H)) for _ in states]
     args = (kind, x, W, U, b, states, mask, options, "tanh", "sigmoid", out, gy, d_states)
     with_kept = backward.cell_backward(*args, kept)
@@ -131,7 +131,7 @@ def test_block_sums_on_a_second_thread_give_one_threads_bits(kind, time_major, g
     mask = rng.random((T, B)) < 0.7
     options = LoopOptions(go_backwards=go_backwards, time_major=time_major)
     _, out, _ = run_cell(kind, x, W, U, b, states, mask, options, "tanh", "sigmoid")
-    gy = rng.standard_normal((T, B, H))
+    gy = rng.standard_normal(out.shape)   # the outputs' layout
     d_states = [rng.standard_normal((B, H)) for _ in states]
     args = (kind, x, W, U, b, states, mask, options, "tanh", "sigmoid", out, gy, d_states)
     reserved = []
@@ -182,7 +182,7 @@ def test_block_sums_stop_with_the_loop(monkeypatch):
     states = [rng.standard_normal((B, H)) for _ in range(2)]
     options = LoopOptions()
     _, out, _ = run_cell(LSTM, x, W, U, b, states, None, options, "tanh", "sigmoid")
-    gy = rng.standard_normal((T, B, H))
+    gy = rng.standard_normal(out.shape)   # the outputs' layout
     args = (LSTM, x, W, U, b, states, None, options, "tanh", "sigmoid", out, gy,
             [np.zeros((B, H))] * 2)
     monkeypatch.setattr(_common, "max_threads", lambda: 2)

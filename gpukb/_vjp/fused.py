@@ -1,6 +1,7 @@
 """What the fused cell vjps (the cpu backend's ``fused_cpu``, the cuda backend's ``_cuda_vjp``)
-share around their kernels, on any array library ``xp``: the output cotangents gathered into one
-``(T, B, H)`` buffer in processing order, and the kernels' gradient dict turned into ``Grads``.
+share around their kernels, on any array library ``xp``: the kernels' gradient dict turned into
+``Grads``, and (for the cuda kernels; the cpu ones read ``d_outputs`` in place) the output
+cotangents gathered into one ``(T, B, H)`` buffer in processing order.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 from .._fused import loop_options
 from .._rnn import RnnCall
 from .cotangents import Grads
-from .fused import cell_grads, result_like, step_cotangents
+from .fused import cell_grads, result_like
 
 
 def residual_specs(call: RnnCall) -> tuple:
@@ -102,10 +102,16 @@ class _Backward:
 
         call, every = self.call, self.every
         cell: Any = call.step_function
-        gy = step_cotangents(np, call, d_out, d_last, every.dtype)
+        # d_outputs read in place when it holds every step (the layout and order of `every`);
+        # else only the last step's, which joins d_last_output.
+        if call.return_all_outputs:
+            gy, last = d_out[0], d_last[0]
+        else:
+            gy, last = None, (d_out[0][0] if call.time_major else d_out[0][:, 0]) + d_last[0]
         grads = cell_backward(cell.kernel_layout.kind, call.input_leaves[0], cell.kernel,
                               cell.recurrent_kernel, cell.bias, call.state_leaves,
                               call.step_mask, loop_options(call), cell.activation,
                               _recurrent_activation(cell), every, gy, d_states, self.kept,
-                              weight_cache=getattr(cell, "_kernel_cache", None))   # frozen cells
+                              weight_cache=getattr(cell, "_kernel_cache", None),   # frozen cells
+                              d_last=last)
         return cell_grads(np, call, grads)

@@ -23,3 +23,10 @@ def zero_row(dst):
     """dst[j] = 0 for every j of dst (1-D)."""
     for j in range(dst.shape[0]):
         dst[j] = 0
+
+
+@cached_njit(error_model="numpy", inline="always")
+def add_row(dst, src):
+    """dst[j] += src[j] for every j of dst (1-D, src at least as long)."""
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]

@@ -6,7 +6,8 @@
 
 ``outputs``: the forward's outputs with every step kept (``run_cell`` with
 ``return_all_outputs=True``), in the layout of ``options.time_major``; ``d_outputs``: the
-cotangent of every processed step's output in processing order ``(T, B, H)`` (zeros where none);
+cotangent of every processed step's output, in ``outputs``' layout and order, or None (zeros);
+``d_last`` (keyword): the last processed step's output cotangent on top, ``(B, H)`` or None;
 ``d_states``: the cotangents of the final states; ``kept``: what the forward kept for the
 backward (``kept_buffers``), or None to run the forward again for it (recomputation: nothing but
 the outputs is held between the forward and the backward). Returns a dict: ``"inputs"`` (x's
@@ -27,9 +28,10 @@ How it runs (everything in processing order, ``(T, B, ...)``):
 2. The reverse loop (``_make_reverse_loop``, compiled once per cell kind): per step, each
    sample's derivative along its row (the cells' scalar ``backward`` functions in
    ``kernels/cells``, the gates activated from the kept pre-activations on the way) gives the
-   pre-activations' cotangents dz, then the GEMM ``dz @ recurrent_kernel.T`` (``_gemm``'s
-   micro-kernel over the transposed kernel, packed once) gives the previous h's cotangent (GRU
-   without reset_after: two products, around the reset gate). At a masked step the state
+   pre-activations' cotangents dz (added, while in cache, into the sample's bias gradient),
+   then the GEMM ``dz @ recurrent_kernel.T`` (``_gemm``'s micro-kernel over the transposed
+   kernel, packed once) gives the previous h's cotangent (GRU without reset_after: two
+   products, around the reset gate). At a masked step the state
    cotangents pass through unchanged and the output cotangent moves to the previous step's
    output (unless ``zero_output_for_mask``). The threads split it as the forward's time loop
    (``_common.run_chunks``): a large batch by rows, each thread running the whole loop on its
@@ -60,7 +62,7 @@ from .activations import act_inplace, act_into
 from ._gemm import I0, ad, fused_rows, gate_columns, pack_transposed, panel_vectors, panel_width
 from ._gemm_sums import block_columns, summed_products, summed_runs
 from ._numba_cache import cached_njit
-from ._rows import copy_row, zero_row
+from ._rows import add_row, copy_row, zero_row
 from ._sync import meet
 
 register()
@@ -189,11 +191,22 @@ def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1,
 
 
 @cached_njit(error_model="numpy", inline="always")
+def _add_gates(db, dzn, gates, H, u0, u1):
+    """db += units [u0, u1) of each of a row's ``gates`` gates of dz: the bias gradient, summed
+    per sample along the loop while the row is in cache (a pass over all of dz after the loop
+    took ~4% of an LSTM pullback)."""
+    for g in range(gates):
+        add_row(db[g * H + u0:g * H + u1], dzn[g * H + u0:g * H + u1])
+
+
+@cached_njit(error_model="numpy", inline="always")
 def _masked_row_backward(gy, carry, gh, direct, u0, u1, zero_out):
     """Units [u0, u1) of a row at a masked step: its state's cotangent passes through (direct),
-    its output's is carried to the previous step unless masked outputs are zeros."""
+    its output's is carried to the previous step unless masked outputs are zeros (then what
+    the carry holds, the last output's cotangent at the last step, belongs to a zero too)."""
     copy_row(direct[u0:u1], gh[u0:u1])
     if zero_out:
+        zero_row(carry[u0:u1])
         return
     y = gy[u0:u1]
     cr = carry[u0:u1]
@@ -257,13 +270,14 @@ def _make_reverse_loop(kind):
     def reverse_loop(kept, ys, h_prev, c0, valid, flags, cotangents, work, weights,
                      activations, sync, threads, n0, n1, u0, u1, s_begin, s_end):
         kz, kc = kept
-        has_mask, zero_out, tm, back = flags
-        gy, gh, gc = cotangents      # gy (T, B, H) processing order; gh (B, Hp), gc (B, H)
-        dz, dz_rec, carry, direct, d_rh, rh, zeros, acts = work
+        has_mask, zero_out, tm, back, all_outputs = flags
+        gy, gh, gc = cotangents      # gy: the outputs' layout, processing order (all_outputs:
+        # else none, the last one's in the carry); gh (B, Hp), gc (B, H)
+        dz, dz_rec, carry, direct, d_rh, rh, zeros, acts, db, db_rec = work
         PUt, PUt2, nv = weights      # U.T packed (GRU without reset_after: U_zr.T, U_h.T)
         act, ract = activations
-        T = gy.shape[0]
-        H = gy.shape[2]
+        T = h_prev.shape[0] if tm else h_prev.shape[1]
+        H = h_prev.shape[2]
         G = dz.shape[2]
         Hp = gh.shape[1]
         es = dz.itemsize
@@ -273,9 +287,9 @@ def _make_reverse_loop(kind):
             t = T - 1 - i if back else i
             for n in range(n0, n1):
                 dzn = _row(dz, tm, t, n)
+                gyr = _row(gy, tm, i, n) if all_outputs else zeros
                 if has_mask and not valid[i, n]:
-                    _masked_row_backward(gy[i, n], carry[n], gh[n], direct[n], u0, u1,
-                                         zero_out)
+                    _masked_row_backward(gyr, carry[n], gh[n], direct[n], u0, u1, zero_out)
                     for g in range(G // H):
                         zero_row(dzn[g * H + u0:g * H + u1])
                     if kind == GRU:
@@ -299,21 +313,26 @@ def _make_reverse_loop(kind):
                         act_into(act if g == 2 else ract, a[g * H:(g + 1) * H],
                                  zrow[g * H:(g + 1) * H])
                 if kind == LSTM:
-                    _lstm_row_backward(a, gy[i, n], carry[n], gh[n], gc[n], direct[n],
+                    _lstm_row_backward(a, gyr, carry[n], gh[n], gc[n], direct[n],
                                        kc[i - 1, n] if i > 0 else c0[n], dzn, H, u0, u1, act,
                                        ract)
+                    _add_gates(db[n], dzn, 4, H, u0, u1)
                     continue
                 if kind == GRU:
-                    _gru_row_backward(a, gy[i, n], carry[n], gh[n], hp, zrow, dzn,
-                                      _row(dz_rec, tm, t, n), direct[n], H, u0, u1, act, ract)
+                    dzr = _row(dz_rec, tm, t, n)
+                    _gru_row_backward(a, gyr, carry[n], gh[n], hp, zrow, dzn, dzr, direct[n], H,
+                                      u0, u1, act, ract)
+                    _add_gates(db[n], dzn, 3, H, u0, u1)
+                    _add_gates(db_rec[n], dzr, 3, H, u0, u1)
                     continue
                 dh = acts[n, 5 * H:6 * H]   # the row's h cotangent
-                _h_cotangent(gy[i, n], carry[n], gh[n], dh, u0, u1)
-                if kind == GRU_BEFORE:
+                _h_cotangent(gyr, carry[n], gh[n], dh, u0, u1)
+                if kind == GRU_BEFORE:   # its bias gradient once r's dz is known (below)
                     _gru_before_row_backward(a, hp, dh, _row(rh, tm, t, n), dzn, direct[n], H,
                                              act, ract)
                 else:
                     _simple_rnn_row_backward(_row(ys, tm, i, n), dh, dzn, direct[n], u0, u1, act)
+                    _add_gates(db[n], dzn, 1, H, u0, u1)
             if not meet(sync, threads, s + 1):   # every unit of dz[i] is known
                 return
             row = ad(dz) + ((t * dz.shape[1] * G) if tm else (t * G)) * es   # dz row (t, 0)
@@ -330,6 +349,7 @@ def _make_reverse_loop(kind):
                                                                ract)
                         dzn[H + j] = dzr
                         direct[n, j] += dh_part
+                    add_row(db[n], dzn)
                 fused_rows(dz, ad(gh), Hp, ad(direct), Hp, row, lda, ad(PUt), 2 * H,
                            PUt.shape[0], nv, n0, n1)
             else:   # gh = direct + dz[i] @ U.T (GRU: the recurrent part's dz)
@@ -571,9 +591,10 @@ class _BlockSums:
 
 def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
                   activation, recurrent_activation, outputs, d_outputs, d_states, kept=None,
-                  weight_cache=None):
+                  weight_cache=None, d_last=None):
     """The gradients of a ``run_cell`` call (see the module docstring); ``weight_cache``: as
-    ``run_cell``'s (a frozen cell's: the transposed weights are packed once)."""
+    ``run_cell``'s (a frozen cell's: the transposed weights are packed once); ``d_last``: the
+    last processed step's output cotangent ``(B, H)`` beside ``d_outputs`` (None: zeros)."""
     from .cells import run_cell
 
     layout = LAYOUTS[kind]
@@ -614,11 +635,18 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
     dz = in_x_layout(G)
     dz_rec = in_x_layout(G) if kind == GRU else placeholder
     rh = in_x_layout(H) if kind == GRU_BEFORE else placeholder
+    db = np.zeros((B, G), dt)   # the bias gradient per sample (GRU: also its recurrent part)
+    db_rec = np.zeros((B, G), dt) if kind == GRU else np.zeros((1, 1), dt)
     work = (dz, dz_rec, np.zeros((B, H), dt), np.zeros((B, Hp), dt), np.zeros((B, Hp), dt), rh,
-            np.zeros(Hp, dt), np.empty((B, 6 * H), dt))   # acts: a row's activated gates
-    # (and, for the LSTM, its h cotangent)
-    gy = np.ascontiguousarray(d_outputs, dtype=dt)
-    flags = (has_mask, bool(options.zero_output_for_mask), tm, back)
+            np.zeros(Hp, dt), np.empty((B, 6 * H), dt), db, db_rec)   # acts: a row's
+    # activated gates (and, for the LSTM, its h cotangent)
+    # The output cotangents read in place (a copy into processing order cost ~0.2 ms of an
+    # LSTM (32, 100, 64, 128) pullback); the last step's extra one starts the carried cotangent.
+    all_outputs = d_outputs is not None
+    gy = np.ascontiguousarray(d_outputs, dtype=dt) if all_outputs else placeholder
+    if d_last is not None:
+        work[2][...] = d_last
+    flags = (has_mask, bool(options.zero_output_for_mask), tm, back, all_outputs)
     threads = len(chunks) if sync is not None else 1
     args = (kept, ys, h_prev, c0, valid, flags, (gy, gh, gc), work, (PUt, PUt2, nv),
             (act, ract), C.new_sync() if sync is None else sync, threads)
@@ -651,10 +679,10 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
     d_x = d_x.reshape(x.shape) if d_x.flags.c_contiguous else np.ascontiguousarray(
         d_x).reshape(x.shape)
     d_bias = None
-    if bias is not None:
-        d_bias = dz.reshape(T * B, G).sum(axis=0)
+    if bias is not None:   # the samples' sums (each along its steps), sample after sample
+        d_bias = db.sum(axis=0)
         if kind == GRU:
-            d_bias = np.stack([d_bias, dz_rec.reshape(T * B, G).sum(axis=0)])
+            d_bias = np.stack([d_bias, db_rec.sum(axis=0)])
     d_h = np.ascontiguousarray(gh[:, :H])
     d_states_out = [d_h, gc] if kind == LSTM else [d_h]
     return {"inputs": d_x, "states": d_states_out, "kernel": d_w,
