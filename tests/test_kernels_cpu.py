@@ -571,10 +571,25 @@ def test_summed_products_match_float64(dtype):
         u = rng.standard_normal((K, N + 3)).astype(dtype)     # rows N + 3 apart
         z = np.full((M, N), np.nan, dtype)
         c0, c1 = NR, N
-        summed_products(z, a.reshape(-1), M + 2, u.reshape(-1), N + 3, K, c0, c1)
+        summed_products(z, a.reshape(-1), M + 2, a.reshape(-1), M + 2, M, u.reshape(-1), N + 3,
+                        K, c0, c1)
         want = a[:, :M].astype(np.float64).T @ u[:, c0:c1].astype(np.float64)
         np.testing.assert_allclose(z[:, c0:c1], want, rtol=0, atol=K * 4 * np.finfo(dtype).eps * 8)
         assert np.isnan(z[:, :c0]).all()                      # other columns untouched
+        # A's columns from two arrays (x and h side by side): M rows of Z from a, 7 from a2,
+        # the same bits as each part alone (every element sums the same products in order)
+        a2 = rng.standard_normal((K, 9)).astype(dtype)        # rows 9 apart, 7 used
+        both = np.full((M + 7, N), np.nan, dtype)
+        summed_products(both, a.reshape(-1), M + 2, a2.reshape(-1), 9, M, u.reshape(-1), N + 3,
+                        K, c0, c1)
+        np.testing.assert_array_equal(both[:M, c0:c1], z[:, c0:c1])
+        alone = np.full((7, N), np.nan, dtype)
+        summed_products(alone, a2.reshape(-1), 9, a2.reshape(-1), 9, 7, u.reshape(-1), N + 3,
+                        K, c0, c1)
+        np.testing.assert_array_equal(both[M:, c0:c1], alone[:, c0:c1])
+        want2 = a2[:, :7].astype(np.float64).T @ u[:, c0:c1].astype(np.float64)
+        np.testing.assert_allclose(alone[:, c0:c1], want2, rtol=0,
+                                   atol=K * 4 * np.finfo(dtype).eps * 8)
 
 
 def test_masked_output_before_first_valid_step_is_zero_not_h0():

@@ -152,22 +152,30 @@ def test_block_sums_on_a_second_thread_give_one_threads_bits(kind, time_major, g
 
 def test_summed_runs_add_runs_of_rows():
     """summed_runs adds, onto z, the products of several runs of rows a fixed stride apart (a
-    batch-major layout's steps [t0, t1) of every sample), against float64."""
+    batch-major layout's steps [t0, t1) of every sample), A's columns from one array or two
+    side by side (x and h), against float64."""
     from gpukb.kernels.cpu._gemm_sums import block_columns, summed_runs
 
     rng = np.random.default_rng(4)
     dtype = np.float32
-    B, T, M, N = 3, 9, 7, 2 * block_columns(dtype) + 3
+    B, T, M, M2, N = 3, 9, 7, 5, 2 * block_columns(dtype) + 3
     a = rng.standard_normal((B, T, M)).astype(dtype)
+    a2 = rng.standard_normal((B, T, M2)).astype(dtype)
     u = rng.standard_normal((B, T, N + 2)).astype(dtype)   # rows N + 2 apart
-    z0 = rng.standard_normal((M, N)).astype(dtype)
-    z = z0.copy()
     t0, t1 = 2, 7
-    summed_runs(z, a.reshape(-1)[t0 * M:], M, u.reshape(-1)[t0 * (N + 2):], N + 2, B, T * M,
-                T * (N + 2), t1 - t0, 0, N)
-    rows_a = a[:, t0:t1].reshape(-1, M).astype(np.float64)
     rows_u = u[:, t0:t1, :N].reshape(-1, N).astype(np.float64)
-    np.testing.assert_allclose(z, z0 + rows_a.T @ rows_u, rtol=0, atol=1e-4)
+    for parts in ((a,), (a, a2)):
+        first, last = parts[0], parts[-1]
+        rows = sum(p.shape[-1] for p in parts)
+        z0 = rng.standard_normal((rows, N)).astype(dtype)
+        z = z0.copy()
+        m1, m2 = first.shape[-1], last.shape[-1]
+        summed_runs(z, first.reshape(-1)[t0 * m1:], m1, T * m1, last.reshape(-1)[t0 * m2:], m2,
+                    T * m2, m1, u.reshape(-1)[t0 * (N + 2):], N + 2, B, T * (N + 2), t1 - t0, 0,
+                    N)
+        rows_a = np.concatenate([p[:, t0:t1].reshape(-1, p.shape[-1]) for p in parts],
+                                axis=1).astype(np.float64)
+        np.testing.assert_allclose(z, z0 + rows_a.T @ rows_u, rtol=0, atol=1e-4)
 
 
 def test_block_sums_stop_with_the_loop(monkeypatch):

@@ -4,6 +4,9 @@ weight gradients (``kernel``: ``x.T @ dz``, ``recurrent_kernel``: ``h.T @ dz``).
 A is ``(K, M)`` and U ``(K, N)``, read in place with any row strides: K runs over every
 (sample, step) row, so transposing them first (what ``_gemm.fused_rows`` needs) would copy whole
 sequences; only U's block of the current K-chunk is copied, contiguous, so that it stays in L1.
+A's columns may come from two arrays (``A = [A1 | A2]``, row k of each at its own stride): the
+LSTM's ``x`` and ``h`` against the same dz are one product, which reads dz once and gives each
+packed block of it D + H rows of Z to serve (the two apart: 5-11% slower, 2 threads, 2026-12-04).
 The micro-kernel (``_tile``) keeps an MR x (NV vectors) block of Z in registers over the chunk's
 rows: per row it broadcasts MR consecutive entries of A's row and loads NV vectors of U's row. Columns that do not fill a whole vector block are summed by a plain loop.
 Every element accumulates its K rows in order, so a result does not depend on the thread split.
@@ -133,21 +136,24 @@ _KC = 128
 
 
 @cached_njit(error_model="numpy", fastmath={"contract"}, nogil=True)
-def summed_products(z, a, sk, u, su, K, c0, c1):
-    """``z[m, c] = sum_k a[k * sk + m] * u[k * su + c]`` for every row m of z and columns
-    c0 <= c < c1 (a, u: flat views of the operands; z: (M, N) C-contiguous)."""
+def summed_products(z, a, sk, a2, sk2, m_split, u, su, K, c0, c1):
+    """``z[m, c] = sum_k A[k, m] * u[k * su + c]`` for every row m of z and columns c0 <= c < c1,
+    A's row k being ``a[k * sk:][:m_split]`` then ``a2[k * sk2:][:M - m_split]`` (a, a2, u: flat
+    views of the operands; ``m_split = M`` when a2 is not used; z: (M, N) C-contiguous)."""
     for m in range(z.shape[0]):
         zero_row(z[m, c0:c1])
-    _add_products(z, a, sk, u, su, 1, 0, 0, K, c0, c1, _buffer(z, _block(z)), _buffer(z, 0))
+    _add_products(z, a, sk, 0, a2, sk2, 0, m_split, u, su, 1, 0, K, c0, c1,
+                  _buffer(z, _block(z)), _buffer(z, 0))
 
 
 @cached_njit(error_model="numpy", fastmath={"contract"}, nogil=True)
-def summed_runs(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1):
+def summed_runs(z, a, sk, a_step, a2, sk2, a2_step, m_split, u, su, runs, u_step, K, c0, c1):
     """``z[:, c0:c1] +=`` the products of ``runs`` runs of K rows each, run j starting
-    ``j * a_step`` elements into a and ``j * u_step`` into u (the rows of some steps of every
-    sample, in a batch-major layout); run after run, each run's rows in order."""
-    _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, _buffer(z, _block(z)),
-                  _buffer(z, z.shape[0] if runs > 1 else 0))
+    ``j * a_step`` elements into a (``j * a2_step`` into a2) and ``j * u_step`` into u (the rows of
+    some steps of every sample, in a batch-major layout); run after run, each run's rows in
+    order. A's rows as summed_products'."""
+    _add_products(z, a, sk, a_step, a2, sk2, a2_step, m_split, u, su, runs, u_step, K, c0, c1,
+                  _buffer(z, _block(z)), _buffer(z, z.shape[0] if runs > 1 else 0))
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -169,12 +175,39 @@ def _aligned(pointer):
     return (pointer + 63) // 64 * 64   # on a cache line (see _gemm.aligned_empty)
 
 
+@cached_njit(error_model="numpy", inline="always")
+def _tiles(z, zp0, ldz, ap0, ska, pa, NR, kc, m0, m1, es):
+    """The tiles of rows [m0, m1) of Z's column block at zp0 (row 0): A's row m at
+    ``ap0 + (m - m0) * es``, k rows ``ska`` elements apart; U's block packed at pa."""
+    m = m0
+    while m < m1:
+        left = m1 - m
+        zp = zp0 + m * ldz * es
+        ap = ap0 + (m - m0) * es
+        if BIG_TILES and left >= 8:
+            _tile8(z, zp, ldz, ap, ska, pa, NR, kc)
+            m += 8
+        elif left >= 6:
+            _tile6(z, zp, ldz, ap, ska, pa, NR, kc)
+            m += 6
+        elif left >= 4:
+            _tile4(z, zp, ldz, ap, ska, pa, NR, kc)
+            m += 4
+        elif left >= 2:
+            _tile2(z, zp, ldz, ap, ska, pa, NR, kc)
+            m += 2
+        else:
+            _tile1(z, zp, ldz, ap, ska, pa, NR, kc)
+            m += 1
+
+
 @cached_njit(error_model="numpy", fastmath={"contract"}, nogil=True)
-def _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, panel, rows):
-    """``z[m, c] += sum_r a[row_a(r) + m] * u[row_u(r) + c]`` over the rows r of ``runs`` runs of
-    K rows (row k of run j: ``j * a_step + k * sk`` in a, ``j * u_step + k * su`` in u), each
-    element adding its rows in that order. ``panel``, ``rows``: _buffer's for U's block and,
-    with several runs, for A's rows."""
+def _add_products(z, a, sk, a_step, a2, sk2, a2_step, m_split, u, su, runs, u_step, K, c0, c1,
+                  panel, rows):
+    """``z[m, c] += sum_r A[row(r), m] * u[row_u(r) + c]`` over the rows r of ``runs`` runs of K
+    rows (row k of run j: ``j * a_step + k * sk`` in a for m < m_split, ``j * a2_step + k * sk2``
+    in a2 for the others, ``j * u_step + k * su`` in u), each element adding its rows in that
+    order. ``panel``, ``rows``: _buffer's for U's block and, with several runs, for A's rows."""
     M = z.shape[0]
     es = z.itemsize
     NR = VECTOR_BYTES // es * NV
@@ -184,12 +217,13 @@ def _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, panel, rows)
     # U's block of a k-chunk, copied contiguous (kc x NR) before the tiles go over it: read in
     # place, each of its rows is a row of dz apart, and every tile of Z would stream it from L2
     # again; packed, it stays in L1 (same products in the same order: the same bits). With
-    # several runs A's rows of the chunk are copied contiguous too, so that a chunk spans runs
-    # and Z is read and written once per chunk, not once per run.
+    # several runs A's rows of the chunk are copied contiguous too (both parts side by side),
+    # so that a chunk spans runs and Z is read and written once per chunk, not once per run.
     pa = _aligned(panel.ctypes.data)
     ra = _aligned(rows.ctypes.data)
     u0 = u.ctypes.data
     a0 = a.ctypes.data
+    a20 = a2.ctypes.data
     total = runs * K
     u_rows = np.empty(_KC, np.int64)   # the chunk's rows' offsets in u, found once per chunk
     for k0 in range(0, total, _KC):
@@ -198,10 +232,10 @@ def _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, panel, rows)
             for k in range(kc):
                 j, kk = divmod(k0 + k, K)
                 u_rows[k] = j * u_step + kk * su
-                _copy(ra + k * M * es, a0 + (j * a_step + kk * sk) * es, M * es)
-            aa, ska = ra, M
-        else:   # one run: rows su apart (summed_products' case, kept as plain as it was)
-            aa, ska = a0 + k0 * sk * es, sk
+                _copy(ra + k * M * es, a0 + (j * a_step + kk * sk) * es, m_split * es)
+                if m_split < M:
+                    _copy(ra + (k * M + m_split) * es, a20 + (j * a2_step + kk * sk2) * es,
+                          (M - m_split) * es)
         for c in range(c0, whole, NR):
             if runs > 1:
                 for k in range(kc):
@@ -209,32 +243,18 @@ def _add_products(z, a, sk, u, su, runs, a_step, u_step, K, c0, c1, panel, rows)
             else:
                 for k in range(kc):
                     _copy(pa + k * NR * es, u0 + ((k0 + k) * su + c) * es, NR * es)
-            m = 0
-            while m < M:
-                left = M - m
-                zp = za + (m * ldz + c) * es
-                ap = aa + m * es
-                if BIG_TILES and left >= 8:
-                    _tile8(z, zp, ldz, ap, ska, pa, NR, kc)
-                    m += 8
-                elif left >= 6:
-                    _tile6(z, zp, ldz, ap, ska, pa, NR, kc)
-                    m += 6
-                elif left >= 4:
-                    _tile4(z, zp, ldz, ap, ska, pa, NR, kc)
-                    m += 4
-                elif left >= 2:
-                    _tile2(z, zp, ldz, ap, ska, pa, NR, kc)
-                    m += 2
-                else:
-                    _tile1(z, zp, ldz, ap, ska, pa, NR, kc)
-                    m += 1
+            zc = za + c * es
+            if runs > 1:
+                _tiles(z, zc, ldz, ra, M, pa, NR, kc, 0, M, es)
+            else:   # one run: each part's rows read in place (summed_products' case)
+                _tiles(z, zc, ldz, a0 + k0 * sk * es, sk, pa, NR, kc, 0, m_split, es)
+                _tiles(z, zc, ldz, a20 + k0 * sk2 * es, sk2, pa, NR, kc, m_split, M, es)
     if whole < c1:   # the last columns, fewer than a vector block
         for r in range(total):
             j, kk = divmod(r, K)
-            ar, ur = j * a_step + kk * sk, j * u_step + kk * su
+            ar, ar2, ur = j * a_step + kk * sk, j * a2_step + kk * sk2, j * u_step + kk * su
             for m in range(M):
-                v = a[ar + m]
+                v = a[ar + m] if m < m_split else a2[ar2 + m - m_split]
                 for c in range(whole, c1):
                     z[m, c] += v * u[ur + c]
 
