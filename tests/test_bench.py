@@ -877,13 +877,17 @@ def test_backward_bench_times_gradients_checked_against_float64(capsys):
     from gpukb.bench.workloads import Size
 
     results = backward.run((Size(2, 5, 3, 4),), implementations=("gpukb[cpu]", "torch"),
-                           repeats=2, budget=0.05)
+                           repeats=2, budget=0.05, peak=1000.0)
     table = capsys.readouterr().out
     assert {(r.workload, r.key) for r in results} >= {("lstm", "gpukb[cpu]"), ("gru", "gpukb[cpu]")}
     for r in results:
         assert r.status == "ok", r.error
         assert r.relative_error < 1e-5 and r.median_s > 0
     assert "rel. error" in table and "gpukb.rnn_vjp + pullback" in table
+    assert "FMA peak: 1000 GFLOP/s float32" in table
+    line = next(ln for ln in table.splitlines() if "gpukb.rnn_vjp + pullback" in ln)
+    share = f"{100 * results[0].gflops / 1000.0:.0f}%" if results[0].key == "gpukb[cpu]" else None
+    assert share is None or share in line.split()   # each rate as a share of the peak given
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -914,12 +918,44 @@ def test_backward_bench_passes_sizes_and_workloads_and_writes_json(tmp_path, cap
         return [result]
 
     monkeypatch.setattr(backward, "run", fake_run)
+    monkeypatch.setattr("gpukb.bench.fma_peak.fma_gflops", lambda *a, **k: 432.0)
     out = tmp_path / "bw.json"
     code, _, err = bench(["--backward", "--sizes", "3x4x5x6", "--workloads", "gru",
                           "--repeats", "4", "--json", str(out)], capsys)
     assert code == 0, err
     (sizes, workloads, kw), = calls
     assert sizes == (Size(3, 4, 5, 6),) and workloads == ("gru",) and kw["repeats"] == 4
+    assert kw["peak"] == 432.0
     doc = json.loads(out.read_text())
     assert doc["schema"] == backward.SCHEMA and doc["settings"]["workloads"] == ["gru"]
+    assert doc["settings"]["fma_peak_gflops_float32"] == 432.0
     assert doc["results"][0]["workload"] == "gru" and doc["results"][0]["median_ms"] == 2.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fma_peak_loop_does_every_multiply_add(dtype):
+    """The peak's loop really runs its multiply-adds (none folded away): with a <- a * 1 + 1 from
+    a = i, after n iterations each lane of accumulator i holds i + n, exactly; and a rate comes
+    out of several threads at once."""
+    from gpukb.bench import fma_peak
+
+    lanes = fma_peak.lanes(dtype)
+    assert lanes * {"float32": 4, "float64": 8}[dtype] in (16, 32, 64)
+    for n in (0, 1, 1000):
+        want = lanes * sum(i + n for i in range(fma_peak.ACCUMULATORS))
+        assert fma_peak.run_loop(dtype, n, 1.0, 1.0) == want
+    assert fma_peak.run_loop(dtype, 3, 2.0, 0.0) == lanes * sum(
+        i * 8 for i in range(fma_peak.ACCUMULATORS))   # a * 2**3
+    assert fma_peak.fma_gflops(dtype, threads=2, seconds=0.01) > 0
+
+
+def test_fma_peak_command_checks_its_arguments(capsys):
+    from gpukb.bench import fma_peak
+
+    for argv, message in ((["--threads", "0"], "--threads must be at least 1"),
+                          (["--seconds", "0"], "--seconds must be positive")):
+        with pytest.raises(SystemExit) as exit_info:
+            fma_peak.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        fma_peak.fma_gflops("float32", threads=0)

@@ -221,8 +221,10 @@ def _result(row: dict) -> Result:
 
 
 def run(sizes=FULL_SIZES, workloads=WORKLOADS, implementations=IMPLEMENTATIONS, *, repeats=30,
-        budget=3.0, stream=sys.stdout) -> list[Result]:
-    """Time every implementation, each in its own process; print and return the results."""
+        budget=3.0, stream=sys.stdout, peak: float | None = None) -> list[Result]:
+    """Time every implementation, each in its own process; print and return the results.
+    ``peak``: the machine's float32 multiply-add peak (``fma_peak``), GFLOP/s; each row's rate
+    is shown as a share of it."""
     from .report import aligned, trailer
 
     results, skipped = [], {}
@@ -254,11 +256,16 @@ def run(sizes=FULL_SIZES, workloads=WORKLOADS, implementations=IMPLEMENTATIONS, 
     rows = [(r.workload, r.size.label, r.implementation,
              f"{r.median_s * 1e3:.3f}" if r.status == "ok" and r.median_s is not None else r.status,
              f"{r.gflops:.2f}" if r.status == "ok" else "",
+             f"{100 * r.gflops / peak:.0f}%" if r.status == "ok" and peak else "",
              "" if r.ratio_to_fastest_peer is None else f"{r.ratio_to_fastest_peer:.2f}x",
              f"{r.relative_error:.1e}" if r.status == "ok" else "") for r in results]
-    columns = ("workload", "size", "implementation", "median ms", "GFLOP/s", "vs fastest peer",
-               "rel. error")
-    lines = aligned(columns, results, rows, numeric={3, 4, 5, 6})
+    columns = ("workload", "size", "implementation", "median ms", "GFLOP/s", "of FMA peak",
+               "vs fastest peer", "rel. error")
+    lines = aligned(columns, results, rows, numeric={3, 4, 5, 6, 7})
+    if peak:
+        lines.append(f"FMA peak: {peak:.0f} GFLOP/s float32 (python -m gpukb.bench.fma_peak: "
+                     "register-only multiply-adds on the kernels' threads at once; no kernel "
+                     "can run faster)")
     lines += [f"error: {r.implementation}, {r.workload} {r.size.label}: {r.error}"
               for r in results if r.status == "error"]
     print("\n".join(lines + trailer(sorted(skipped.items()), None, LEGEND)), file=stream)
@@ -302,11 +309,15 @@ def command(args, parser) -> int:
     else:
         sizes = QUICK_SIZES if args.quick else FULL_SIZES
     workloads = tuple(chosen) if chosen else WORKLOADS
-    results = run(sizes, workloads, repeats=settings["repeats"], budget=settings["budget"])
+    from .fma_peak import fma_gflops
+
+    peak = fma_gflops("float32", seconds=0.5)   # measured before the workers, none running
+    results = run(sizes, workloads, repeats=settings["repeats"], budget=settings["budget"],
+                  peak=peak)
     if settings["json"] is not None:
         recorded = {"mode": "backward", "sizes": [s.as_dict() for s in sizes],
                     "workloads": list(workloads), "repeats": settings["repeats"],
-                    "budget_s": settings["budget"]}
+                    "budget_s": settings["budget"], "fma_peak_gflops_float32": peak}
         report.write_json(settings["json"], report.document(
             results, machine=report.machine_info(), settings=recorded, schema=SCHEMA))
         print(f"saved {settings['json']}", file=sys.stderr)
