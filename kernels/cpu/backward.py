@@ -30,7 +30,8 @@ How it runs (everything in processing order, ``(T, B, ...)``):
    ``kernels/cells``, the gates activated from the kept pre-activations on the way) gives the
    pre-activations' cotangents dz (added, while in cache, into the sample's bias gradient),
    then the GEMM ``dz @ recurrent_kernel.T`` (``_gemm``'s micro-kernel over the transposed
-   kernel, packed once) gives the previous h's cotangent (GRU without reset_after: two
+   kernel, packed once) gives the previous h's cotangent (the GRU: z's and r's part, then the
+   candidate's recurrent part, which has its own dz, in one sum; without reset_after two
    products, around the reset gate). At a masked step the state
    cotangents pass through unchanged and the output cotangent moves to the previous step's
    output (unless ``zero_output_for_mask``). The threads split it as the forward's time loop
@@ -160,8 +161,9 @@ def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1,
     """Units [u0, u1) of one GRU (reset_after) row backwards: ``a`` holds the activated z, r and
     candidate and (written here) the h cotangent; gy, carry, gh: the row's output, carried and
     recurrent h cotangents; hp: its h before the step; zrow: its kept pre-activations (the
-    recurrent candidate part at 5H); dz, dz_rec: the input and recurrent parts' cotangents
-    (written); direct: the h cotangent that bypasses U (written). One loop per result, as
+    recurrent candidate part at 5H); dz: the pre-activations' cotangents (written; z's and r's
+    are also their recurrent parts'); dz_rec: the recurrent candidate part's (H, written);
+    direct: the h cotangent that bypasses U (written). One loop per result, as
     _lstm_row_backward."""
     az = a[u0:u1]
     ar = a[H + u0:H + u1]
@@ -183,14 +185,9 @@ def _gru_row_backward(a, gy, carry, gh, hp, zrow, dz, dz_rec, direct, H, u0, u1,
         dd[j] = gru_cell.blend_backward(az[j], hpr[j], ah[j], dh[j], act, ract)[2]
     for j in range(n):
         dzr[j] = gru_cell.candidate_backward(dpre[j], ar[j], rec_h[j], ract)[0]
-    drec = dz_rec[2 * H + u0:2 * H + u1]
+    drec = dz_rec[u0:u1]
     for j in range(n):
         drec[j] = gru_cell.candidate_backward(dpre[j], ar[j], rec_h[j], ract)[1]
-    rz = dz_rec[u0:u1]
-    rr = dz_rec[H + u0:H + u1]
-    for j in range(n):
-        rz[j] = dzz[j]
-        rr[j] = dzr[j]
 
 
 @cached_njit(error_model="numpy", inline="always")
@@ -296,8 +293,7 @@ def _make_reverse_loop(kind):
                     for g in range(G // H):
                         zero_row(dzn[g * H + u0:g * H + u1])
                     if kind == GRU:
-                        for g in range(3):
-                            zero_row(_row(dz_rec, tm, t, n)[g * H + u0:g * H + u1])
+                        zero_row(_row(dz_rec, tm, t, n)[u0:u1])
                     if kind == GRU_BEFORE:
                         zero_row(_row(rh, tm, t, n)[u0:u1])
                     continue
@@ -326,7 +322,8 @@ def _make_reverse_loop(kind):
                     _gru_row_backward(a, gyr, carry[n], gh[n], hp, zrow, dzn, dzr, direct[n], H,
                                       u0, u1, act, ract)
                     _add_gates(db[n], dzn, 3, H, u0, u1)
-                    _add_gates(db_rec[n], dzr, 3, H, u0, u1)
+                    _add_gates(db_rec[n], dzn, 2, H, u0, u1)   # z's and r's: the same dz
+                    add_row(db_rec[n, 2 * H + u0:2 * H + u1], dzr[u0:u1])
                     continue
                 dh = acts[n, 5 * H:6 * H]   # the row's h cotangent
                 _h_cotangent(gyr, carry[n], gh[n], dh, u0, u1)
@@ -355,9 +352,15 @@ def _make_reverse_loop(kind):
                     add_row(db[n], dzn)
                 fused_rows(dz, ad(gh), Hp, ad(direct), Hp, row, lda, ad(PUt), 2 * H,
                            PUt.shape[0], nv, n0, n1)
-            else:   # gh = direct + dz[i] @ U.T (GRU: the recurrent part's dz)
-                src = ad(dz_rec) - ad(dz) + row if kind == GRU else row
-                gate_columns(dz, ad(gh), Hp, ad(direct), Hp, src, lda, PUt, G, nv, n0, n1, 1, H,
+            elif kind == GRU:   # gh = direct + dz[i][:, :2H] @ U_zr.T + dz_rec[i] @ U_h.T: one
+                # sum per element, in k order, the first part's stored and read back (exact)
+                gate_columns(dz, ad(gh), Hp, ad(direct), Hp, row, lda, PUt, 2 * H, nv, n0, n1,
+                             1, H, u0, u1)
+                rec = ad(dz_rec) + ((t * dz_rec.shape[1] * H) if tm else (t * H)) * es
+                gate_columns(dz, ad(gh), Hp, ad(gh), Hp, rec, H if tm else T * H, PUt2, H, nv,
+                             n0, n1, 1, H, u0, u1)
+            else:   # gh = direct + dz[i] @ U.T
+                gate_columns(dz, ad(gh), Hp, ad(direct), Hp, row, lda, PUt, G, nv, n0, n1, 1, H,
                              u0, u1)
 
     return reverse_loop
@@ -534,9 +537,9 @@ _TRANSPOSE_PANEL_VECTORS = 2   # the input kernel's transpose: d_x = dz @ kernel
 
 
 def _packed_transposes(kind, kernel, recurrent_kernel, nv, dt, cache):
-    """(PUt, PUt2, PWt): the recurrent kernel's transpose in the reverse loop's panels (GRU
-    without reset_after: its z, r part and its candidate's part apart; else a placeholder
-    second) and the input kernel's for d_x. A frozen cell's (``cache``: its weight cache) are
+    """(PUt, PUt2, PWt): the recurrent kernel's transpose in the reverse loop's panels (GRU: its
+    z, r part and its candidate's part apart; else a placeholder second) and the input kernel's
+    for d_x. A frozen cell's (``cache``: its weight cache) are
     packed once: at LSTM (8, 200, 32, 256) packing took 0.4 of a 7 ms pullback."""
     key = ("backward", kind, np.dtype(dt).str, nv)
     packed = None if cache is None else cache.get(key)
@@ -544,7 +547,7 @@ def _packed_transposes(kind, kernel, recurrent_kernel, nv, dt, cache):
         return packed
     U = np.asarray(recurrent_kernel, dt)
     H = U.shape[0]
-    if kind == GRU_BEFORE:
+    if kind in (GRU, GRU_BEFORE):
         PUt, PUt2 = _packed_transpose(U[:, :2 * H], nv, dt), _packed_transpose(U[:, 2 * H:], nv, dt)
     else:
         PUt, PUt2 = _packed_transpose(U, nv, dt), np.zeros((1, 1, 1), dt)
@@ -667,7 +670,9 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
           else np.zeros((1, 1), dt))
     c0 = (np.ascontiguousarray(states[1], dtype=dt) if kind == LSTM else np.zeros((1, 1), dt))
     dz = in_x_layout(G)
-    dz_rec = in_x_layout(G) if kind == GRU else placeholder
+    # The GRU's recurrent part of dz differs from dz only in the candidate's units: those alone
+    # (writing z's and r's twice cost ~5% of a GRU pullback at B = 256)
+    dz_rec = in_x_layout(H) if kind == GRU else placeholder
     rh = in_x_layout(H) if kind == GRU_BEFORE else placeholder
     db = np.zeros((B, G), dt)   # the bias gradient per sample (GRU: also its recurrent part)
     db_rec = np.zeros((B, G), dt) if kind == GRU else np.zeros((1, 1), dt)
@@ -690,13 +695,14 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
     # so that row k of each is the same (sample, step).
     xc = np.ascontiguousarray(x, dtype=dt)
     flat_dz = dz.reshape(-1)
-    # x and h side by side where they meet the same dz (one product: dz read once); GRU
-    # (reset_after) apart, its recurrent part has dz of its own. Without reset_after U_h's
-    # gradient takes r * h (the candidate's columns), U_zr's h.
+    # x and h side by side where they meet the same dz (one product: dz read once). The GRU's
+    # candidate columns differ: with reset_after U_h's gradient takes the recurrent part's own
+    # dz, without it r * h.
     if kind == GRU_BEFORE:
         products = [((xc, h_prev), flat_dz, G, 2 * H), ((xc, rh), flat_dz[2 * H:], G, H)]
-    elif kind == GRU:
-        products = [((xc,), flat_dz, G, G), ((h_prev,), dz_rec.reshape(-1), G, G)]
+    elif kind == GRU:   # its recurrent candidate part has its own dz
+        products = [((xc, h_prev), flat_dz, G, 2 * H), ((xc,), flat_dz[2 * H:], G, H),
+                    ((h_prev,), dz_rec.reshape(-1), H, H)]
     else:
         products = [((xc, h_prev), flat_dz, G, G)]
     if len(chunks) == 1:   # one thread's loop: the sums follow it, block by block
@@ -713,8 +719,10 @@ def cell_backward(kind, x, kernel, recurrent_kernel, bias, states, step_mask, op
         zr, cand = product_grads
         d_w = np.concatenate([zr[:Dx], cand[:Dx]], axis=1)
         d_u = np.concatenate([zr[Dx:], cand[Dx:]], axis=1)
-    elif kind == GRU:
-        d_w, d_u = product_grads
+    elif kind == GRU:   # [x | h] against z, r's dz; x against the candidate's, h its own
+        zr, cand_x, cand_h = product_grads
+        d_w = np.concatenate([zr[:Dx], cand_x], axis=1)
+        d_u = np.concatenate([zr[Dx:], cand_h], axis=1)
     else:
         d_w, d_u = product_grads[0][:Dx], product_grads[0][Dx:]
     d_x = d_x.reshape(x.shape) if d_x.flags.c_contiguous else np.ascontiguousarray(
