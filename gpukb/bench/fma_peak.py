@@ -36,6 +36,7 @@ def _loop(dtype: str):
     from numba.extending import intrinsic
 
     from ..kernels.cpu._gemm import VECTOR_BYTES
+    from ..kernels.cpu._llvm_loop import carried_loop
 
     scalar = {"float32": types.float32, "float64": types.float64}[dtype]
     lanes = VECTOR_BYTES // (4 if dtype == "float32" else 8)
@@ -46,7 +47,6 @@ def _loop(dtype: str):
             n, b_, c_ = args
             fty = b_.type
             vty = ir.VectorType(fty, lanes)
-            i64 = ir.IntType(64)
             fma = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vty, [vty, vty, vty]),
                 f"llvm.fmuladd.v{lanes}f{32 if dtype == 'float32' else 64}")
@@ -59,32 +59,9 @@ def _loop(dtype: str):
 
             bv, cv = splat(b_), splat(c_)
             start = [ir.Constant(vty, [float(i)] * lanes) for i in range(ACCUMULATORS)]
-            pre = builder.block
-            body = builder.function.append_basic_block("fma.body")
-            done = builder.function.append_basic_block("fma.done")
-            builder.cbranch(builder.icmp_signed(">", n, ir.Constant(i64, 0)), body, done)
-            builder.position_at_end(body)
-            k = builder.phi(i64)
-            k.add_incoming(ir.Constant(i64, 0), pre)
-            phis = []
-            for value in start:
-                phi = builder.phi(vty)
-                phi.add_incoming(value, pre)
-                phis.append(phi)
-            new = [builder.call(fma, [phi, bv, cv]) for phi in phis]
-            k1 = builder.add(k, ir.Constant(i64, 1))
-            end = builder.block
-            k.add_incoming(k1, end)
-            for phi, value in zip(phis, new):
-                phi.add_incoming(value, end)
-            builder.cbranch(builder.icmp_signed("<", k1, n), body, done)
-            builder.position_at_end(done)
-            outs = []
-            for value, first in zip(new, start):   # every phi first, at the block's top
-                out = builder.phi(vty)
-                out.add_incoming(first, pre)
-                out.add_incoming(value, end)
-                outs.append(out)
+            outs = carried_loop(builder, n, start,
+                                lambda k, phis: [builder.call(fma, [p, bv, cv]) for p in phis],
+                                "fma")
             total = ir.Constant(fty, 0.0)
             for out in outs:
                 for lane in range(lanes):

@@ -40,6 +40,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ._llvm_loop import carried_loop
 from ._numba_cache import cached_njit
 
 _I64 = ir.IntType(64)
@@ -143,45 +144,23 @@ def _make_tile(MR, NP, NV):
                 for q in range(NP):
                     for v in range(NV):
                         acc0.append(vload(init_, builder.add(rowoff, col(q, v))))
-            pre = builder.block
-            fn = builder.function
-            body = fn.append_basic_block("tile.body")
-            done = fn.append_basic_block("tile.done")
-            builder.cbranch(builder.icmp_signed(">", k_, c64(0)), body, done)
-            builder.position_at_end(body)
-            kk = builder.phi(_I64)
-            kk.add_incoming(c64(0), pre)
-            phis = []
-            for x in acc0:
-                ph = builder.phi(vty)
-                ph.add_incoming(x, pre)
-                phis.append(ph)
-            us = []
-            uk = builder.mul(kk, c64(NR))
-            for q in range(NP):
-                base = builder.add(builder.mul(c64(q), ps_), uk)
-                us.append([vload(u_, builder.add(base, c64(v * VL))) for v in range(NV)])
-            new = list(phis)
-            for r in range(MR):
-                sv = splat(builder.load(fptr(a_, builder.add(builder.mul(c64(r), lda_), kk)),
-                                        align=esz))
+            def step(kk, phis):
+                us = []
+                uk = builder.mul(kk, c64(NR))
                 for q in range(NP):
-                    for v in range(NV):
-                        i = (r * NP + q) * NV + v
-                        new[i] = builder.call(fma, [sv, us[q][v], phis[i]])
-            kn = builder.add(kk, c64(1))
-            endb = builder.block
-            kk.add_incoming(kn, endb)
-            for ph, x in zip(phis, new):
-                ph.add_incoming(x, endb)
-            builder.cbranch(builder.icmp_signed("<", kn, k_), body, done)
-            builder.position_at_end(done)
-            out = []
-            for x, y in zip(acc0, new):   # all phis first: they must head the block
-                ph = builder.phi(vty)
-                ph.add_incoming(x, pre)
-                ph.add_incoming(y, endb)
-                out.append(ph)
+                    base = builder.add(builder.mul(c64(q), ps_), uk)
+                    us.append([vload(u_, builder.add(base, c64(v * VL))) for v in range(NV)])
+                new = list(phis)
+                for r in range(MR):
+                    sv = splat(builder.load(fptr(a_, builder.add(builder.mul(c64(r), lda_), kk)),
+                                            align=esz))
+                    for q in range(NP):
+                        for v in range(NV):
+                            i = (r * NP + q) * NV + v
+                            new[i] = builder.call(fma, [sv, us[q][v], phis[i]])
+                return new
+
+            out = carried_loop(builder, k_, acc0, step, "tile")
             for r in range(MR):
                 rowoff = builder.mul(c64(r), ldz_)
                 for q in range(NP):

@@ -19,6 +19,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ._gemm import BIG_TILES, VECTOR_BYTES
+from ._llvm_loop import carried_loop
 from ._numba_cache import cached_njit
 from ._rows import zero_row
 
@@ -59,43 +60,21 @@ def _make_tile(MR):
             acc0 = [builder.load(builder.bitcast(fptr(z_, builder.add(
                 builder.mul(c64(r), ldz_), c64(v * VL))), pv), align=esz)
                 for r in range(MR) for v in range(NV)]
-            pre = builder.block
-            fn = builder.function
-            body = fn.append_basic_block("sums.body")
-            done = fn.append_basic_block("sums.done")
-            builder.cbranch(builder.icmp_signed(">", k_, c64(0)), body, done)
-            builder.position_at_end(body)
-            kk = builder.phi(_I64)
-            kk.add_incoming(c64(0), pre)
-            phis = []
-            for x in acc0:
-                ph = builder.phi(vty)
-                ph.add_incoming(x, pre)
-                phis.append(ph)
-            urow = builder.mul(kk, su_)
-            us = [builder.load(builder.bitcast(fptr(u_, builder.add(urow, c64(v * VL))), pv),
-                               align=esz) for v in range(NV)]
-            arow = builder.mul(kk, sk_)
-            new = list(phis)
-            for r in range(MR):
-                s = builder.load(fptr(a_, builder.add(arow, c64(r))), align=esz)
-                sv = builder.shuffle_vector(builder.insert_element(undef, s, ir.Constant(_I32, 0)),
-                                            undef, splat_mask)
-                for v in range(NV):
-                    new[r * NV + v] = builder.call(fma, [sv, us[v], phis[r * NV + v]])
-            kn = builder.add(kk, c64(1))
-            endb = builder.block
-            kk.add_incoming(kn, endb)
-            for ph, x in zip(phis, new):
-                ph.add_incoming(x, endb)
-            builder.cbranch(builder.icmp_signed("<", kn, k_), body, done)
-            builder.position_at_end(done)
-            out = []
-            for x, y in zip(acc0, new):
-                ph = builder.phi(vty)
-                ph.add_incoming(x, pre)
-                ph.add_incoming(y, endb)
-                out.append(ph)
+            def step(kk, phis):
+                urow = builder.mul(kk, su_)
+                us = [builder.load(builder.bitcast(fptr(u_, builder.add(urow, c64(v * VL))), pv),
+                                   align=esz) for v in range(NV)]
+                arow = builder.mul(kk, sk_)
+                new = list(phis)
+                for r in range(MR):
+                    s = builder.load(fptr(a_, builder.add(arow, c64(r))), align=esz)
+                    sv = builder.shuffle_vector(
+                        builder.insert_element(undef, s, ir.Constant(_I32, 0)), undef, splat_mask)
+                    for v in range(NV):
+                        new[r * NV + v] = builder.call(fma, [sv, us[v], phis[r * NV + v]])
+                return new
+
+            out = carried_loop(builder, k_, acc0, step, "sums")
             for r in range(MR):
                 for v in range(NV):
                     off = builder.add(builder.mul(c64(r), ldz_), c64(v * VL))
