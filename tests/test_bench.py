@@ -876,10 +876,16 @@ def test_backward_bench_times_gradients_checked_against_float64(capsys):
     from gpukb.bench import backward
     from gpukb.bench.workloads import Size
 
-    results = backward.run((Size(2, 5, 3, 4),), implementations=("gpukb[cpu]", "torch"),
+    results = backward.run((Size(2, 5, 3, 4),),
+                           implementations=("gpukb[cpu]", "gpukb_torch", "torch"),
                            repeats=2, budget=0.05, peak=1000.0)
     table = capsys.readouterr().out
     assert {(r.workload, r.key) for r in results} >= {("lstm", "gpukb[cpu]"), ("gru", "gpukb[cpu]")}
+    if importlib.util.find_spec("gpukb_torch") is not None:   # the drop-in, as torch's row
+        assert {r.key for r in results} >= {"gpukb_torch", "torch"}
+        assert "gpukb_torch.LSTM (drop-in) + backward" in table
+    else:
+        assert "skipped: gpukb_torch" in table
     for r in results:
         assert r.status == "ok", r.error
         assert r.relative_error < 1e-5 and r.median_s > 0

@@ -5,6 +5,8 @@ backward over the whole sequence) in a process of its own (``python -m gpukb.ben
 --worker SPEC``), timed as the forward bench times (``runner.measure``):
 
 - ``gpukb[cpu]``: ``gpukb.rnn_vjp`` of a ``gpukb.cells`` cell, then its pullback;
+- ``gpukb_torch``: the torch plugin's drop-in ``gpukb_torch.LSTM``/``GRU`` (same weights), as
+  ``torch`` below: what a PyTorch training loop gets (skipped without the plugin);
 - ``torch``: ``torch.nn.LSTM``/``GRU`` (same weights) forward, then ``.backward(dy)``;
 - ``jax``: ``jax.vjp`` of the cell iterated by ``lax.scan``, forward and backward in one
   ``jax.jit``.
@@ -31,8 +33,10 @@ FULL_SIZES = (Size(32, 100, 64, 128), Size(1, 1000, 32, 64), Size(8, 200, 32, 25
               Size(256, 50, 128, 256))
 QUICK_SIZES = (Size(4, 20, 8, 16),)
 WORKLOADS = ("lstm", "gru")
-IMPLEMENTATIONS = ("gpukb[cpu]", "torch", "jax")
-LABELS = {"gpukb[cpu]": "gpukb.rnn_vjp + pullback", "torch": "torch nn.{cell} + backward",
+IMPLEMENTATIONS = ("gpukb[cpu]", "gpukb_torch", "torch", "jax")
+LABELS = {"gpukb[cpu]": "gpukb.rnn_vjp + pullback",
+          "gpukb_torch": "gpukb_torch.{cell} (drop-in) + backward",
+          "torch": "torch nn.{cell} + backward",
           "jax": "jax.vjp(lax.scan), jit"}
 GATES = {"lstm": 4, "gru": 3}
 LEGEND = ("median ms: median wall time of one forward and one backward pass over the whole "
@@ -113,12 +117,13 @@ def _torch_weights(workload, p, H):
     return W[:, order].T, U[:, order].T, b[0, order], b[1, order]
 
 
-def _torch(workload, p):
+def _torch(workload, p, library=None):
     import torch
 
+    library = torch.nn if library is None else library
     B, T, D = p["x"].shape
     H = p["recurrent_kernel"].shape[0]
-    module = (torch.nn.LSTM if workload == "lstm" else torch.nn.GRU)(D, H, batch_first=True)
+    module = (library.LSTM if workload == "lstm" else library.GRU)(D, H, batch_first=True)
     with torch.no_grad():
         for name, value in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"),
                                _torch_weights(workload, p, H)):
@@ -178,7 +183,15 @@ def _jax(workload, p):
     return run, {"jax": jax.__version__}
 
 
-BUILDERS = {"gpukb[cpu]": _gpukb, "torch": _torch, "jax": _jax}
+def _gpukb_torch(workload, p):
+    """The drop-in module in torch's place (``_torch``), its forward and backward gpukb's."""
+    import gpukb_torch
+
+    run, versions = _torch(workload, p, gpukb_torch)
+    return run, dict(versions, gpukb_torch=getattr(gpukb_torch, "__version__", "?"))
+
+
+BUILDERS = {"gpukb[cpu]": _gpukb, "gpukb_torch": _gpukb_torch, "torch": _torch, "jax": _jax}
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,7 +269,7 @@ def run(sizes=FULL_SIZES, workloads=WORKLOADS, implementations=IMPLEMENTATIONS, 
     rows = [(r.workload, r.size.label, r.implementation,
              f"{r.median_s * 1e3:.3f}" if r.status == "ok" and r.median_s is not None else r.status,
              f"{r.gflops:.2f}" if r.status == "ok" else "",
-             f"{100 * r.gflops / peak:.0f}%" if r.status == "ok" and peak else "",
+             f"{100 * r.gflops / peak:.0f}%" if r.gflops is not None and peak else "",
              "" if r.ratio_to_fastest_peer is None else f"{r.ratio_to_fastest_peer:.2f}x",
              f"{r.relative_error:.1e}" if r.status == "ok" else "") for r in results]
     columns = ("workload", "size", "implementation", "median ms", "GFLOP/s", "of FMA peak",
