@@ -19,7 +19,11 @@ from typing import Any
 
 import gpukb
 
-__all__ = ["GRU", "LSTM", "TorchBackend", "TorchNamespace"]
+__all__ = ["GRU", "LSTM", "TorchBackend", "TorchNamespace", "release_openmp_threads"]
+
+#: Before the drop-ins run gpukb's CPU kernels, let torch's OpenMP worker threads go, so that
+#: they do not spin beside gpukb's threads (``_openmp``); set False to leave them alone.
+release_openmp_threads = True
 
 
 def __getattr__(name: str) -> Any:

@@ -33,7 +33,9 @@ import torch
 
 import gpukb
 
-from . import _arrays, _weights
+import gpukb_torch
+
+from . import _arrays, _openmp, _weights
 
 Tensor = torch.Tensor
 
@@ -69,6 +71,12 @@ _NUMPY_DTYPES = {torch.float16: np.dtype(np.float16), torch.float32: np.dtype(np
 _TORCH_DTYPES = {v: k for k, v in _NUMPY_DTYPES.items()}
 
 
+def _before_kernels(tensor: Tensor) -> None:
+    """CPU: torch's spinning OpenMP threads let go first (see _openmp), unless turned off."""
+    if tensor.device.type == "cpu" and gpukb_torch.release_openmp_threads:
+        _openmp.release()
+
+
 def _stand_in(tensor: Optional[Tensor]):
     """A zero-stride array of the tensor's shape and dtype on its device's array library, with
     no memory of its own: what a fake kernel hands ``gpukb.rnn_residual_specs``."""
@@ -95,6 +103,7 @@ def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
                 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
     args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
                                   time_major)
+    _before_kernels(input)
     with _arrays.on_device_of(input):
         if keep_residuals:
             (_, outputs, states), _, residuals = gpukb.rnn_vjp(*args, **kwargs,
@@ -142,6 +151,7 @@ def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     d_states = [_arrays.as_array(d_h_n.contiguous())]
     if mode == "lstm":
         d_states.append(_arrays.as_array(d_c_n.contiguous()))
+    _before_kernels(input)
     with _arrays.on_device_of(input):
         if recompute:   # the forward that keeps what the backward needs, freed on return
             _, pullback = gpukb.rnn_vjp(*args, **kwargs)

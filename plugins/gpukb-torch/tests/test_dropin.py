@@ -587,3 +587,35 @@ def test_backward_leaves_unused_outputs_and_residuals_without_gradients():
     torch.testing.assert_close(ours.x_grad, theirs.x_grad, rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_torchs_openmp_threads_are_let_go_before_the_kernels(monkeypatch):
+    """On the CPU the drop-in lets torch's OpenMP workers go before gpukb's kernels run, in the
+    forward and in the backward (gpukb_torch._openmp), unless release_openmp_threads is False;
+    the results are the same bits either way."""
+    from gpukb_torch import _openmp
+
+    torch.randn(1 << 20).sum()   # a parallel op: torch's OpenMP runtime is loaded and running
+    if sys.platform.startswith("linux"):
+        assert any("omp" in p for p in _openmp._loaded_runtimes())
+        assert _openmp.runtimes() >= 1   # torch's runtime offers omp_pause_resource_all
+    _openmp.release()                    # callable any time; torch works on after it
+    assert torch.randn(1 << 20).sum().isfinite()
+    calls = []
+    release = _openmp.release
+    monkeypatch.setattr(_openmp, "release", lambda: calls.append(1) or release())
+    torch.manual_seed(4)
+    lstm = gpukb_torch.LSTM(3, 5, batch_first=True)
+    x = torch.randn(2, 6, 3)
+    results = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(gpukb_torch, "release_openmp_threads", enabled)
+        calls.clear()
+        xi = x.clone().requires_grad_(True)
+        lstm.zero_grad(set_to_none=True)
+        y, _ = lstm(xi)
+        y.sum().backward()
+        assert len(calls) == (2 if enabled else 0)   # forward, backward
+        results[enabled] = (y.detach(), xi.grad, lstm.weight_hh_l0.grad)
+    for a, b in zip(results[True], results[False]):
+        assert torch.equal(a, b)
