@@ -4,8 +4,9 @@ After each parallel operation torch's OpenMP threads keep spinning, waiting for 
 (libgomp's default: about 300,000 spins, several milliseconds). In a training loop a torch op
 (the input's copy, the loss, the optimizer's step) comes right before each drop-in call, so a
 spinning thread shared the cores with gpukb's kernel threads, which meet at every time step: the
-drop-in LSTM (32, 100, 64, 128), forward + backward after a torch copy, took 12-13 ms against
-8.3-9.5 with the threads let go (2-core EPYC, 2026-12-04; torch's own LSTM 6.7-7.2).
+drop-in LSTM (32, 100, 64, 128), forward + backward after a torch copy, took 9-14 ms against
+8.1-8.7 with the threads let go, at (8, 200, 32, 256) 16.6-17.7 against 11.5-12.5 (2-core EPYC,
+2026-12-04; torch's own LSTM 6.4-8.1 and 8.8-9.2).
 
 ``release()`` asks the process's OpenMP runtimes (libgomp, LLVM's libomp, Intel's libiomp5:
 whichever are loaded) to let the calling thread's workers go, through the OpenMP 5.0 call

@@ -42,12 +42,8 @@ Tensor = torch.Tensor
 
 def _cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
           convert=_arrays.as_array):
-    if convert is _arrays.as_array and w_ih.device.type == "cpu":   # in NumPy (see _weights)
-        kernel, recurrent_kernel, bias = _weights.to_keras_numpy(
-            mode, *(convert(w) for w in (w_ih, w_hh, b_ih, b_hh)))
-    else:
-        kernel, recurrent_kernel, bias = (
-            convert(w) for w in _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
+    kernel, recurrent_kernel, bias = (
+        convert(w) for w in _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
     if mode == "lstm":
         return gpukb.cells.lstm(kernel, recurrent_kernel, bias)
     if mode == "gru":
@@ -162,15 +158,10 @@ def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
         grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
                          d_new_states=d_states)
     d_bias = grads.weights.get("bias")
-    if input.device.type == "cpu":   # in NumPy (see _weights)
-        d_weights = tuple(None if g is None else _arrays.as_tensor(g) for g in
-                          _weights.grads_to_torch_numpy(mode, grads.weights["kernel"],
-                                                        grads.weights["recurrent_kernel"], d_bias))
-    else:
-        d_weights = _weights.grads_to_torch(
-            mode, _arrays.as_tensor(grads.weights["kernel"]),
-            _arrays.as_tensor(grads.weights["recurrent_kernel"]),
-            None if d_bias is None else _arrays.as_tensor(d_bias))
+    d_weights = _weights.grads_to_torch(
+        mode, _arrays.as_tensor(grads.weights["kernel"]),
+        _arrays.as_tensor(grads.weights["recurrent_kernel"]),
+        None if d_bias is None else _arrays.as_tensor(d_bias))
     d_states_0 = [_arrays.as_tensor(g) for g in grads.initial_states]
     results = [_arrays.as_tensor(grads.inputs), d_states_0[0],
                d_states_0[1] if mode == "lstm" else input.new_empty(0),
@@ -188,10 +179,7 @@ def _unaliased(results: list[Tensor], arguments: list[Optional[Tensor]]) -> list
     for t in results:
         if t.numel():
             if t.untyped_storage().data_ptr() in seen:
-                # A CPU copy by NumPy, not Tensor.clone: torch copies a large tensor on its
-                # OpenMP threads, which then spin for a while and take a core from gpukb's
-                # kernels (the fused backward that follows ran 1.5x slower; see _weights).
-                t = torch.from_numpy(t.numpy().copy()) if t.device.type == "cpu" else t.clone()
+                t = t.clone()
             seen.add(t.untyped_storage().data_ptr())
         fresh.append(t)
     return fresh

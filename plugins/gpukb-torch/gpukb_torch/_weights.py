@@ -10,18 +10,12 @@ torch keeps one direction of one layer as ``weight_ih (G*H, D)``, ``weight_hh (G
   ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``: Keras's GRU with ``reset_after=True``, whose
   ``(2, 3H)`` bias holds the input bias (row 0) and the recurrent bias (row 1).
 
-``to_keras``/``grads_to_torch`` are torch on torch tensors, so they run on the tensors' device (a
-CUDA tensor's, in order on its stream); the results are contiguous, ready to be viewed as NumPy or
-CuPy arrays. ``to_keras_numpy``/``grads_to_torch_numpy`` are the same arithmetic on NumPy arrays
-(CPU tensors' memory): a torch op on a weight matrix of 64K elements or more runs on torch's
-OpenMP threads, which then spin for a while waiting for more work and take a core from gpukb's
-kernel threads (the drop-in LSTM (32, 100, 64, 128), forward + backward, 12-15 ms against 8-9
-with the conversions in NumPy, 2-core EPYC, 2026-12-04).
+Everything here is torch on torch tensors, so it runs on the tensors' device; the results are
+contiguous, ready to be viewed as NumPy or CuPy arrays.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 GATES = {"lstm": 4, "gru": 3}
@@ -62,38 +56,3 @@ def grads_to_torch(mode: str, d_kernel: torch.Tensor, d_recurrent_kernel: torch.
         return d_w_ih, d_w_hh, d_bias.clone(), d_bias.clone()
     return (d_w_ih, d_w_hh, _keras_gate_order(mode, d_bias[0]).contiguous(),
             _keras_gate_order(mode, d_bias[1]).contiguous())
-
-
-def _keras_gate_order_numpy(mode: str, rows: np.ndarray) -> np.ndarray:
-    if mode == "lstm":
-        return rows
-    r, z, n = np.split(rows, 3, axis=0)
-    return np.concatenate([z, r, n], axis=0)
-
-
-def to_keras_numpy(mode: str, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: np.ndarray | None,
-                   b_hh: np.ndarray | None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """``to_keras`` on NumPy arrays (the same values, bitwise)."""
-    kernel = np.ascontiguousarray(_keras_gate_order_numpy(mode, w_ih).T)
-    recurrent_kernel = np.ascontiguousarray(_keras_gate_order_numpy(mode, w_hh).T)
-    if b_ih is None or b_hh is None:
-        return kernel, recurrent_kernel, None
-    if mode == "lstm":
-        return kernel, recurrent_kernel, b_ih + b_hh
-    bias = np.stack([_keras_gate_order_numpy(mode, b_ih), _keras_gate_order_numpy(mode, b_hh)])
-    return kernel, recurrent_kernel, bias
-
-
-def grads_to_torch_numpy(mode: str, d_kernel: np.ndarray, d_recurrent_kernel: np.ndarray,
-                         d_bias: np.ndarray | None
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``grads_to_torch`` on NumPy arrays: C-contiguous arrays in torch's layout."""
-    d_w_ih = np.ascontiguousarray(_keras_gate_order_numpy(mode, d_kernel.T))
-    d_w_hh = np.ascontiguousarray(_keras_gate_order_numpy(mode, d_recurrent_kernel.T))
-    if d_bias is None:
-        return d_w_ih, d_w_hh, None, None
-    if mode == "lstm":  # the bias is b_ih + b_hh: both get its gradient
-        return d_w_ih, d_w_hh, d_bias.copy(), d_bias.copy()
-    return (d_w_ih, d_w_hh, np.ascontiguousarray(_keras_gate_order_numpy(mode, d_bias[0])),
-            np.ascontiguousarray(_keras_gate_order_numpy(mode, d_bias[1])))

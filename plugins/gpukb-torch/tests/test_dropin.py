@@ -535,42 +535,6 @@ def test_gpu_results_that_are_not_c_contiguous_are_copied_before_dlpack(monkeypa
         assert torch.equal(tensor, torch.from_numpy(np.ascontiguousarray(view)))
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_weight_conversions_in_numpy_match_torchs(mode, bias):
-    """CPU weights go to the Keras layout, and their gradients back, in NumPy (not torch ops,
-    whose OpenMP threads would spin beside gpukb's kernels): the same values, bitwise, as the
-    torch conversions the CUDA path keeps."""
-    from gpukb_torch import _weights
-
-    g = torch.Generator().manual_seed(7)
-    D, H, G = 5, 6, _weights.GATES[mode]
-    w_ih, w_hh = torch.randn(G * H, D, generator=g), torch.randn(G * H, H, generator=g)
-    b_ih, b_hh = ((torch.randn(G * H, generator=g), torch.randn(G * H, generator=g)) if bias
-                  else (None, None))
-    by_torch = _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh)
-    by_numpy = _weights.to_keras_numpy(mode, *(None if t is None else t.numpy()
-                                              for t in (w_ih, w_hh, b_ih, b_hh)))
-    for t, a in zip(by_torch, by_numpy):
-        assert (t is None) == (a is None)
-        if a is not None:
-            assert a.flags.c_contiguous
-            np.testing.assert_array_equal(t.numpy(), a)
-    d_kernel, d_rec = torch.randn(D, G * H, generator=g), torch.randn(H, G * H, generator=g)
-    d_bias = (torch.randn(G * H, generator=g) if mode == "lstm"
-              else torch.randn(2, G * H, generator=g)) if bias else None
-    back_torch = _weights.grads_to_torch(mode, d_kernel, d_rec, d_bias)
-    back_numpy = _weights.grads_to_torch_numpy(mode, d_kernel.numpy(), d_rec.numpy(),
-                                               None if d_bias is None else d_bias.numpy())
-    for t, a in zip(back_torch, back_numpy):
-        assert (t is None) == (a is None)
-        if a is not None:
-            assert a.flags.c_contiguous and a.shape == tuple(t.shape)
-            np.testing.assert_array_equal(t.numpy(), a)
-    if bias and mode == "lstm":   # each bias gets its own array
-        assert not np.shares_memory(back_numpy[2], back_numpy[3])
-
-
 def test_backward_leaves_unused_outputs_and_residuals_without_gradients():
     """Autograd hands the op's backward None for outputs that took no part in the loss (it no
     longer makes zero tensors for them, the residuals' included): a loss on h_n alone gives the
