@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 import gpukb
-
 import gpukb_torch
 
 from . import _arrays, _openmp, _weights
