@@ -18,7 +18,9 @@ requires one), and with ``recompute=True`` to save memory: a backward then gets
 once (the same gradients, bitwise, on the CPU), so autograd keeps only the op's arguments.
 
 Both are opaque to ``torch.compile`` (``register_fake`` gives the shapes, the residuals' from
-``gpukb.rnn_residual_specs``) and the first has the second as its autograd formula.
+``gpukb.rnn_residual_specs``) and the first has the second as its autograd formula. Their bodies
+are ``run_forward`` and ``gradients_from_residuals``, which the drop-ins' eager route
+(``_direction``) calls without the operators.
 
 Layout: ``input`` is ``(B, T, D)``, or ``(T, B, D)`` with ``time_major``; ``mask`` (or None) has
 the same leading two dimensions, True = a valid step. Masked steps hold the state and output zeros
@@ -43,25 +45,13 @@ from . import _arrays, _openmp, _weights
 Tensor = torch.Tensor
 
 
-def _cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-          convert=_arrays.as_array):
-    kernel, recurrent_kernel, bias = (
-        convert(w) for w in _weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
+def _keras_cell(mode: str, kernel, recurrent_kernel, bias):
+    """gpukb's cell of a torch layer from its weights in the Keras layout (arrays)."""
     if mode == "lstm":
         return gpukb.cells.lstm(kernel, recurrent_kernel, bias)
     if mode == "gru":
         return gpukb.cells.gru(kernel, recurrent_kernel, bias, reset_after=True)
     raise ValueError(f"gpukb_torch::rnn_forward: mode must be 'lstm' or 'gru', got {mode!r}.")
-
-
-def _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major,
-                   convert=_arrays.as_array):
-    """Positional and keyword arguments of the ``gpukb.rnn_vjp``/``rnn_pullback`` call of this
-    op, its tensors made arrays by ``convert``."""
-    states = [convert(h0)] + ([convert(c0)] if mode == "lstm" else [])
-    kwargs = dict(go_backwards=reverse, time_major=time_major, zero_output_for_mask=True,
-                  mask=None if mask is None else convert(mask))
-    return (_cell(mode, w_ih, w_hh, b_ih, b_hh, convert), convert(input), states), kwargs
 
 
 # Not torch.empty(...).numpy(): a fake kernel's tensors are FakeTensors, which have no memory.
@@ -95,13 +85,32 @@ def _time_flip(outputs, time_major: bool):
     return outputs[::-1] if time_major else outputs[:, ::-1]
 
 
-@torch.library.custom_op("gpukb_torch::rnn_forward", mutates_args=())
-def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
-                mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                b_hh: Optional[Tensor], reverse: bool, time_major: bool, keep_residuals: bool
-                ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
-                                  time_major)
+def keras_weights(mode, w_ih, w_hh, b_ih, b_hh) -> list[Optional[Tensor]]:
+    """The layer's weights in the Keras layout of gpukb's cells (``_weights.to_keras``)."""
+    if mode not in _weights.GATES:
+        _keras_cell(mode, None, None, None)   # the error naming the bad mode
+    return list(_weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
+
+
+def _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major,
+                    convert=_arrays.as_array):
+    """Positional and keyword arguments of the ``gpukb.rnn_vjp``/``rnn_pullback`` call of one
+    direction, ``weights`` in the Keras layout (``keras_weights``), its tensors made arrays by
+    ``convert``."""
+    states = [convert(h0)] + ([convert(c0)] if mode == "lstm" else [])
+    kwargs = dict(go_backwards=reverse, time_major=time_major, zero_output_for_mask=True,
+                  mask=None if mask is None else convert(mask))
+    return (_keras_cell(mode, *(convert(w) for w in weights)), convert(input), states), kwargs
+
+
+def run_forward(mode, input, h0, c0, mask, weights, reverse, time_major, keep_residuals):
+    """One direction of one layer forward, on gpukb's kernels: ``(output, h_n, c_n,
+    residuals)``, tensors sharing gpukb's results' memory (c_n an empty tensor for a GRU).
+    ``weights`` are in the Keras layout (``keras_weights``). ``residuals``: with
+    ``keep_residuals``, what ``gradients_from_residuals`` needs beyond the arguments: every
+    step's output (input-time order: the output tensor itself), then the rest of
+    ``gpukb.rnn_vjp``'s residuals; else, or when the plan keeps none, empty."""
+    args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major)
     _before_kernels(input)
     with _arrays.on_device_of(input):
         if keep_residuals:
@@ -114,10 +123,60 @@ def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     output = _arrays.as_tensor(outputs)
     h_n = _arrays.as_tensor(states[0])
     c_n = _arrays.as_tensor(states[1]) if mode == "lstm" else h0.new_empty(0)
-    output, h_n, c_n, *kept = _unaliased([output, h_n, c_n,
-                                          *(_arrays.as_tensor(r) for r in residuals[1:])],
+    kept = [output, *(_arrays.as_tensor(r) for r in residuals[1:])] if residuals else []
+    return output, h_n, c_n, kept
+
+
+def gradients_from_residuals(mode, input, h0, c0, mask, weights, reverse, time_major,
+                             residuals, d_output, d_h_n, d_c_n) -> list[Tensor]:
+    """``[d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh]`` (torch's layout; absent
+    arguments' gradients are empty tensors) of one direction, its pullback rebuilt from
+    ``run_forward``'s residuals, or, when there are none, from a forward run again here.
+    ``d_output``/``d_h_n``/``d_c_n`` may be None (zeros)."""
+    args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major)
+    d_output = (torch.zeros((*input.shape[:2], h0.shape[-1]), dtype=input.dtype,
+                            device=input.device) if d_output is None else d_output.contiguous())
+    d_states = [_arrays.as_array(torch.zeros_like(h0) if d_h_n is None else d_h_n.contiguous())]
+    if mode == "lstm":
+        d_states.append(_arrays.as_array(
+            torch.zeros_like(h0) if d_c_n is None or not d_c_n.numel() else d_c_n.contiguous()))
+    _before_kernels(input)
+    with _arrays.on_device_of(input):
+        if not residuals:   # the forward that keeps what the backward needs, freed on return
+            _, pullback = gpukb.rnn_vjp(*args, **kwargs)
+        else:
+            kept = [_arrays.as_array(r) for r in residuals]
+            if reverse:   # the output back in processing order (gpukb's residual),
+                kept[0] = _time_flip(kept[0], time_major).copy()   # contiguous, as it was
+            pullback = gpukb.rnn_pullback(tuple(kept), *args, **kwargs)
+        d_out = _arrays.as_array(d_output)
+        grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
+                         d_new_states=d_states)
+    d_bias = grads.weights.get("bias")
+    d_weights = _weights.grads_to_torch(
+        mode, _arrays.as_tensor(grads.weights["kernel"]),
+        _arrays.as_tensor(grads.weights["recurrent_kernel"]),
+        None if d_bias is None else _arrays.as_tensor(d_bias))
+    d_states_0 = [_arrays.as_tensor(g) for g in grads.initial_states]
+    return [_arrays.as_tensor(grads.inputs), d_states_0[0],
+            d_states_0[1] if mode == "lstm" else input.new_empty(0),
+            *(input.new_empty(0) if g is None else g for g in d_weights)]
+
+
+@torch.library.custom_op("gpukb_torch::rnn_forward", mutates_args=())
+def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
+                mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                b_hh: Optional[Tensor], reverse: bool, time_major: bool, keep_residuals: bool
+                ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    output, h_n, c_n, kept = run_forward(mode, input, h0, c0, mask,
+                                         keras_weights(mode, w_ih, w_hh, b_ih, b_hh), reverse,
+                                         time_major, keep_residuals)
+    # The output stands for the first residual (autograd saves it; see _setup_context); an
+    # empty tensor closes the list when there were residuals.
+    closing = [input.new_empty(0)] if kept else []
+    output, h_n, c_n, *rest = _unaliased([output, h_n, c_n, *kept[1:]],
                                          [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh])
-    return output, h_n, c_n, kept + [input.new_empty(0)] if residuals else kept
+    return output, h_n, c_n, rest + closing
 
 
 @rnn_forward.register_fake
@@ -125,8 +184,9 @@ def _(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse, time_major, ke
     hidden = w_hh.shape[1]
     output = input.new_empty((*input.shape[:2], hidden))
     c_n = torch.empty_like(h0) if mode == "lstm" else h0.new_empty(0)
-    args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
-                                  time_major, convert=_stand_in)
+    args, kwargs = _call_arguments(mode, input, h0, c0, mask,
+                                   keras_weights(mode, w_ih, w_hh, b_ih, b_hh), reverse,
+                                   time_major, convert=_stand_in)
     specs = gpukb.rnn_residual_specs(*args, **kwargs) if keep_residuals else []
     kept = [input.new_empty(shape, dtype=_TORCH_DTYPES[dtype]) for shape, dtype in specs[1:]]
     return output, torch.empty_like(h0), c_n, kept + [input.new_empty(0)] if specs else kept
@@ -146,33 +206,9 @@ def rnn_backward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     if recompute and residuals:
         raise ValueError(f"gpukb_torch::rnn_backward: recompute=True takes no residuals, got "
                          f"{len(residuals)}.")
-    args, kwargs = _rnn_arguments(mode, input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, reverse,
-                                  time_major)
-    d_output = d_output.contiguous()
-    d_states = [_arrays.as_array(d_h_n.contiguous())]
-    if mode == "lstm":
-        d_states.append(_arrays.as_array(d_c_n.contiguous()))
-    _before_kernels(input)
-    with _arrays.on_device_of(input):
-        if recompute:   # the forward that keeps what the backward needs, freed on return
-            _, pullback = gpukb.rnn_vjp(*args, **kwargs)
-        else:
-            kept = [_arrays.as_array(r) for r in residuals]
-            if kept and reverse:   # the output back in processing order (gpukb's residual),
-                kept[0] = _time_flip(kept[0], time_major).copy()   # contiguous, as it was
-            pullback = gpukb.rnn_pullback(tuple(kept), *args, **kwargs)
-        d_out = _arrays.as_array(d_output)
-        grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
-                         d_new_states=d_states)
-    d_bias = grads.weights.get("bias")
-    d_weights = _weights.grads_to_torch(
-        mode, _arrays.as_tensor(grads.weights["kernel"]),
-        _arrays.as_tensor(grads.weights["recurrent_kernel"]),
-        None if d_bias is None else _arrays.as_tensor(d_bias))
-    d_states_0 = [_arrays.as_tensor(g) for g in grads.initial_states]
-    results = [_arrays.as_tensor(grads.inputs), d_states_0[0],
-               d_states_0[1] if mode == "lstm" else input.new_empty(0),
-               *(input.new_empty(0) if g is None else g for g in d_weights)]
+    results = gradients_from_residuals(mode, input, h0, c0, mask,
+                                       keras_weights(mode, w_ih, w_hh, b_ih, b_hh), reverse,
+                                       time_major, residuals, d_output, d_h_n, d_c_n)
     return _unaliased(results, [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals,
                                 d_output, d_h_n, d_c_n])
 

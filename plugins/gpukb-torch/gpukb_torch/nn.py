@@ -4,10 +4,12 @@ Same constructor, parameter names, shapes and initialisation as torch's modules 
 ``load_state_dict`` works both ways, and one seed gives both the same weights), the same
 ``forward`` results (tensors or a ``PackedSequence``), plus gpukb's extension: ``mask=``, a
 ``(B, T)`` boolean tensor of any pattern (True = a valid step; a masked step holds the state and
-outputs zeros). Each direction of each layer is one call of the ``gpukb_torch::rnn_forward``
-custom operator (``_ops``), differentiable through ``gpukb.rnn_vjp``'s residuals, or with
-``recompute=True`` (a constructor keyword and attribute) through a forward run again in the
-backward, so that autograd keeps no residuals.
+outputs zeros). Each direction of each layer is one call of ``_direction.run``: the
+``gpukb_torch::rnn_forward`` custom operator (``_ops``) where torch traces or transforms the call,
+the same functions without the operator's machinery in plain eager use on the CPU;
+differentiable through ``gpukb.rnn_vjp``'s residuals, or with ``recompute=True`` (a constructor
+keyword and attribute) through a forward run again in the backward, so that autograd keeps no
+residuals.
 
 They subclass ``torch.nn.Module``, not ``torch.nn.RNNBase``: TorchDynamo graph-breaks on every
 RNNBase, and ``torch.compile`` should see these modules' ops.
@@ -24,7 +26,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _ops
+from . import _direction
 from ._weights import GATES
 
 
@@ -172,7 +174,7 @@ class _RNNBase(torch.nn.Module):
         # The forward keeps what the backward needs only when a gradient can be asked for (under
         # torch.no_grad, or with nothing that requires one, it runs gpukb.rnn, which keeps nothing)
         # and recompute is off (then the backward runs the forward again).
-        keep = not self.recompute and torch.is_grad_enabled() and (
+        differentiable = torch.is_grad_enabled() and (
             any(p.requires_grad for p in self.parameters())
             or any(t is not None and t.requires_grad for t in (x, h0, c0)))
         for layer in range(self.num_layers):
@@ -182,9 +184,10 @@ class _RNNBase(torch.nn.Module):
             for direction, suffix in enumerate(self._suffixes):
                 index = layer * self._directions + direction
                 c = None if c0 is None else c0[index]
-                output, h, c, _ = _ops.rnn_forward(self._mode, x, h0[index], c, mask,
-                                                *self._weights(layer, suffix),
-                                                direction == 1, time_major, keep)
+                output, h, c = _direction.run(self._mode, x, h0[index], c, mask,
+                                              *self._weights(layer, suffix), direction == 1,
+                                              time_major, differentiable=differentiable,
+                                              recompute=self.recompute)
                 outputs.append(output)
                 h_n.append(h)
                 c_n.append(c)

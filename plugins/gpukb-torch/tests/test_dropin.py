@@ -360,6 +360,120 @@ def test_backward_does_not_run_the_forward_again(mode, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
+# The eager route (_direction): plain CPU tensors skip the custom operators' machinery
+# ---------------------------------------------------------------------------------------------
+
+def _run_both_routes(monkeypatch, module, inputs, leaves, mask=None):
+    """{route: outputs, states and gradients} of one call on each route ("eager", "op")."""
+    from gpukb_torch import _direction, _ops
+
+    eager = _direction.eager
+    op_calls = []
+    real_op = _ops.rnn_forward
+    monkeypatch.setattr(_ops, "rnn_forward", lambda *a: op_calls.append(1) or real_op(*a))
+    results = {}
+    for route in ("eager", "op"):
+        monkeypatch.setattr(_direction, "eager", eager if route == "eager" else lambda t: False)
+        op_calls.clear()
+        result = module(*inputs, mask=mask)
+        results[route] = _flat(result) + list(_grads(module, result, leaves))
+        calls = module.num_layers * module._directions
+        assert len(op_calls) == (0 if route == "eager" else calls), route
+    return results
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+@pytest.mark.parametrize("kwargs", [{"batch_first": True},
+                                    {"num_layers": 2, "bidirectional": True, "bias": False},
+                                    {"bidirectional": True, "recompute": True}],
+                         ids=["plain", "2-layers-bidirectional-no-bias", "recompute"])
+def test_eager_route_equals_the_operators_bitwise(mode, kwargs, monkeypatch):
+    """float32, hx given, a mask with holes: the same outputs, states and gradients (of the
+    input, hx and every weight) on both routes; and the eager route calls no operator."""
+    kwargs = dict(kwargs)
+    recompute = kwargs.pop("recompute", False)
+    module, _ = _pair(mode, 3, 4, dtype=torch.float32, **kwargs)
+    module.recompute = recompute
+    B, T = 3, 6
+    gen = torch.Generator().manual_seed(6)
+    mask = torch.rand((B, T), generator=gen) < 0.7
+    x = torch.randn((B, T, 3) if module.batch_first else (T, B, 3), generator=gen,
+                    requires_grad=True)
+    hx = _hx(mode, (module.num_layers * module._directions, B, 4), dtype=torch.float32)
+    leaves = [x, *(hx if mode == "lstm" else [hx])]
+    results = _run_both_routes(monkeypatch, module, (x, hx), leaves, mask=mask)
+    for i, (a, b) in enumerate(zip(results["eager"], results["op"])):
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), f"item {i}"
+
+
+def test_eager_route_is_taken_only_for_plain_cpu_tensors_outside_tracing():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gpukb_torch._direction import eager
+
+    x = torch.randn(2, 3)
+    assert eager((x, None, torch.nn.Parameter(x)))
+
+    class Subclass(torch.Tensor):
+        pass
+
+    assert not eager((x, x.as_subclass(Subclass)))
+    assert not eager((x, torch.empty(2, 3, device="meta")))
+
+    class PassThrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with PassThrough():
+        assert not eager((x,))
+    routes = []
+    torch.func.grad(lambda t: routes.append(eager((t,))) or t.sum())(x)
+    assert routes == [False]   # torch.func transforms: the operators
+
+    def traced(t):
+        routes.append(eager((t,)))
+        return t + 1
+
+    routes.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # torch.jit.trace: deprecated
+        torch.jit.trace(traced, (x,), check_trace=False)
+    assert routes == [False]
+
+
+def test_eager_route_backward_twice_with_retain_graph_and_inplace_check():
+    """retain_graph: a second backward gives the same gradients (the pullback is rebuilt from
+    the saved tensors each time); a saved argument changed in place is torch's usual error."""
+    module, _ = _pair("lstm", 3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    output, _ = module(x)
+    (first,) = torch.autograd.grad(output.sum(), x, retain_graph=True)
+    (second,) = torch.autograd.grad(output.sum(), x)
+    assert torch.equal(first, second)
+    output, _ = module(x)
+    with torch.no_grad():
+        module.weight_hh_l0.add_(1.0)   # as an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        output.sum().backward()
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_eager_route_gradcheck(mode):
+    from gpukb_torch import _direction
+
+    args = list(_op_args(mode, reverse=True, time_major=False))
+    positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
+
+    def run(*tensors):
+        for i, t in zip(positions, tensors):
+            args[i] = t
+        assert _direction.eager(tuple(args[1:9]))
+        return _direction.run(*args[:11], differentiable=True, recompute=False)
+
+    assert torch.autograd.gradcheck(run, [args[i] for i in positions])
+
+
+# ---------------------------------------------------------------------------------------------
 # recompute=True: no residuals kept, the forward runs again in the backward
 # ---------------------------------------------------------------------------------------------
 
@@ -415,8 +529,12 @@ def _saved_elements(mode, recompute):
 @pytest.mark.parametrize("mode", ["lstm", "gru"])
 def test_recompute_keeps_no_residuals(mode):
     output, extra = _saved_elements(mode, recompute=False)
-    # cpu's fused vjp keeps (outputs, 4 pre-activations, cell) = 6H, GRU 7H, per sample and step
-    assert extra == (6 if mode == "lstm" else 7) * 4 * 2 * 5
+    # cpu's fused vjp keeps (outputs, 4 pre-activations, cell) = 6H, GRU 7H, per sample and step;
+    # the eager route (plain CPU tensors) also keeps the weights in the Keras layout for its
+    # backward: G x (D + H) and the bias (a GRU's is two rows)
+    gates = 4 if mode == "lstm" else 3
+    weights = gates * 4 * (3 + 4) + gates * 4 * (1 if mode == "lstm" else 2)
+    assert extra == (6 if mode == "lstm" else 7) * 4 * 2 * 5 + weights
     output, extra = _saved_elements(mode, recompute=True)
     assert extra == 0  # only the op's arguments (their memory: no copies either)
     assert output.grad_fn is not None
