@@ -1,4 +1,4 @@
-"""The ``gpukb`` command line: ``gpukb info``, ``gpukb bench``."""
+"""The ``gpukb`` command line: ``gpukb info``, ``gpukb bench``, ``gpukb precompile``."""
 
 from __future__ import annotations
 
@@ -9,8 +9,35 @@ import sys
 # argparse prints this as it is: plain words, no reST markup (the module docstring has some).
 DESCRIPTION = ("The gpukb command line: 'gpukb info' prints the version, config file, session "
                "state and backends; 'gpukb bench' times gpukb.rnn against the peers installed "
-               "here, or with --model a saved Keras model against Keras itself. 'gpukb COMMAND "
-               "--help' explains a command.")
+               "here, or with --model a saved Keras model against Keras itself; 'gpukb "
+               "precompile' compiles the fused CPU kernels into Numba's disk cache before "
+               "their first use. 'gpukb COMMAND --help' explains a command.")
+
+PRECOMPILE_HELP = "compile the fused CPU kernels into Numba's disk cache before their first use"
+PRECOMPILE_DESCRIPTION = (
+    "Compile (or load, when the cache already holds them) the fused CPU kernels of the chosen "
+    "cells and dtypes, forward and gradients, and write them to Numba's disk cache, so that a "
+    "new process's first call does not compile them (about 10 s per cell and dtype). Numba "
+    "keys the cache on the CPU and the installation path, and uses only a cache folder it can "
+    "write to: run it where the kernels will run (a container image: on the CPU type that runs "
+    "it, with the same NUMBA_CACHE_DIR, writable by the user who runs it).")
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _precompile(args, parser) -> int:
+    from .precompile import precompile
+
+    try:
+        precompile(args.cells, args.dtypes, gradients=not args.no_gradients)
+    except ValueError as err:
+        parser.error(str(err))
+    except RuntimeError as err:
+        print(f"gpukb precompile: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _info(args) -> int:
@@ -56,6 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_command.add_arguments(bench)
     bench.set_defaults(handler=lambda args: bench_command.run(args, bench))
+    from .precompile import CELLS, DTYPES
+
+    pre = commands.add_parser("precompile", help=PRECOMPILE_HELP,
+                              description=PRECOMPILE_DESCRIPTION)
+    pre.add_argument("--cells", type=_list, default=None, metavar="LIST",
+                     help=f"comma-separated cells (default: {','.join(CELLS)}; gru covers "
+                          "reset_after True and False)")
+    pre.add_argument("--dtypes", type=_list, default=None, metavar="LIST",
+                     help=f"comma-separated dtypes (default: {','.join(DTYPES)})")
+    pre.add_argument("--no-gradients", action="store_true",
+                     help="only the forward kernels (gpukb.rnn), not rnn_vjp's and the pullback's")
+    pre.set_defaults(handler=lambda args: _precompile(args, pre))
     return parser
 
 

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 
-def run_python(code, *, home, env=None, cwd=None):
-    """Run ``code`` in a fresh interpreter with GPUKB_HOME=home; return the CompletedProcess.
+def run_python(code, *, home, env=None, cwd=None, argv=None):
+    """Run ``code`` in a fresh interpreter with GPUKB_HOME=home (``argv``: its sys.argv[1:]);
+    return the CompletedProcess.
 
     The child runs from ``home`` (not the repository), so it imports the installed gpukb, and
     inherits no GPUKB_* variables except those given in ``env``.
@@ -16,7 +17,7 @@ def run_python(code, *, home, env=None, cwd=None):
     child_env["GPUKB_HOME"] = str(home)
     child_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-W", "default", "-c", code],
+        [sys.executable, "-W", "default", "-c", code, *(argv or [])],
         cwd=cwd or str(home), env=child_env, capture_output=True, text=True, timeout=120,
     )
 

@@ -35,6 +35,7 @@ _CELLS = os.path.join(os.path.dirname(_HERE), "cells")  # the cell definitions, 
 _STAMP = "gpukb-kernels-cpu.sources"
 
 _caches = []    # every _SelfHealingCache made by cached_njit
+_dispatchers = []   # the dispatchers those caches belong to (for cache_counts)
 _warned = set()
 _lock = threading.Lock()
 _fresh_checked = False
@@ -95,9 +96,24 @@ def cached_njit(**options):
             return disp
         disp._cache = cache  # what Dispatcher.enable_caching() does, with our cache class
         _caches.append(cache)
+        _dispatchers.append(disp)
         return disp
 
     return decorate
+
+
+def cache_counts():
+    """``(loaded, compiled)``: kernel signatures this process has taken from Numba's disk cache,
+    and compiled (and written there), over every kernel with a disk cache (Numba's counters)."""
+    dispatchers = list(_dispatchers)
+    loaded = sum(sum(d.stats.cache_hits.values()) for d in dispatchers)
+    compiled = sum(sum(d.stats.cache_misses.values()) for d in dispatchers)
+    return loaded, compiled
+
+
+def cache_locations():
+    """The folders Numba keeps this process's kernels in (none: no usable cache location)."""
+    return sorted({c.cache_path for c in _caches})
 
 
 def _modules():
