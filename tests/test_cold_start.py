@@ -1,7 +1,9 @@
 """What a fresh process's first fused CPU call does when Numba's disk cache holds the kernels:
 it compiles nothing, loads one compiled function (the cell's time loop), and does not load
 what only compiling needs (Numba's implementation registries, which import SciPy's linalg) nor
-start Numba's own thread pool. Each would cost the first call tens to hundreds of milliseconds
+start Numba's own thread pool, nor Numba's runtime (NRT: the time loop does not use it; starting
+it compiles its functions with LLVM). A later gradient call, whose kernels use NRT, starts it
+and runs. Each would cost the first call tens to hundreds of milliseconds
 (see the README's Reliability section for the measured times). Checked in fresh child processes;
 nothing here is timed."""
 
@@ -33,13 +35,20 @@ h0 = np.zeros((B, H), np.float32)
 gpukb.rnn(cell, x, [h0, h0])
 
 from numba.core.dispatcher import Dispatcher
+from numba.core.runtime import nrt
 from numba.np.ufunc import parallel
 loaded = sorted(d.py_func.__qualname__ for d in gc.get_objects()
                 if isinstance(d, Dispatcher) and d.overloads)
+runtime_started = nrt.rtsys._init
+modules = [m for m in ("scipy.linalg", "numba.np.arraymath", "numba.np.linalg", "numba.cuda",
+                       "numba.np.arrayobj") if m in sys.modules]
+(_, outputs, _), pullback = gpukb.rnn_vjp(cell, x, [h0, h0])
+grads = pullback(np.ones_like(outputs))
 print(json.dumps(dict(
     compiled=compiled, loaded=loaded, numba_threads_started=parallel._is_initialized,
-    modules=[m for m in ("scipy.linalg", "numba.np.arraymath", "numba.np.linalg", "numba.cuda",
-                         "numba.np.arrayobj") if m in sys.modules])))
+    runtime_started=runtime_started, runtime_after_gradients=nrt.rtsys._init,
+    gradients_finite=bool(np.isfinite(grads.inputs).all() and grads.inputs.any()),
+    modules=modules)))
 """
 
 
@@ -56,3 +65,5 @@ def test_a_warm_first_fused_call_compiles_nothing_and_loads_one_function(tmp_pat
     assert got["loaded"] == ["_make_time_loop.<locals>.time_loop"], got
     assert got["modules"] == [], got
     assert got["numba_threads_started"] is False, got
+    assert got["runtime_started"] is False, got
+    assert got["runtime_after_gradients"] is True and got["gradients_finite"] is True, got
