@@ -79,7 +79,7 @@ def lookup(cell: Cell, call_key: tuple, inputs: Any, initial_states: Any,
     entry = None if known is None else known.get(call_key)
     if entry is None:
         return None
-    plan, template = entry
+    plan, template, _ = entry
     # dataclasses.replace, without its per-call introspection (a quarter of this path's time):
     # the template's fields, this call's arrays.
     call = object.__new__(type(template))
@@ -95,12 +95,23 @@ def lookup(cell: Cell, call_key: tuple, inputs: Any, initial_states: Any,
     return plan, call
 
 
-def store(cell: Cell, call_key: tuple, plan: Any, call: Any) -> None:
-    """Keep ``(plan, call)`` for later calls of ``call_key`` on ``cell``."""
+def runner(cell: Cell, call_key: tuple) -> tuple | None:
+    """``(plan, template, run)`` when ``store`` kept a ``run`` for this key: ``run(inputs,
+    initial_states, mask)`` gives the call's result directly (the backend's shortest path for
+    a repeated call: no RnnCall is made); else None. ``template`` is the planned call without
+    its arrays (its sizes and flags are this call's)."""
+    known = cell.__dict__.get("_repeat_calls")
+    entry = None if known is None else known.get(call_key)
+    return None if entry is None or entry[2] is None else entry
+
+
+def store(cell: Cell, call_key: tuple, plan: Any, call: Any, run: Any = None) -> None:
+    """Keep ``(plan, call)`` for later calls of ``call_key`` on ``cell``, and ``run`` (or None)
+    for ``runner``."""
     known = cell.__dict__.get("_repeat_calls")
     if known is None or len(known) >= MAX_KEYS_PER_CELL:
         known = {}
         object.__setattr__(cell, "_repeat_calls", known)   # a frozen cell refuses only weights
     # The arrays are dropped: the template must not keep a caller's inputs alive.
     known[call_key] = (plan, dataclasses.replace(call, input_leaves=[], initial_states=None,
-                                                 state_leaves=[], step_mask=None))
+                                                 state_leaves=[], step_mask=None), run)

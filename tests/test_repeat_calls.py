@@ -213,3 +213,49 @@ def test_a_frozen_cells_kept_kernel_plans_give_the_unfrozen_cells_bits(monkeypat
                             gpukb.rnn(plain, x, states, **options))
             assert 1 <= len(frozen._kernel_cache["plans"]) <= 5
     assert "plans" not in (getattr(plain, "_kernel_cache", None) or {})
+
+
+@pytest.mark.parametrize("options", [
+    {}, dict(go_backwards=True, return_all_outputs=False), dict(time_major=True),
+    dict(mask="all valid first", zero_output_for_mask=True), dict(mask="holes")],
+    ids=["plain", "backwards-last-only", "time-major", "mask-all-valid-first", "mask"])
+@pytest.mark.parametrize("container", [list, tuple])
+def test_a_frozen_cells_repeated_call_runs_its_kernel_plan_directly(monkeypatch, options,
+                                                                    container):
+    """A frozen cell's repeated fused call skips the RnnCall and the kernels' plan lookup
+    (backends/cpu.py, _frozen_cell_runner): the kernels' run_cell is not called again, and every
+    call gives an unfrozen cell's bits, whatever each call's mask; the states keep their
+    container; a changed thread count plans again."""
+    from gpukb.kernels import cpu as kernels
+    from gpukb.kernels.cpu import _common, cells as kernel_cells
+
+    rng = np.random.default_rng(8)
+    frozen = lstm(rng)
+    plain = gpukb.cells.lstm(frozen.kernel.copy(), frozen.recurrent_kernel.copy(),
+                             frozen.bias.copy())
+    frozen.freeze()
+    options = dict(options)
+    kind = options.pop("mask", None)
+    runs = []
+    run_cell = kernel_cells.run_cell
+    counted = lambda *a, **k: runs.append(1) or run_cell(*a, **k)  # noqa: E731
+    monkeypatch.setattr(kernels, "run_cell", counted)        # the backend's calls
+    monkeypatch.setattr(kernel_cells, "run_cell", counted)   # a planned call's new plan
+    B, T = 3, 6
+    for call in range(4):
+        x, states = arguments(rng, B, T)
+        states = container(states)
+        if options.get("time_major"):
+            x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        if kind is not None:
+            mask = rng.random((B, T)) < 0.6
+            if kind == "all valid first" and call == 0:
+                mask[:] = True
+            options["mask"] = mask
+        if call == 3:   # another thread count: the kernels plan again
+            monkeypatch.setattr(_common, "max_threads", lambda: 1 + _common.os.cpu_count())
+        got = gpukb.rnn(frozen, x, states, **options)
+        assert type(got[2]) is container
+        assert_same(got, gpukb.rnn(plain, x, states, **options))
+    # run_cell: every call of the plain cell, the frozen cell's first call and the last one
+    assert len(runs) == 4 + 2

@@ -12,6 +12,6 @@ disk by Numba when it can: see ``_numba_cache``). Each call runs its time loop a
 of steps, returning to Python in between, so Ctrl-C interrupts it (see ``_common.run_chunks``).
 """
 
-from .cells import run_cell
+from .cells import planned_cell, run_cell
 
-__all__ = ["run_cell"]
+__all__ = ["planned_cell", "run_cell"]

@@ -271,6 +271,27 @@ def run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options
     return _run(plan, x, states, step_mask, kept)
 
 
+def planned_cell(kind, x, kernel, recurrent_kernel, bias, has_mask, options, activation="tanh",
+                 recurrent_activation="linear", weight_cache=None):
+    """``run(x, states, step_mask)``: ``run_cell``'s result for calls shaped like ``x`` (same
+    shape and dtype, a mask whenever ``has_mask``) on weights that never change (a frozen
+    cell's, ``weight_cache`` its cache), planned once here instead of looked up at every call.
+    Where the kernels' thread count has changed since, it runs ``run_cell`` (which plans for
+    the new count)."""
+    dt = C.check_dtypes(x, kernel, recurrent_kernel, bias)
+    threads = C.max_threads()
+    plan = _plan(kind, x, kernel, recurrent_kernel, bias, dt, has_mask, options, activation,
+                 recurrent_activation, False, weight_cache)
+
+    def run(x, states, step_mask):
+        if C.max_threads() != threads:
+            return run_cell(kind, x, kernel, recurrent_kernel, bias, states, step_mask, options,
+                            activation, recurrent_activation, weight_cache=weight_cache)
+        return _run(plan, x, states, step_mask, None)
+
+    return run
+
+
 # Plans a frozen cell keeps (one per call structure: kind, shape, flags, activations, threads).
 MAX_PLANS = 256
 
