@@ -220,17 +220,20 @@ def max_threads():
     Until Numba's own thread pool runs (set_num_threads starts it) that is the configured number,
     read here without starting the pool: the kernels run on threads of their own, and starting
     Numba's costs a process's first call tens of milliseconds."""
+    global _parallel
     try:
-        import numba
-        from numba.np.ufunc import parallel
-
-        if getattr(parallel, "_is_initialized", True):
-            n = numba.get_num_threads()
+        if _parallel is None:   # imported once: a repeated call asks this at every call
+            from numba.np.ufunc import parallel as _parallel
+        if getattr(_parallel, "_is_initialized", True):
+            n = _parallel.get_num_threads()
         else:
-            n = numba.config.NUMBA_NUM_THREADS
+            n = _parallel.config.NUMBA_NUM_THREADS
     except Exception:  # pragma: no cover - numba without threading support
         n = os.cpu_count() or 1
     return max(1, int(n))
+
+
+_parallel = None   # numba.np.ufunc.parallel, once max_threads has imported it
 
 
 def _get_pool(workers):
