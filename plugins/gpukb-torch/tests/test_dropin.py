@@ -701,3 +701,25 @@ def test_torchs_openmp_threads_are_let_go_before_the_kernels(monkeypatch):
         results[enabled] = (y.detach(), xi.grad, lstm.weight_hh_l0.grad)
     for a, b in zip(results[True], results[False]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_checkpointing_and_inference_mode_give_torchs_results(mode):
+    """torch.utils.checkpoint (non-reentrant: it replaces the saved tensors through saved-tensor
+    hooks and runs the forward again in the backward) and torch.inference_mode, on the eager
+    route, against torch's module."""
+    from torch.utils.checkpoint import checkpoint
+
+    ours, theirs = _pair(mode, 3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x)[0], theirs(x)[0], rtol=1e-10, atol=1e-12)
+    grads = []
+    for module, wrap in ((ours, True), (theirs, False)):
+        xi = x.clone().requires_grad_(True)
+        module.zero_grad(set_to_none=True)
+        run = lambda a: module(a)[0]  # noqa: E731
+        output = checkpoint(run, xi, use_reentrant=False) if wrap else run(xi)
+        output.sum().backward()
+        grads.append([xi.grad, *(p.grad for _, p in sorted(module.named_parameters()))])
+    _assert_close_lists(grads[0], grads[1], rtol=1e-9, atol=1e-11)
