@@ -79,12 +79,14 @@ def test_asv_quick_run_of_every_benchmark(asv_copy):
     conf, env = asv_copy
     env = dict(env, GPUKB_ASV_SIZES="3x4x2x5")
     result = asv(conf, env, "run", "--python=same", "--quick", "--dry-run", "--show-stderr",
-                 "--machine", "ci", timeout=180)
+                 "--machine", "ci", timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "failed" not in output, output
     for name in ("rnn.TimeRnn.time_rnn", "rnn.PeakmemRnnCPU.peakmem_rnn",
-                 "imports.timeraw_import_gpukb", "imports.timeraw_first_lstm_call"):
+                 "imports.timeraw_import_gpukb", "imports.timeraw_first_lstm_call",
+                 "training.TimeRnnVjp.time_rnn_vjp", "training.TimeTorchDropin.time_dropin_step",
+                 "training.TimeShortCall.time_short_call"):
         assert name in output, output
     import gpukb
 

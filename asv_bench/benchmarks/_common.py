@@ -106,6 +106,7 @@ class Case:
         m = make_mask(mask, B, T, rng)
         self.mask = None if m is None else convert(m)
         self.backend_name = backend_name
+        self.convert = convert   # NumPy -> the backend's arrays
         self.sync = _synchronizer(backend)
         self._rnn = gpukb.rnn
 
