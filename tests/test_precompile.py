@@ -21,7 +21,8 @@ VARIED_CALLS = """
 import json, numpy as np, gpukb
 from gpukb.kernels.cpu import _numba_cache
 rng = np.random.default_rng(1)
-for B, T, D, H in ((1, 7, 3, 5), (5, 20, 16, 32), (100, 12, 20, 24), (3, 300, 16, 32), (64, 50, 32, 64)):
+for B, T, D, H in ((1, 7, 3, 5), (5, 20, 16, 32), (100, 12, 20, 24), (3, 300, 16, 32),
+                   (64, 50, 32, 64)):
     cell = gpukb.cells.simple_rnn(*(0.2 * rng.standard_normal(s) for s in ((D, H), (H, H), (H,))))
     x, h0 = rng.standard_normal((B, T, D)), [rng.standard_normal((B, H))]
     mask = rng.random((B, T)) < 0.7
@@ -80,8 +81,10 @@ def test_without_a_usable_cache_it_fails_and_says_why(tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--cells", "lstm,foo"], "cells must be one or more of lstm, gru, simple_rnn ('foo' is not one)"),
-    (["--dtypes", "float16"], "dtypes must be one or more of float32, float64 ('float16' is not one)"),
+    (["--cells", "lstm,foo"],
+     "cells must be one or more of lstm, gru, simple_rnn ('foo' is not one)"),
+    (["--dtypes", "float16"],
+     "dtypes must be one or more of float32, float64 ('float16' is not one)"),
     (["--cells", ","], "cells must be one or more of lstm, gru, simple_rnn (none given)"),
 ])
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys):

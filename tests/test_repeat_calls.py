@@ -240,7 +240,7 @@ def test_a_frozen_cells_repeated_call_runs_its_kernel_plan_directly(monkeypatch,
     run_cell = kernel_cells.run_cell
     counted = lambda *a, **k: runs.append(1) or run_cell(*a, **k)  # noqa: E731
     monkeypatch.setattr(kernels, "run_cell", counted)        # the backend's calls
-    monkeypatch.setattr(kernel_cells, "run_cell", counted)   # a planned call's new plan
+    monkeypatch.setattr(kernel_cells, "run_cell", counted)   # a planned call planning again
     B, T = 3, 6
     for call in range(4):
         x, states = arguments(rng, B, T)

@@ -216,8 +216,9 @@ def _frozen_cell_runner(plan, call, masked):
     mask)`` giving ``_run_fused_cell``'s result for a later call of the same structure (the
     same key in ``gpukb._repeat_calls``) from the kernels' plan made once here, with no
     ``RnnCall`` made and no plan looked up (``kernels.cpu.planned_cell``): 17 -> 13 us a call
-    of LSTM (1, 10, 16, 32), 22 -> 16 us with a mask (EPYC, 2026-12-05). None for anything else. ``masked``: the call has a mask (each
-    later call of the key has one too, read and checked as ``_rnn`` reads it)."""
+    of LSTM (1, 10, 16, 32), 22 -> 16 us with a mask (EPYC, 2026-12-05). None for anything
+    else. ``masked``: the call has a mask (each later call of the key has one too, read and
+    checked as ``_rnn`` reads it)."""
     cell = call.step_function
     cache = getattr(cell, "_kernel_cache", None)
     if plan.path != FUSED_CELL or cache is None:
