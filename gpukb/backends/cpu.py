@@ -168,10 +168,12 @@ class CPUBackend(Backend):
         return self.generic_vjp_plan(call)
 
     def run_vjp_plan(self, plan, call, given):
-        if plan.path == FUSED_CELL:
+        if plan.path == FUSED_CELL:   # planned already: not through fused_rnn_vjp, which plans
+            from .._vjp.fused_cpu import fused_cell_vjp
             from .._vjp.pullback import Pullback
 
-            result, backward = self.fused_rnn_vjp(call)
+            self._apply_scratch_limit()
+            result, backward = fused_cell_vjp(call)
             return result, Pullback(call, result, backward, given)
         return super().run_vjp_plan(plan, call, given)
 
