@@ -14,6 +14,9 @@ with the same results bit for bit:
 - **the custom operators** (``_ops``) everywhere else: under ``torch.compile``, tracing and
   ``torch.func`` transforms, for tensor subclasses (fake tensors, for instance), under a
   dispatch mode, and for CUDA tensors (the eager route has not yet been run on a GPU).
+
+``frozen_cell`` and ``run_cell`` serve a frozen module (``nn._RNNBase.freeze``): a call that
+cannot be differentiated runs a frozen gpukb cell made once instead of the weights.
 """
 
 from __future__ import annotations
@@ -112,5 +115,25 @@ def run(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor], mask: Option
     weights = _ops.keras_weights(mode, w_ih, w_hh, b_ih, b_hh)
     output, h_n, c_n, _ = _ops.run_forward(mode, input, h0, c0, mask, weights, reverse,
                                            time_major, False)
+    output, h_n, c_n = _ops._unaliased([output, h_n, c_n], list(tensors))
+    return output, h_n, c_n
+
+
+def frozen_cell(mode: str, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                b_hh: Optional[Tensor]):
+    """A frozen gpukb cell (private NumPy copies of the weights in Keras's layout, packed for
+    the kernels on its first call) of one direction's CPU weights, for ``run_cell``."""
+    weights = _ops.keras_weights(mode, w_ih, w_hh, b_ih, b_hh)
+    return _ops.cell_of(mode, weights).freeze()
+
+
+def run_cell(mode: str, cell, input: Tensor, h0: Tensor, c0: Optional[Tensor],
+             mask: Optional[Tensor], reverse: bool, time_major: bool
+             ) -> tuple[Tensor, Tensor, Tensor]:
+    """``run``'s result for a call from which no gradient can be asked for, on ``cell``
+    (``frozen_cell``) instead of the weights: the same bits."""
+    tensors = (input, h0, c0, mask)
+    output, h_n, c_n, _ = _ops.run_forward(mode, input, h0, c0, mask, None, reverse,
+                                           time_major, False, cell=cell)
     output, h_n, c_n = _ops._unaliased([output, h_n, c_n], list(tensors))
     return output, h_n, c_n

@@ -92,25 +92,36 @@ def keras_weights(mode, w_ih, w_hh, b_ih, b_hh) -> list[Optional[Tensor]]:
     return list(_weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
 
 
+def cell_of(mode, weights, convert=_arrays.as_array):
+    """gpukb's cell of one direction from its weights in the Keras layout (``keras_weights``),
+    made arrays by ``convert``."""
+    return _keras_cell(mode, *(convert(w) for w in weights))
+
+
 def _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major,
-                    convert=_arrays.as_array):
+                    convert=_arrays.as_array, cell=None):
     """Positional and keyword arguments of the ``gpukb.rnn_vjp``/``rnn_pullback`` call of one
-    direction, ``weights`` in the Keras layout (``keras_weights``), its tensors made arrays by
-    ``convert``."""
+    direction, ``weights`` in the Keras layout (``keras_weights``; or ``cell``, a cell already
+    made), its tensors made arrays by ``convert``."""
     states = [convert(h0)] + ([convert(c0)] if mode == "lstm" else [])
     kwargs = dict(go_backwards=reverse, time_major=time_major, zero_output_for_mask=True,
                   mask=None if mask is None else convert(mask))
-    return (_keras_cell(mode, *(convert(w) for w in weights)), convert(input), states), kwargs
+    if cell is None:
+        cell = cell_of(mode, weights, convert)
+    return (cell, convert(input), states), kwargs
 
 
-def run_forward(mode, input, h0, c0, mask, weights, reverse, time_major, keep_residuals):
+def run_forward(mode, input, h0, c0, mask, weights, reverse, time_major, keep_residuals,
+                cell=None):
     """One direction of one layer forward, on gpukb's kernels: ``(output, h_n, c_n,
     residuals)``, tensors sharing gpukb's results' memory (c_n an empty tensor for a GRU).
-    ``weights`` are in the Keras layout (``keras_weights``). ``residuals``: with
+    ``weights`` are in the Keras layout (``keras_weights``), or None with ``cell``, a cell
+    already made of them (``_direction.frozen_cell``). ``residuals``: with
     ``keep_residuals``, what ``gradients_from_residuals`` needs beyond the arguments: every
     step's output (input-time order: the output tensor itself), then the rest of
     ``gpukb.rnn_vjp``'s residuals; else, or when the plan keeps none, empty."""
-    args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major)
+    args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major,
+                                   cell=cell)
     _before_kernels(input)
     with _arrays.on_device_of(input):
         if keep_residuals:

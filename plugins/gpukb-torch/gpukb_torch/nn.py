@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -64,6 +64,7 @@ class _RNNBase(torch.nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.recompute = recompute  # checked by the property's setter
+        self._frozen: _Frozen | None = None   # freeze(): the cells kept for inference
         factory = {"device": device, "dtype": dtype}
         gate_size = GATES[self._mode] * hidden_size
         # torch's names and registration order: the state_dict's keys and, through
@@ -93,6 +94,44 @@ class _RNNBase(torch.nn.Module):
             raise TypeError(f"{type(self).__name__}: recompute must be a bool, got "
                             f"{type(value).__name__}.")
         self._recompute = value
+
+    # ----------------------------------------------------------------------------------------
+    # inference: cells kept between calls
+    # ----------------------------------------------------------------------------------------
+
+    def freeze(self) -> "_RNNBase":
+        """Keep gpukb's cells between inference calls; returns the module.
+
+        Every call otherwise converts the weights to Keras's layout, makes the cells and packs
+        their weights for the kernels (training changes them at every step). Once frozen, a
+        call from which no gradient can be asked for (``torch.no_grad``, ``inference_mode``, or
+        nothing requiring one), on CPU tensors outside any tracing, runs frozen gpukb cells made
+        once (``gpukb.cells.Cell.freeze``: private copies of the weights, packed once): the
+        same bits. The parameters are still watched: a call after any of them was changed in
+        place (an optimizer step, ``load_state_dict``, ``copy_`` under ``no_grad``) or replaced
+        (``.to()``, assigning ``.data``) makes the cells again; only writes through ``.data``
+        (``p.data.add_(...)``), which torch does not count, go unseen. Calls that can be
+        differentiated, and CUDA tensors, run as before. ``unfreeze()`` lets the cells go."""
+        self._frozen = _Frozen.of(self)
+        return self
+
+    def unfreeze(self) -> "_RNNBase":
+        """Let ``freeze``'s cells go (every call makes its own again); returns the module."""
+        self._frozen = None
+        return self
+
+    @property
+    def frozen(self) -> bool:
+        """Whether ``freeze`` is in effect."""
+        return self._frozen is not None
+
+    def _frozen_cells(self) -> "_Frozen":
+        """``freeze``'s cells, made again when a parameter changed since."""
+        frozen = self._frozen
+        assert frozen is not None
+        if frozen.stamp != _Frozen.stamp_of(self):
+            frozen = self._frozen = _Frozen.of(self)
+        return frozen
 
     @property
     def _directions(self) -> int:
@@ -177,6 +216,10 @@ class _RNNBase(torch.nn.Module):
         differentiable = torch.is_grad_enabled() and (
             any(p.requires_grad for p in self.parameters())
             or any(t is not None and t.requires_grad for t in (x, h0, c0)))
+        frozen = None
+        if self._frozen is not None and not differentiable and _direction.eager(
+                (x, h0, c0, mask, *self.parameters())):
+            frozen = self._frozen_cells()
         for layer in range(self.num_layers):
             if layer > 0 and self.training and self.dropout > 0:
                 x = torch.nn.functional.dropout(x, self.dropout, training=True)
@@ -184,10 +227,15 @@ class _RNNBase(torch.nn.Module):
             for direction, suffix in enumerate(self._suffixes):
                 index = layer * self._directions + direction
                 c = None if c0 is None else c0[index]
-                output, h, c = _direction.run(self._mode, x, h0[index], c, mask,
-                                              *self._weights(layer, suffix), direction == 1,
-                                              time_major, differentiable=differentiable,
-                                              recompute=self.recompute)
+                if frozen is not None:
+                    output, h, c = _direction.run_cell(self._mode, frozen.cells[index], x,
+                                                       h0[index], c, mask, direction == 1,
+                                                       time_major)
+                else:
+                    output, h, c = _direction.run(self._mode, x, h0[index], c, mask,
+                                                  *self._weights(layer, suffix), direction == 1,
+                                                  time_major, differentiable=differentiable,
+                                                  recompute=self.recompute)
                 outputs.append(output)
                 h_n.append(h)
                 c_n.append(c)
@@ -267,6 +315,26 @@ class _RNNBase(torch.nn.Module):
                                  f"{state.device}).")
             checked.append(state)
         return checked[0], (checked[1] if lstm else None)
+
+
+class _Frozen(NamedTuple):
+    """``freeze``'s state: a frozen gpukb cell per layer and direction (in ``_layers``' order),
+    and the parameters' stamp they were made from."""
+    cells: list
+    stamp: tuple
+
+    @staticmethod
+    def stamp_of(module: "_RNNBase") -> tuple:
+        """What changes when a parameter is changed in place (torch's version counter) or
+        replaced (another tensor, memory, dtype or device)."""
+        return tuple((id(p), p._version, p.data_ptr(), p.dtype, p.device)
+                     for p in module.parameters())
+
+    @classmethod
+    def of(cls, module: "_RNNBase") -> "_Frozen":
+        cells = [_direction.frozen_cell(module._mode, *module._weights(layer, suffix))
+                 for layer in range(module.num_layers) for suffix in module._suffixes]
+        return cls(cells, cls.stamp_of(module))
 
 
 def _packed_like(packed: PackedSequence, padded: Tensor, lengths: Tensor) -> PackedSequence:

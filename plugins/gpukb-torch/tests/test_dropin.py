@@ -723,3 +723,88 @@ def test_checkpointing_and_inference_mode_give_torchs_results(mode):
         output.sum().backward()
         grads.append([xi.grad, *(p.grad for _, p in sorted(module.named_parameters()))])
     _assert_close_lists(grads[0], grads[1], rtol=1e-9, atol=1e-11)
+
+
+# ---------------------------------------------------------------------------------------------
+# freeze(): gpukb's cells kept between inference calls
+# ---------------------------------------------------------------------------------------------
+
+def _conversions(monkeypatch):
+    """The weight conversions to Keras's layout made from here on (_ops.keras_weights calls)."""
+    from gpukb_torch import _ops
+
+    calls = []
+    convert = _ops.keras_weights
+    monkeypatch.setattr(_ops, "keras_weights", lambda *a: calls.append(1) or convert(*a))
+    return calls
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_freeze_gives_the_same_bits_and_converts_no_weights_per_call(mode, monkeypatch):
+    """float32, two bidirectional layers, hx, a mask with holes, and a packed sequence, under
+    no_grad and inference_mode: a frozen module's results are the unfrozen module's bits, and
+    its calls convert no weights (freeze converted them once)."""
+    ours, _ = _pair(mode, 3, 4, num_layers=2, bidirectional=True, batch_first=True,
+                    dtype=torch.float32)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(3, 6, 3, generator=gen)
+    mask = torch.rand((3, 6), generator=gen) < 0.7
+    hx = _hx(mode, (4, 3, 4), dtype=torch.float32, requires_grad=False)
+    packed = pack_padded_sequence(x, torch.tensor([6, 2, 4]), batch_first=True,
+                                  enforce_sorted=False)
+    calls = [lambda: ours(x, hx, mask=mask), lambda: ours(packed)]
+    with torch.no_grad():
+        expected = [_flat(call()) for call in calls]
+    assert ours.freeze() is ours and ours.frozen
+    conversions = _conversions(monkeypatch)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            for call, want in zip(calls, expected):
+                for a, b in zip(_flat(call()), want):
+                    assert torch.equal(a, b)
+    assert conversions == []
+    assert ours.unfreeze() is ours and not ours.frozen
+    with torch.no_grad():
+        ours(x)
+    assert len(conversions) == 4   # two layers, two directions: converted at every call again
+
+
+@pytest.mark.parametrize("change", ["optimizer step", "load_state_dict", "copy_", "to float64"])
+def test_a_frozen_module_follows_changes_of_its_parameters(change):
+    """A parameter changed in place or replaced after freeze(): the next inference call makes
+    the cells again and gives an unfrozen module's results for the new weights."""
+    ours, theirs = _pair("lstm", 3, 4, batch_first=True, dtype=torch.float32)
+    ours.freeze()
+    x = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        before = ours(x)[0]
+    if change == "optimizer step":
+        ours(x)[0].sum().backward()   # a differentiable call: the regular path
+        torch.optim.SGD(ours.parameters(), lr=0.5).step()
+    elif change == "load_state_dict":
+        ours.load_state_dict({k: v * 1.5 for k, v in ours.state_dict().items()})
+    elif change == "copy_":
+        with torch.no_grad():
+            ours.weight_hh_l0.copy_(ours.weight_hh_l0.flip(0))
+    else:
+        ours.to(torch.float64)
+        x = x.double()
+    assert ours.frozen
+    reference = PAIRS["lstm"][0](3, 4, batch_first=True, dtype=ours.weight_ih_l0.dtype)
+    reference.load_state_dict(ours.state_dict())
+    with torch.no_grad():
+        after, expected = ours(x)[0], reference(x)[0]
+    assert torch.equal(after, expected)
+    assert not torch.equal(after.float(), before)
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_a_frozen_modules_differentiable_calls_run_as_before(mode, monkeypatch):
+    """With gradients on, a frozen module converts its weights as an unfrozen one does, and
+    gives the same outputs and gradients (torch's, to 1e-9)."""
+    ours, theirs = _pair(mode, 3, 4, batch_first=True)
+    ours.freeze()
+    conversions = _conversions(monkeypatch)
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    _assert_matches(ours, theirs, (x,), [x])
+    assert len(conversions) >= 1
