@@ -64,7 +64,8 @@ class _RNNBase(torch.nn.Module):
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
         self.recompute = recompute  # checked by the property's setter
-        self._frozen: _Frozen | None = None   # freeze(): the cells kept for inference
+        self._keep_cells = False              # freeze() is in effect
+        self._frozen: _Frozen | None = None   # its cells, made on first need
         factory = {"device": device, "dtype": dtype}
         gate_size = GATES[self._mode] * hidden_size
         # torch's names and registration order: the state_dict's keys and, through
@@ -112,26 +113,33 @@ class _RNNBase(torch.nn.Module):
         (``.to()``, assigning ``.data``) makes the cells again; only writes through ``.data``
         (``p.data.add_(...)``), which torch does not count, go unseen. Calls that can be
         differentiated, and CUDA tensors, run as before. ``unfreeze()`` lets the cells go."""
-        self._frozen = _Frozen.of(self)
+        self._keep_cells = True
+        self._frozen = None   # made at the first call that uses them
         return self
 
     def unfreeze(self) -> "_RNNBase":
         """Let ``freeze``'s cells go (every call makes its own again); returns the module."""
+        self._keep_cells = False
         self._frozen = None
         return self
 
     @property
     def frozen(self) -> bool:
         """Whether ``freeze`` is in effect."""
-        return self._frozen is not None
+        return getattr(self, "_keep_cells", False)
 
     def _frozen_cells(self) -> "_Frozen":
-        """``freeze``'s cells, made again when a parameter changed since."""
+        """``freeze``'s cells, made on first need and again when a parameter changed since."""
         frozen = self._frozen
-        assert frozen is not None
-        if frozen.stamp != _Frozen.stamp_of(self):
+        if frozen is None or frozen.stamp != _Frozen.stamp_of(self):
             frozen = self._frozen = _Frozen.of(self)
         return frozen
+
+    def __getstate__(self) -> dict:
+        # The cells hold compiled kernels' plans, which cannot be pickled (torch.save of the
+        # whole module, copy.deepcopy): they are left out and made again on first need.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_frozen": None}
 
     @property
     def _directions(self) -> int:
@@ -217,7 +225,8 @@ class _RNNBase(torch.nn.Module):
             any(p.requires_grad for p in self.parameters())
             or any(t is not None and t.requires_grad for t in (x, h0, c0)))
         frozen = None
-        if self._frozen is not None and not differentiable and _direction.eager(
+        # getattr: a module pickled by an older gpukb-torch has no _keep_cells
+        if getattr(self, "_keep_cells", False) and not differentiable and _direction.eager(
                 (x, h0, c0, mask, *self.parameters())):
             frozen = self._frozen_cells()
         for layer in range(self.num_layers):
