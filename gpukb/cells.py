@@ -281,6 +281,13 @@ class Cell:
                   "bias": self._bias_shape(self.units)}
         _check_weights(kind, weights, shapes)   # and one dtype and library, as the others'
 
+    def __reduce__(self) -> tuple:
+        # Pickled (pickle, copy.deepcopy, a process pool's arguments) as the constructor's
+        # arguments: the cell's caches (its namespace module, the kernels' packed weights and
+        # plans, the checked call structures) cannot all be pickled and are remade on use.
+        return (_rebuilt, (type(self), self.kernel, self.recurrent_kernel, self.bias,
+                           self._config(), self.frozen))
+
     def converted(self, asarray: Callable) -> "Cell":
         """A cell of the same kind with every weight passed through ``asarray``: this one when
         that changes none of them (so a frozen cell keeps what the kernels derived from it)."""
@@ -296,6 +303,13 @@ class Cell:
             f"{type(self).__name__}(units={self.units}, input_dim={self.input_dim}, "
             f"dtype={self.dtype}{extras})"
         )
+
+
+def _rebuilt(cls: type, kernel: Any, recurrent_kernel: Any, bias: Any, config: dict,
+             frozen: bool) -> "Cell":
+    """A cell from its pickled state (``Cell.__reduce__``)."""
+    cell = cls(kernel, recurrent_kernel, bias, **config)
+    return cell.freeze() if frozen else cell
 
 
 def _shape_text(value: Any) -> str:
