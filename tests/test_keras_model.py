@@ -394,3 +394,29 @@ def test_stateful_layer_with_a_graph_initial_state(keras_major):
     np.testing.assert_allclose(model.predict([x1, h]), first, **TOL)
     second = ref_rnn("GRU", x2, weights, 2, states=[kept if keras_major == 2 else h])[0]
     np.testing.assert_allclose(model.predict([x2, h]), second, **TOL)
+
+
+LOADABLE = [(case, writer) for case, writer in CASES if not MANIFEST["cases"][case]["expect_error"]]
+
+
+@pytest.mark.parametrize("case, writer", LOADABLE, ids=[f"{c}-{w}" for c, w in LOADABLE])
+def test_a_loaded_model_pickles_and_predicts_the_same(case, writer):
+    """pickle (a process pool's arguments, a cache) and copy.deepcopy of a loaded model that has
+    predicted: the copy predicts the same bits (its cells are rebuilt from their weights)."""
+    import copy
+    import pickle
+
+    info = MANIFEST["cases"][case]
+    model = load_model(FIXTURES / info["files"][writer]["file"])
+    x = _inputs(np.load(FIXTURES / info["npz"]))
+    x = x if len(x) > 1 else x[0]
+    want = model.predict(x)
+    for twin in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        if info["stateful"]:
+            model.reset_states()
+            twin.reset_states()
+            want = model.predict(x)
+        got = twin.predict(x)
+        for g, w in zip(got if isinstance(got, list) else [got],
+                        want if isinstance(want, list) else [want]):
+            np.testing.assert_array_equal(g, w)

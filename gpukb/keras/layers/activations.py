@@ -73,24 +73,61 @@ def _hard_sigmoid_keras3(xp, x):
     return _relu6(xp, x + 3.0) / 6.0
 
 
+# Named module-level functions, not lambdas: a loaded model pickles (its layers keep them).
+def _linear(xp, x):
+    return x
+
+
+def _tanh(xp, x):
+    return xp.tanh(x)
+
+
+def _selu(xp, x):
+    return _SELU_SCALE * xp.where(x > 0, x, _SELU_ALPHA * xp.expm1(xp.minimum(x, 0.0)))
+
+
+def _softsign(xp, x):
+    return x / (1.0 + xp.abs(x))
+
+
+def _silu(xp, x):
+    return x * _sigmoid(xp, x)
+
+
+def _exponential(xp, x):
+    return xp.exp(x)
+
+
+def _leaky_relu(xp, x):
+    return xp.where(x < 0, x * 0.2, x)  # alpha / negative_slope 0.2
+
+
+def _mish(xp, x):
+    return x * xp.tanh(_softplus(xp, x))
+
+
+def _hard_silu(xp, x):
+    return x * _hard_sigmoid_keras3(xp, x)
+
+
 _COMMON: dict[str, Callable[[Any, Any], Any]] = {
-    "linear": lambda xp, x: x,
+    "linear": _linear,
     "relu": _relu,
     "sigmoid": _sigmoid,
-    "tanh": lambda xp, x: xp.tanh(x),
+    "tanh": _tanh,
     "softmax": _softmax,
     "log_softmax": _log_softmax,
     "elu": _elu,
-    "selu": lambda xp, x: _SELU_SCALE * xp.where(x > 0, x, _SELU_ALPHA * xp.expm1(xp.minimum(x, 0.0))),
+    "selu": _selu,
     "softplus": _softplus,
-    "softsign": lambda xp, x: x / (1.0 + xp.abs(x)),
-    "swish": lambda xp, x: x * _sigmoid(xp, x),
-    "silu": lambda xp, x: x * _sigmoid(xp, x),
+    "softsign": _softsign,
+    "swish": _silu,
+    "silu": _silu,
     "gelu": _gelu,
-    "exponential": lambda xp, x: xp.exp(x),
+    "exponential": _exponential,
     "relu6": _relu6,
-    "leaky_relu": lambda xp, x: xp.where(x < 0, x * 0.2, x),  # alpha / negative_slope 0.2
-    "mish": lambda xp, x: x * xp.tanh(_softplus(xp, x)),
+    "leaky_relu": _leaky_relu,
+    "mish": _mish,
 }
 
 _BY_VERSION: dict[int, dict[str, Callable[[Any, Any], Any]]] = {
@@ -98,8 +135,8 @@ _BY_VERSION: dict[int, dict[str, Callable[[Any, Any], Any]]] = {
     3: {
         **_COMMON,
         "hard_sigmoid": _hard_sigmoid_keras3,
-        "hard_silu": lambda xp, x: x * _hard_sigmoid_keras3(xp, x),
-        "hard_swish": lambda xp, x: x * _hard_sigmoid_keras3(xp, x),
+        "hard_silu": _hard_silu,
+        "hard_swish": _hard_silu,
     },
 }
 
