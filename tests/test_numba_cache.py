@@ -41,15 +41,23 @@ def _install_read_only_copy(root):
     return site
 
 
-def test_fused_cells_run_without_a_writable_cache_location(tmp_path):
-    """No usable Numba cache anywhere (the installation, the home folder, NUMBA_CACHE_DIR):
-    fused calls compile in memory, with one warning that says to set NUMBA_CACHE_DIR."""
-    site = _install_read_only_copy(tmp_path)
-    blocked = tmp_path / "a-file"
+def no_cache_anywhere(root):
+    """(site, env): a read-only copy of gpukb under ``root`` and a child environment that runs
+    it with no usable Numba cache location anywhere (the installation, the home folder,
+    NUMBA_CACHE_DIR: each lies under a regular file)."""
+    site = _install_read_only_copy(root)
+    blocked = root / "a-file"
     blocked.write_text("")
     env = {"PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1",
            "NUMBA_CACHE_DIR": str(blocked / "numba"), "HOME": str(blocked / "home"),
            "XDG_CACHE_HOME": str(blocked / "cache")}
+    return site, env
+
+
+def test_fused_cells_run_without_a_writable_cache_location(tmp_path):
+    """No usable Numba cache anywhere (the installation, the home folder, NUMBA_CACHE_DIR):
+    fused calls compile in memory, with one warning that says to set NUMBA_CACHE_DIR."""
+    site, env = no_cache_anywhere(tmp_path)
     res = run_python(NO_CACHE_CHILD, home=tmp_path, env=env)
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])

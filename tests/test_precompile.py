@@ -9,7 +9,7 @@ import pytest
 from gpukb import cli
 
 from helpers import run_python
-from test_numba_cache import _install_read_only_copy
+from test_numba_cache import no_cache_anywhere
 
 PRECOMPILE = "import sys; from gpukb.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -66,12 +66,7 @@ def test_after_precompile_no_call_compiles(tmp_path):
 
 
 def test_without_a_usable_cache_it_fails_and_says_why(tmp_path):
-    site = _install_read_only_copy(tmp_path)
-    blocked = tmp_path / "a-file"
-    blocked.write_text("")
-    env = {"PYTHONPATH": str(site), "PYTHONDONTWRITEBYTECODE": "1",
-           "NUMBA_CACHE_DIR": str(blocked / "numba"), "HOME": str(blocked / "home"),
-           "XDG_CACHE_HOME": str(blocked / "cache")}
+    _, env = no_cache_anywhere(tmp_path)
     res = run_python(PRECOMPILE, home=tmp_path, env=env,
                      argv=["precompile", "--cells", "simple_rnn", "--dtypes", "float64",
                            "--no-gradients"])
