@@ -138,8 +138,7 @@ class _RNNBase(torch.nn.Module):
     def __getstate__(self) -> dict:
         # The cells hold compiled kernels' plans, which cannot be pickled (torch.save of the
         # whole module, copy.deepcopy): they are left out and made again on first need.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_frozen": None}
+        return {**self.__dict__, "_frozen": None}
 
     @property
     def _directions(self) -> int:
