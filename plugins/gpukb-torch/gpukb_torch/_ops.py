@@ -45,13 +45,17 @@ from . import _arrays, _openmp, _weights
 Tensor = torch.Tensor
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in _weights.GATES:
+        raise ValueError(f"gpukb_torch::rnn_forward: mode must be 'lstm' or 'gru', got {mode!r}.")
+
+
 def _keras_cell(mode: str, kernel, recurrent_kernel, bias):
     """gpukb's cell of a torch layer from its weights in the Keras layout (arrays)."""
+    _check_mode(mode)
     if mode == "lstm":
         return gpukb.cells.lstm(kernel, recurrent_kernel, bias)
-    if mode == "gru":
-        return gpukb.cells.gru(kernel, recurrent_kernel, bias, reset_after=True)
-    raise ValueError(f"gpukb_torch::rnn_forward: mode must be 'lstm' or 'gru', got {mode!r}.")
+    return gpukb.cells.gru(kernel, recurrent_kernel, bias, reset_after=True)
 
 
 # Not torch.empty(...).numpy(): a fake kernel's tensors are FakeTensors, which have no memory.
@@ -87,8 +91,7 @@ def _time_flip(outputs, time_major: bool):
 
 def keras_weights(mode, w_ih, w_hh, b_ih, b_hh) -> list[Optional[Tensor]]:
     """The layer's weights in the Keras layout of gpukb's cells (``_weights.to_keras``)."""
-    if mode not in _weights.GATES:
-        _keras_cell(mode, None, None, None)   # the error naming the bad mode
+    _check_mode(mode)
     return list(_weights.to_keras(mode, w_ih, w_hh, b_ih, b_hh))
 
 

@@ -827,3 +827,14 @@ def test_a_frozen_module_pickles_and_copies():
         assert twin.frozen
         with torch.no_grad():
             assert torch.equal(twin(x)[0], expected)
+
+
+def test_an_unknown_mode_is_refused_on_both_routes():
+    from gpukb_torch import _direction
+
+    args = list(_op_args("lstm", reverse=False, time_major=False, requires_grad=False))
+    args[0] = "rnn"
+    with pytest.raises(ValueError, match="mode must be 'lstm' or 'gru', got 'rnn'"):
+        rnn_forward(*args)
+    with pytest.raises(ValueError, match="mode must be 'lstm' or 'gru', got 'rnn'"):
+        _direction.run(*args[:11], differentiable=False, recompute=False)
