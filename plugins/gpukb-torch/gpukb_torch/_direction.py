@@ -38,20 +38,23 @@ def _functorch_active() -> bool:
     return bool(active and active())
 
 
+try:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+except ImportError:   # where torch lacks it, take the operators: they work everywhere
+    _get_current_dispatch_mode = None
+
+
 def _dispatch_mode_active() -> bool:
-    try:
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-    except ImportError:   # where torch lacks it, take the operators: they work everywhere
-        return True
-    return _get_current_dispatch_mode() is not None
+    return _get_current_dispatch_mode is None or _get_current_dispatch_mode() is not None
 
 
 def eager(tensors: tuple[Optional[Tensor], ...]) -> bool:
     """Whether the eager route may run a call on these tensors (see the module docstring)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if not all(t is None or (type(t) in _PLAIN and t.device.type == "cpu") for t in tensors):
-        return False
+    for t in tensors:   # a loop, is_cpu: a generator and t.device cost 2-3 us a call here
+        if t is not None and (type(t) not in _PLAIN or not t.is_cpu):
+            return False
     return not (_functorch_active() or _dispatch_mode_active())
 
 
