@@ -48,6 +48,16 @@ def _dispatch_mode_active() -> bool:
     return _get_current_dispatch_mode is None or _get_current_dispatch_mode() is not None
 
 
+def _saved_tensor_hooks_active() -> bool:
+    """Whether saved-tensor hooks are in effect (torch.utils.checkpoint, save_on_cpu, ...); True
+    where torch does not say (its private accessor missing or changed)."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    try:
+        return top is None or top(False) is not None
+    except (TypeError, RuntimeError):
+        return True
+
+
 def eager(tensors: tuple[Optional[Tensor], ...]) -> bool:
     """Whether the eager route may run a call on these tensors (see the module docstring)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -68,14 +78,20 @@ class _Direction(torch.autograd.Function):
                 mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, keep_residuals: bool):
         weights = _ops.keras_weights(mode, w_ih, w_hh, b_ih, b_hh)
-        output, h_n, c_n, kept = _ops.run_forward(mode, input, h0, c0, mask, weights, reverse,
-                                                  time_major, keep_residuals)
+        output, h_n, c_n, kept, pullback = _ops.run_forward(
+            mode, input, h0, c0, mask, weights, reverse, time_major, keep_residuals)
         arguments = [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh]
         output, h_n, c_n, *rest = _ops._unaliased([output, h_n, c_n, *kept[1:]], arguments)
         residuals = [output, *rest] if kept else []
         # The converted weights are kept with the residuals (not with recompute, which keeps
         # nothing but the arguments: its backward converts them again).
         ctx.save_for_backward(*arguments, *(weights if residuals else ()), *residuals)
+        # The forward's own pullback, which holds nothing the saved tensors do not (the
+        # reverse direction's holds its outputs in processing order, a copy: not kept), saves
+        # the backward rebuilding it (0.07 ms of a 0.6 ms step at LSTM (1, 10, 16, 32)), unless
+        # saved-tensor hooks are at work (checkpointing, offloading): they must see everything.
+        keep_live = residuals and not reverse and not _saved_tensor_hooks_active()
+        ctx.pullback = pullback if keep_live else None
         ctx.flags = (mode, reverse, time_major)
         ctx.set_materialize_grads(False)   # outputs without a gradient come as None (zeros)
         if mode != "lstm":
@@ -92,7 +108,8 @@ class _Direction(torch.autograd.Function):
         else:
             weights, residuals = _ops.keras_weights(mode, w_ih, w_hh, b_ih, b_hh), []
         grads = _ops.gradients_from_residuals(mode, input, h0, c0, mask, weights, reverse,
-                                              time_major, residuals, d_output, d_h_n, d_c_n)
+                                              time_major, residuals, d_output, d_h_n, d_c_n,
+                                              pullback=ctx.pullback)
         d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = _ops._unaliased(
             grads, [input, h0, c0, mask, w_ih, w_hh, b_ih, b_hh, *residuals, d_output, d_h_n,
                     d_c_n])
@@ -116,8 +133,8 @@ def run(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor], mask: Option
     if differentiable:
         return _Direction.apply(mode, *tensors, reverse, time_major, keep)
     weights = _ops.keras_weights(mode, w_ih, w_hh, b_ih, b_hh)
-    output, h_n, c_n, _ = _ops.run_forward(mode, input, h0, c0, mask, weights, reverse,
-                                           time_major, False)
+    output, h_n, c_n, _, _ = _ops.run_forward(mode, input, h0, c0, mask, weights, reverse,
+                                              time_major, False)
     output, h_n, c_n = _ops._unaliased([output, h_n, c_n], list(tensors))
     return output, h_n, c_n
 
@@ -136,7 +153,7 @@ def run_cell(mode: str, cell, input: Tensor, h0: Tensor, c0: Optional[Tensor],
     """``run``'s result for a call from which no gradient can be asked for, on ``cell``
     (``frozen_cell``) instead of the weights: the same bits."""
     tensors = (input, h0, c0, mask)
-    output, h_n, c_n, _ = _ops.run_forward(mode, input, h0, c0, mask, None, reverse,
-                                           time_major, False, cell=cell)
+    output, h_n, c_n, _, _ = _ops.run_forward(mode, input, h0, c0, mask, None, reverse,
+                                              time_major, False, cell=cell)
     output, h_n, c_n = _ops._unaliased([output, h_n, c_n], list(tensors))
     return output, h_n, c_n

@@ -117,37 +117,38 @@ def _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major,
 def run_forward(mode, input, h0, c0, mask, weights, reverse, time_major, keep_residuals,
                 cell=None):
     """One direction of one layer forward, on gpukb's kernels: ``(output, h_n, c_n,
-    residuals)``, tensors sharing gpukb's results' memory (c_n an empty tensor for a GRU).
-    ``weights`` are in the Keras layout (``keras_weights``), or None with ``cell``, a cell
+    residuals, pullback)``, tensors sharing gpukb's results' memory (c_n an empty tensor for a
+    GRU). ``weights`` are in the Keras layout (``keras_weights``), or None with ``cell``, a cell
     already made of them (``_direction.frozen_cell``). ``residuals``: with
     ``keep_residuals``, what ``gradients_from_residuals`` needs beyond the arguments: every
     step's output (input-time order: the output tensor itself), then the rest of
-    ``gpukb.rnn_vjp``'s residuals; else, or when the plan keeps none, empty."""
+    ``gpukb.rnn_vjp``'s residuals; else, or when the plan keeps none, empty. ``pullback``:
+    ``gpukb.rnn_vjp``'s, holding those residuals (None without ``keep_residuals``)."""
     args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major,
                                    cell=cell)
     _before_kernels(input)
     with _arrays.on_device_of(input):
         if keep_residuals:
-            (_, outputs, states), _, residuals = gpukb.rnn_vjp(*args, **kwargs,
-                                                               return_residuals=True)
+            (_, outputs, states), pullback, residuals = gpukb.rnn_vjp(
+                *args, **kwargs, return_residuals=True)
         else:   # no gradient will be asked for: gpukb.rnn, which keeps nothing
-            (_, outputs, states), residuals = gpukb.rnn(*args, **kwargs), ()
+            (_, outputs, states), pullback, residuals = gpukb.rnn(*args, **kwargs), None, ()
     if reverse:
         outputs = _time_flip(outputs, time_major)
     output = _arrays.as_tensor(outputs)
     h_n = _arrays.as_tensor(states[0])
     c_n = _arrays.as_tensor(states[1]) if mode == "lstm" else h0.new_empty(0)
     kept = [output, *(_arrays.as_tensor(r) for r in residuals[1:])] if residuals else []
-    return output, h_n, c_n, kept
+    return output, h_n, c_n, kept, pullback
 
 
 def gradients_from_residuals(mode, input, h0, c0, mask, weights, reverse, time_major,
-                             residuals, d_output, d_h_n, d_c_n) -> list[Tensor]:
+                             residuals, d_output, d_h_n, d_c_n, pullback=None) -> list[Tensor]:
     """``[d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh]`` (torch's layout; absent
     arguments' gradients are empty tensors) of one direction, its pullback rebuilt from
-    ``run_forward``'s residuals, or, when there are none, from a forward run again here.
-    ``d_output``/``d_h_n``/``d_c_n`` may be None (zeros)."""
-    args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse, time_major)
+    ``run_forward``'s residuals, or, when there are none, from a forward run again here; or
+    ``pullback``, ``run_forward``'s own, when given (the same gradients, bitwise: nothing to
+    rebuild). ``d_output``/``d_h_n``/``d_c_n`` may be None (zeros)."""
     d_output = (torch.zeros((*input.shape[:2], h0.shape[-1]), dtype=input.dtype,
                             device=input.device) if d_output is None else d_output.contiguous())
     d_states = [_arrays.as_array(torch.zeros_like(h0) if d_h_n is None else d_h_n.contiguous())]
@@ -156,13 +157,16 @@ def gradients_from_residuals(mode, input, h0, c0, mask, weights, reverse, time_m
             torch.zeros_like(h0) if d_c_n is None or not d_c_n.numel() else d_c_n.contiguous()))
     _before_kernels(input)
     with _arrays.on_device_of(input):
-        if not residuals:   # the forward that keeps what the backward needs, freed on return
-            _, pullback = gpukb.rnn_vjp(*args, **kwargs)
-        else:
-            kept = [_arrays.as_array(r) for r in residuals]
-            if reverse:   # the output back in processing order (gpukb's residual),
-                kept[0] = _time_flip(kept[0], time_major).copy()   # contiguous, as it was
-            pullback = gpukb.rnn_pullback(tuple(kept), *args, **kwargs)
+        if pullback is None:
+            args, kwargs = _call_arguments(mode, input, h0, c0, mask, weights, reverse,
+                                           time_major)
+            if not residuals:   # the forward that keeps what the backward needs, freed on return
+                _, pullback = gpukb.rnn_vjp(*args, **kwargs)
+            else:
+                kept = [_arrays.as_array(r) for r in residuals]
+                if reverse:   # the output back in processing order (gpukb's residual),
+                    kept[0] = _time_flip(kept[0], time_major).copy()   # contiguous, as it was
+                pullback = gpukb.rnn_pullback(tuple(kept), *args, **kwargs)
         d_out = _arrays.as_array(d_output)
         grads = pullback(_time_flip(d_out, time_major) if reverse else d_out,
                          d_new_states=d_states)
@@ -182,9 +186,9 @@ def rnn_forward(mode: str, input: Tensor, h0: Tensor, c0: Optional[Tensor],
                 mask: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                 b_hh: Optional[Tensor], reverse: bool, time_major: bool, keep_residuals: bool
                 ) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    output, h_n, c_n, kept = run_forward(mode, input, h0, c0, mask,
-                                         keras_weights(mode, w_ih, w_hh, b_ih, b_hh), reverse,
-                                         time_major, keep_residuals)
+    output, h_n, c_n, kept, _ = run_forward(mode, input, h0, c0, mask,
+                                            keras_weights(mode, w_ih, w_hh, b_ih, b_hh),
+                                            reverse, time_major, keep_residuals)
     # The output stands for the first residual (autograd saves it; see _setup_context); an
     # empty tensor closes the list when there were residuals.
     closing = [input.new_empty(0)] if kept else []

@@ -838,3 +838,33 @@ def test_an_unknown_mode_is_refused_on_both_routes():
         rnn_forward(*args)
     with pytest.raises(ValueError, match="mode must be 'lstm' or 'gru', got 'rnn'"):
         _direction.run(*args[:11], differentiable=False, recompute=False)
+
+
+def test_the_eager_backward_uses_the_forwards_pullback_unless_hooks_or_reverse(monkeypatch):
+    """The forward direction's backward calls the pullback rnn_vjp returned (no rebuild) when
+    no saved-tensor hooks are at work; under hooks (they must see every saved tensor) and for
+    the reverse direction (whose pullback holds a copy of its outputs) it rebuilds it from the
+    saved tensors. The gradients are the same bits every way."""
+    import gpukb
+
+    rebuilds = []
+    rebuild = gpukb.rnn_pullback
+    monkeypatch.setattr(gpukb, "rnn_pullback",
+                        lambda *a, **k: rebuilds.append(1) or rebuild(*a, **k))
+    grads = {}
+    for bidirectional in (False, True):
+        module, _ = _pair("lstm", 3, 4, batch_first=True, bidirectional=bidirectional)
+        for hooks in (False, True):
+            rebuilds.clear()
+            x = torch.randn(2, 5, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
+            x.requires_grad_(True)
+            if hooks:
+                with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+                    output, _ = module(x)
+            else:
+                output, _ = module(x)
+            (grads[bidirectional, hooks],) = torch.autograd.grad(output.sum(), x)
+            # rebuilt: the reverse direction always, the forward one under hooks
+            assert len(rebuilds) == int(bidirectional) + int(hooks)
+    for bidirectional in (False, True):
+        assert torch.equal(grads[bidirectional, False], grads[bidirectional, True])
