@@ -10,7 +10,9 @@ with the same results bit for bit:
   the operator converts the weights to the Keras layout a second time in its backward; the
   Function keeps the converted weights for its backward instead. It saves every tensor it keeps
   with ``save_for_backward`` (arguments, converted weights, residuals), so saved-tensor hooks
-  and in-place-modification checks see them as they see the operator's.
+  and in-place-modification checks see them as they see the operator's; where no hooks are at
+  work, the forward direction also keeps ``gpukb.rnn_vjp``'s pullback itself (over the same
+  memory), which its backward calls instead of rebuilding it.
 - **the custom operators** (``_ops``) everywhere else: under ``torch.compile``, tracing and
   ``torch.func`` transforms, for tensor subclasses (fake tensors, for instance), under a
   dispatch mode, and for CUDA tensors (the eager route has not yet been run on a GPU).
