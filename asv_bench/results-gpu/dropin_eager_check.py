@@ -3,7 +3,7 @@ session; README beside this script, "Next GPU session").
 
 The eager route (gpukb_torch/_direction.py) runs the operators' own functions without torch's
 operator machinery; ``eager`` lets only CPU tensors take it because it has not run on a GPU. This
-lets CUDA tensors through for the check, then for every cell and size: the outputs, final states
+lets CUDA tensors through for the check (``_direction.EAGER_DEVICES``), then for every cell and size: the outputs, final states
 and every gradient on both routes must be equal bit for bit, and the time of a forward and
 ``.backward`` on each (CUDA-synchronised, medians of the rounds, the routes in turn).
 
@@ -27,19 +27,6 @@ from gpukb_torch import _direction
 SIZES = [(8, 100, 64, 256), (32, 100, 128, 512), (64, 50, 256, 1024)]   # (B, T, D, H)
 
 
-def _eager_for(device: str):
-    """``_direction.eager``'s rule with tensors on ``device`` let through as CPU tensors are."""
-    def eager(tensors):
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():
-            return False
-        if not all(t is None or (type(t) in _direction._PLAIN and t.device.type in ("cpu", device))
-                   for t in tensors):
-            return False
-        return not (_direction._functorch_active() or _direction._dispatch_mode_active())
-
-    return eager
-
-
 def _step(module, x, cotangent, sync):
     x = x.clone().requires_grad_(True)
     module.zero_grad(set_to_none=True)
@@ -59,7 +46,8 @@ def main() -> int:
     device = args.device
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rule = _direction.eager
-    routes = {"operators": lambda tensors: False, "eager": _eager_for(device)}
+    _direction.EAGER_DEVICES = (device,)   # the eager route's own rule, with this device let in
+    routes = {"operators": lambda tensors: False, "eager": rule}
     failures = 0
     print(f"torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""))
@@ -90,6 +78,7 @@ def main() -> int:
                       f"{eager / ops:9.2f}  {same}")
     finally:
         _direction.eager = rule
+        _direction.EAGER_DEVICES = ()
     return 1 if failures else 0
 
 

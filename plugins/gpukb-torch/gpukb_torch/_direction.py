@@ -34,6 +34,10 @@ Tensor = torch.Tensor
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
+#: Devices besides the CPU whose tensors take the eager route: none until it has run on a GPU
+#: (asv_bench/results-gpu/dropin_eager_check.py adds "cuda" for its check).
+EAGER_DEVICES: tuple[str, ...] = ()
+
 
 def _functorch_active() -> bool:
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
@@ -65,7 +69,8 @@ def eager(tensors: tuple[Optional[Tensor], ...]) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     for t in tensors:   # a loop, is_cpu: a generator and t.device cost 2-3 us a call here
-        if t is not None and (type(t) not in _PLAIN or not t.is_cpu):
+        if t is not None and (type(t) not in _PLAIN or not (
+                t.is_cpu or t.device.type in EAGER_DEVICES)):
             return False
     return not (_functorch_active() or _dispatch_mode_active())
 
